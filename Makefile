@@ -1,0 +1,50 @@
+# sfs: `make run` runs the full sweep, `make test` runs every test. Both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+ARGS ?=
+# A GPU is detected by its driver or device nodes, never by nvcc (CPU-only machines may have it).
+HAS_GPU := $(shell { nvidia-smi -L >/dev/null 2>&1 || ls /dev/nvidia[0-9]* >/dev/null 2>&1; } && echo yes)
+
+.PHONY: setup setup-test run test test-fast clean
+
+setup: $(VENV)/.sfs-setup
+
+$(VENV)/.sfs-setup: pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	@# torch first, so that nothing later pulls a multi-GB CUDA build onto a CPU-only machine:
+	@# the CPU wheel from pip's local find-links if there is one, else the CPU index.
+	@if [ "$(HAS_GPU)" = yes ]; then \
+	  echo "GPU found: installing torch==$(TORCH_VERSION) with CUDA"; \
+	  $(PIP) install "torch==$(TORCH_VERSION)"; \
+	else \
+	  echo "no GPU: installing the CPU build of torch==$(TORCH_VERSION)"; \
+	  $(PIP) install --quiet --no-index --no-deps "torch==$(TORCH_VERSION)" 2>/dev/null || \
+	  $(PIP) install --no-deps "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
+	  $(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
+	fi
+	$(PIP) install --quiet -e .
+	@touch $@
+
+setup-test: $(VENV)/.sfs-setup-test
+
+$(VENV)/.sfs-setup-test: $(VENV)/.sfs-setup
+	$(PIP) install --quiet -e ".[test]"
+	@touch $@
+
+run: setup
+	$(PY) -m sfs.launch +sweep=full $(ARGS)
+
+# Every test, the slow end-to-end ones included (plain `pytest` skips those: `make test-fast`).
+test: setup-test
+	$(PY) -m pytest -m "slow or not slow" $(ARGS)
+
+test-fast: setup-test
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,257 @@
+"""Typed configuration: the schema Hydra composes into, and the plain dataclasses below it.
+
+Hydra composes ``conf/`` against these dataclasses (registered in the ConfigStore), so an
+unknown key or a wrongly typed value fails inside Hydra with the key's full name. The
+composed config is converted once, at the entry point, into these dataclasses; their
+``__post_init__`` checks every value and raises ``ConfigError`` naming the field and its
+allowed range, before any Ray or training starts. Nothing below the entry point sees a
+``DictConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from sfs.data import FeatureDist
+from sfs.models import FAMILIES
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range; the message names the field."""
+
+
+def _require(ok: bool, key: str, allowed: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, got {got!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _check_axis(key: str, values: list[Any], ok, allowed: str) -> None:
+    """An axis is a non-empty list of distinct values, each passing ``ok``."""
+    _require(isinstance(values, (list, tuple)) and len(values) > 0, key, "a non-empty list", values)
+    for value in values:
+        _require(ok(value), key, f"a list of {allowed}", values)
+    _require(len(set(values)) == len(values), key, "a list without duplicates", values)
+
+
+@dataclass
+class ModelConfig:
+    """How weights start. Families and shapes are sweep axes (``SweepConfig``)."""
+
+    init: str = "xavier_normal"  # xavier_normal (TMS) | normal (W ~ N(0, 1/width), Liu et al.)
+    bias_init_std: float = 0.0  # b ~ N(0, bias_init_std^2); 0 means b = 0
+
+    def __post_init__(self) -> None:
+        _require(self.init in ("xavier_normal", "normal"), "model.init",
+                 "one of 'xavier_normal', 'normal'", self.init)
+        _require(_is_number(self.bias_init_std) and self.bias_init_std >= 0,
+                 "model.bias_init_std", "a number >= 0", self.bias_init_std)
+
+
+@dataclass
+class DataConfig:
+    """Feature magnitudes and the held-out evaluation batch (shared by every model)."""
+
+    max_magnitude: float = 1.0  # active features are U(0, max_magnitude)
+    eval_samples: int = 16384  # size of the fixed held-out batch
+    eval_seed: int = 1_000_003  # same for every model, so final losses are comparable
+
+    def __post_init__(self) -> None:
+        _require(_is_number(self.max_magnitude) and self.max_magnitude > 0,
+                 "data.max_magnitude", "a number > 0", self.max_magnitude)
+        _require(_is_int(self.eval_samples) and self.eval_samples >= 1,
+                 "data.eval_samples", "an integer >= 1", self.eval_samples)
+        _require(_is_int(self.eval_seed) and self.eval_seed >= 0,
+                 "data.eval_seed", "an integer >= 0", self.eval_seed)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation of every model: AdamW, decoupled per-model weight decay on W."""
+
+    steps: int = 10_000
+    batch_size: int = 1024
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (linear warmup, cosine to final_lr_ratio)
+    warmup_steps: int = 0
+    final_lr_ratio: float = 0.05  # cosine ends at lr * final_lr_ratio
+    log_every: int = 100  # training-loss curve resolution, in steps
+    device: str = "auto"  # auto: the accelerator Ray gave the trial, else cpu | cpu | cuda
+    torch_threads: int = 1  # per trial: more oversubscribes the cores Ray hands out
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.steps) and self.steps >= 1, "train.steps", "an integer >= 1", self.steps)
+        _require(_is_int(self.batch_size) and self.batch_size >= 1,
+                 "train.batch_size", "an integer >= 1", self.batch_size)
+        _require(_is_number(self.lr) and 0 < self.lr <= 10, "train.lr", "a number in (0, 10]", self.lr)
+        _require(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule",
+                 "one of 'constant', 'cosine'", self.lr_schedule)
+        _require(_is_int(self.warmup_steps) and 0 <= self.warmup_steps < self.steps,
+                 "train.warmup_steps", f"an integer in [0, train.steps={self.steps})", self.warmup_steps)
+        _require(_is_number(self.final_lr_ratio) and 0 <= self.final_lr_ratio <= 1,
+                 "train.final_lr_ratio", "a number in [0, 1]", self.final_lr_ratio)
+        _require(_is_int(self.log_every) and self.log_every >= 1,
+                 "train.log_every", "an integer >= 1", self.log_every)
+        _require(self.device in ("auto", "cpu", "cuda"), "train.device",
+                 "one of 'auto', 'cpu', 'cuda'", self.device)
+        _require(_is_int(self.torch_threads) and self.torch_threads >= 1,
+                 "train.torch_threads", "an integer >= 1", self.torch_threads)
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. The sweep driver is the only writer (SQLite breaks under concurrent writers)."""
+
+    enabled: bool = True
+    uri: Optional[str] = None  # None: sqlite:///<abs sweep dir>/mlflow.db; or http://host:port
+    experiment: Optional[str] = None  # None: the sweep name
+
+    def __post_init__(self) -> None:
+        if self.uri is not None:
+            _require(re.match(r"^(sqlite:///|https?://|file:)", self.uri) is not None, "tracking.uri",
+                     "null, 'sqlite:///<abs path>', 'file:<abs path>' or 'http(s)://host:port'", self.uri)
+
+
+_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-_]+:[0-9]{1,5})$")
+
+
+@dataclass
+class ClusterConfig:
+    """Where trials run: an embedded local Ray (address null) or an existing cluster."""
+
+    address: Optional[str] = None  # null: start Ray here; 'auto' or host:port: connect
+    num_cpus: Optional[int] = None  # embedded Ray only; null: every core of this machine
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: Optional[float] = None  # null: 0.25 on clusters with GPUs, else 0
+    max_retries: int = 2  # a failing trial is retried this many times, then marked failed
+    max_concurrent_trials: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.address is not None:
+            _require(_ADDRESS.match(self.address) is not None, "cluster.address",
+                     "null (embedded Ray), 'auto' or 'host:port'", self.address)
+        if self.num_cpus is not None:
+            _require(_is_int(self.num_cpus) and self.num_cpus >= 1,
+                     "cluster.num_cpus", "null or an integer >= 1", self.num_cpus)
+        _require(_is_number(self.cpus_per_trial) and self.cpus_per_trial > 0,
+                 "cluster.cpus_per_trial", "a number > 0", self.cpus_per_trial)
+        if self.gpus_per_trial is not None:
+            _require(_is_number(self.gpus_per_trial) and self.gpus_per_trial >= 0,
+                     "cluster.gpus_per_trial", "null or a number >= 0", self.gpus_per_trial)
+        _require(_is_int(self.max_retries) and self.max_retries >= 0,
+                 "cluster.max_retries", "an integer >= 0", self.max_retries)
+        if self.max_concurrent_trials is not None:
+            _require(_is_int(self.max_concurrent_trials) and self.max_concurrent_trials >= 1,
+                     "cluster.max_concurrent_trials", "null or an integer >= 1",
+                     self.max_concurrent_trials)
+
+
+@dataclass
+class PathsConfig:
+    out_dir: str = "./runs"  # one folder per sweep below it; made absolute at the entry point
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.out_dir, str) and self.out_dir.strip() != "",
+                 "paths.out_dir", "a non-empty path", self.out_dir)
+
+
+@dataclass
+class SweepConfig:
+    """The grid: the Cartesian product of the axes, or a list of other sweeps to include.
+
+    ``scale`` grows a sweep for clusters: scale s trains s times as many seeds, each for s
+    times as many steps (warmup too).
+    """
+
+    name: str = ""  # empty: no sweep chosen (pass +sweep=NAME)
+    include: list[str] = field(default_factory=list)  # run these sweeps (each in its own folder)
+    families: list[str] = field(default_factory=lambda: ["relu_output"])
+    n_features: list[int] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=lambda: [0])
+    sparsities: list[float] = field(default_factory=list)
+    importances: list[float] = field(default_factory=lambda: [1.0])  # I_i = r^i per value r
+    feature_dists: list[str] = field(default_factory=lambda: ["uniform"])  # uniform | power:<a>
+    weight_decays: list[float] = field(default_factory=lambda: [0.0])  # < 0: Liu's norm-pull rule
+    seeds: list[int] = field(default_factory=lambda: [0])
+    scale: int = 1
+    pack_size: int = 0  # models trained together in one trial; 0: automatic
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.scale) and self.scale >= 1, "sweep.scale", "an integer >= 1", self.scale)
+        _require(_is_int(self.pack_size) and self.pack_size >= 0,
+                 "sweep.pack_size", "an integer >= 0 (0: automatic)", self.pack_size)
+        if not self.name or self.include:
+            # No sweep chosen (Config reports that), or a sweep made of other sweeps: each
+            # included sweep is composed and checked on its own.
+            return
+        _require(re.match(r"^[A-Za-z0-9_.\-]+$", self.name) is not None, "sweep.name",
+                 "letters, digits, '_', '.', '-' (it names a folder)", self.name)
+        _check_axis("sweep.families", self.families, lambda v: v in FAMILIES,
+                    f"known families {sorted(FAMILIES)}")
+        _check_axis("sweep.n_features", self.n_features, lambda v: _is_int(v) and 1 <= v <= 1_000_000,
+                    "integers in [1, 1000000]")
+        _check_axis("sweep.widths", self.widths, lambda v: _is_int(v) and 1 <= v <= 1_000_000,
+                    "integers in [1, 1000000]")
+        _check_axis("sweep.depths", self.depths, lambda v: _is_int(v) and 0 <= v <= 1000,
+                    "integers in [0, 1000]")
+        _check_axis("sweep.sparsities", self.sparsities, lambda v: _is_number(v) and 0 <= v < 1,
+                    "numbers in [0, 1)")
+        _check_axis("sweep.importances", self.importances, lambda v: _is_number(v) and 0 < v <= 1,
+                    "numbers in (0, 1] (I_i = r^i)")
+        _check_axis("sweep.feature_dists", self.feature_dists, _is_feature_dist,
+                    "'uniform' or 'power:<a>' with a >= 0")
+        _check_axis("sweep.weight_decays", self.weight_decays, lambda v: _is_number(v) and -10 <= v <= 10,
+                    "numbers in [-10, 10]")
+        _check_axis("sweep.seeds", self.seeds, lambda v: _is_int(v) and 0 <= v < 2**31,
+                    "integers in [0, 2^31)")
+        for family in self.families:
+            max_depth = FAMILIES[family].max_depth
+            _require(max(self.depths) <= max_depth, "sweep.depths",
+                     f"at most {max_depth} for family {family!r}", self.depths)
+
+    @property
+    def effective_seeds(self) -> list[int]:
+        """The seeds, extended with consecutive unused ones to ``scale`` times as many."""
+        seeds = list(self.seeds)
+        next_seed = max(seeds) + 1
+        while len(seeds) < self.scale * len(self.seeds):
+            seeds.append(next_seed)
+            next_seed += 1
+        return seeds
+
+
+def _is_feature_dist(value: Any) -> bool:
+    try:
+        FeatureDist.parse(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so ``conf/config.yaml`` composes against it (``sfs_schema``)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="sfs_schema", node=Config)

@@ -1,0 +1,121 @@
+"""Synthetic sparse features: firing probabilities, importances and a packed sampler.
+
+A feature i fires with probability p_i; when it fires its value is uniform in
+[0, max_magnitude]; otherwise it is 0. The pieces are small and separately testable:
+
+- ``feature_probabilities``: p for one model, from its sparsity S (mean firing rate 1 - S)
+  and its feature distribution ("uniform": p_i = 1 - S; "power:a": p_i proportional to
+  i^-a, scaled so the mean rate is still 1 - S, clipped at 1).
+- ``feature_importance``: I_i = r^i (r = 1: all features equally important).
+- ``sparse_features``: one uniform draw per entry gives both the firing decision and the
+  magnitude: with u ~ U[0, 1), "fires" is u < p and, given that, u / p ~ U[0, 1). One random
+  number per entry instead of two halves the sampling cost.
+- ``PackedSampler``: one torch.Generator per model, on the training device, seeded from the
+  model's own data seed, so a model's data stream never depends on its pack-mates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_POWER = re.compile(r"^power:(?P<a>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")
+
+
+@dataclass(frozen=True)
+class FeatureDist:
+    """Parsed feature distribution: ``uniform`` or ``power:<a>`` with exponent a >= 0."""
+
+    kind: str
+    exponent: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> FeatureDist:
+        if text == "uniform":
+            return cls("uniform")
+        match = _POWER.match(text)
+        if match is None:
+            raise ValueError(
+                f"feature distribution {text!r} is not 'uniform' or 'power:<a>' with a >= 0 "
+                "(e.g. 'power:1.2')"
+            )
+        return cls("power", float(match["a"]))
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for one named random stream of one model (e.g. "data", "init").
+
+    Hash-derived so streams are independent of each other and of every other seed value.
+    """
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def feature_probabilities(n_features: int, sparsity: float, feature_dist: str) -> Tensor:
+    """Firing probability of each feature, ``(feature,)``, mean 1 - sparsity (before clipping)."""
+    dist = FeatureDist.parse(feature_dist)
+    density = 1.0 - sparsity
+    if dist.kind == "uniform":
+        return torch.full((n_features,), density, dtype=torch.float64)
+    ranks = torch.arange(1, n_features + 1, dtype=torch.float64)
+    weights = ranks ** (-dist.exponent)
+    return (weights * (density * n_features / weights.sum())).clamp(max=1.0)
+
+
+def feature_importance(n_features: int, decay: float) -> Tensor:
+    """I_i = decay^i, ``(feature,)``; features are sorted most important first."""
+    return decay ** torch.arange(n_features, dtype=torch.float64)
+
+
+def sparse_features(uniform: Tensor, probs: Tensor, max_magnitude: float) -> Tensor:
+    """Turn U[0,1) draws into sparse features.
+
+    uniform: ``(..., feature)``; probs broadcastable to it. Returns the same shape: zero
+    where u >= p, else (u / p) * max_magnitude, which is U[0, max_magnitude) given firing.
+    """
+    scale = max_magnitude / probs
+    return torch.where(uniform < probs, uniform * scale, torch.zeros((), device=uniform.device))
+
+
+class PackedSampler:
+    """Draws training batches ``(instance, batch, feature)`` for a pack of models.
+
+    probs: ``(instance, feature)`` firing probabilities; data_seeds: one seed per model.
+    """
+
+    def __init__(
+        self,
+        probs: Tensor,
+        data_seeds: list[int],
+        batch_size: int,
+        max_magnitude: float,
+        device: torch.device,
+    ) -> None:
+        n_instances, n_features = probs.shape
+        if len(data_seeds) != n_instances:
+            raise ValueError("one data seed per instance is required")
+        self.probs = probs.to(device=device, dtype=torch.float32).unsqueeze(1)  # (inst, 1, feat)
+        self.max_magnitude = max_magnitude
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in data_seeds]
+        # Reused draw buffer: each instance fills its own slice from its own generator.
+        self._uniform = torch.empty(n_instances, batch_size, n_features, device=device)
+
+    def sample(self) -> Tensor:
+        for k, generator in enumerate(self.generators):
+            torch.rand(self._uniform.shape[1:], generator=generator, out=self._uniform[k])
+        return sparse_features(self._uniform, self.probs, self.max_magnitude)
+
+
+def eval_uniform(n_features: int, eval_seed: int, n_samples: int) -> Tensor:
+    """U[0,1) draws ``(sample, feature)`` behind the fixed held-out batch, on the CPU.
+
+    Every model of every pack and shape gets the same draws (one generator seeded with
+    eval_seed), turned into features with its own probabilities by ``sparse_features``,
+    so final losses are comparable across models, packs and devices.
+    """
+    generator = torch.Generator().manual_seed(eval_seed)
+    return torch.rand(n_samples, n_features, generator=generator)

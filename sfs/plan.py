@@ -1,0 +1,158 @@
+"""Plan: sweep config -> model specs with stable ids -> packs (one Ray trial each).
+
+A ``ModelSpec`` is everything that determines a trained model's numbers; its ``model_id``
+is a hash of exactly that, so the same model gets the same id in any sweep, pack or run,
+and a store can tell which models it already holds. A ``Pack`` groups specs that share a
+shape and a training schedule (they must step together) but may differ in sparsity,
+importance, feature distribution, weight decay and seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+from sfs.config import Config
+from sfs.models import family_class
+
+# Fields a pack's models may differ in; every other field is shared by the pack.
+PER_MODEL_FIELDS = ("sparsity", "importance", "feature_dist", "weight_decay", "seed")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    family: str
+    n_features: int
+    width: int
+    depth: int
+    sparsity: float
+    importance: float
+    feature_dist: str
+    weight_decay: float
+    seed: int
+    steps: int
+    batch_size: int
+    lr: float
+    lr_schedule: str
+    warmup_steps: int
+    final_lr_ratio: float
+    max_magnitude: float
+    init: str
+    bias_init_std: float
+    eval_seed: int
+    eval_samples: int
+
+    @property
+    def model_id(self) -> str:
+        """Stable 16-hex-digit hash of the full spec (field order and int/float kind fixed)."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def n_params(self) -> int:
+        return family_class(self.family).n_params(self.n_features, self.width, self.depth)
+
+    @property
+    def pack_key(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name not in PER_MODEL_FIELDS)
+
+    @property
+    def label(self) -> str:
+        """Short readable name of the per-model axes, unique within a pack (MLflow keys)."""
+        dist = self.feature_dist.replace(":", "")
+        return (f"S{self.sparsity:g}_I{self.importance:g}_wd{self.weight_decay:g}_{dist}"
+                f"_seed{self.seed}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Models trained together as one batched model in one trial."""
+
+    sweep: str
+    models: tuple[ModelSpec, ...]
+
+    @property
+    def pack_id(self) -> str:
+        joined = ",".join(sorted(m.model_id for m in self.models))
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+    @property
+    def shape(self) -> ModelSpec:
+        return self.models[0]
+
+    @property
+    def cost(self) -> float:
+        """Relative training cost (multiply-adds), for scheduling the largest packs first."""
+        spec = self.shape
+        return float(len(self.models) * spec.steps * spec.batch_size * spec.n_params)
+
+    def to_dict(self) -> dict:
+        return {"sweep": self.sweep, "models": [asdict(m) for m in self.models]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Pack:
+        return cls(data["sweep"], tuple(ModelSpec.from_dict(m) for m in data["models"]))
+
+
+def plan_models(cfg: Config) -> list[ModelSpec]:
+    """Every model of the sweep's grid, in a deterministic order."""
+    sweep, train, data, model = cfg.sweep, cfg.train, cfg.data, cfg.model
+    scale = sweep.scale
+    specs = []
+    for family, n, width, depth, sparsity, importance, dist, wd, seed in itertools.product(
+        sweep.families, sweep.n_features, sweep.widths, sweep.depths, sweep.sparsities,
+        sweep.importances, sweep.feature_dists, sweep.weight_decays, sweep.effective_seeds,
+    ):
+        specs.append(ModelSpec(
+            family=family, n_features=int(n), width=int(width), depth=int(depth),
+            sparsity=float(sparsity), importance=float(importance), feature_dist=str(dist),
+            weight_decay=float(wd), seed=int(seed),
+            steps=train.steps * scale, batch_size=train.batch_size, lr=float(train.lr),
+            lr_schedule=train.lr_schedule, warmup_steps=train.warmup_steps * scale,
+            final_lr_ratio=float(train.final_lr_ratio), max_magnitude=float(data.max_magnitude),
+            init=model.init, bias_init_std=float(model.bias_init_std),
+            eval_seed=data.eval_seed, eval_samples=data.eval_samples,
+        ))
+    return specs
+
+
+# A pack's training batch is (pack, batch, feature) floats; keep it near 16 MB so packing
+# never trades memory for speed, and bound the pack so one slow trial cannot dominate.
+_MAX_BATCH_ELEMENTS = 1 << 22
+_MAX_PACK = 64
+
+
+def auto_pack_size(specs: list[ModelSpec], n_slots: int) -> int:
+    """Large enough to amortise per-step overhead, small enough to give every trial slot
+    about two packs to work on (so the last packs finish together)."""
+    if not specs:
+        return 1
+    per_slot = math.ceil(len(specs) / (2 * max(1, n_slots)))
+    largest = max(s.batch_size * s.n_features for s in specs)
+    memory_cap = max(1, _MAX_BATCH_ELEMENTS // largest)
+    return max(1, min(per_slot, memory_cap, _MAX_PACK))
+
+
+def make_packs(sweep_name: str, specs: list[ModelSpec], pack_size: int) -> list[Pack]:
+    """Group specs by shape and schedule, split each group into near-equal packs of at most
+    ``pack_size``, and order them largest first."""
+    if pack_size < 1:
+        raise ValueError(f"pack_size must be >= 1, got {pack_size}")
+    groups: dict[tuple, list[ModelSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.pack_key, []).append(spec)
+    packs = []
+    for group in groups.values():
+        n_packs = math.ceil(len(group) / pack_size)
+        size = math.ceil(len(group) / n_packs)
+        for start in range(0, len(group), size):
+            packs.append(Pack(sweep_name, tuple(group[start:start + size])))
+    packs.sort(key=lambda p: p.cost, reverse=True)
+    return packs

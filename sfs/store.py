@@ -1,0 +1,204 @@
+"""The results store of one sweep: the contract later stages and users build on.
+
+Layout of ``<out_dir>/<sweep>/``::
+
+    trials.parquet        one row per model (TRIAL_SCHEMA); the consolidated table
+    parts/<pack>.parquet  rows of packs finished since the last consolidation
+    weights/<model>.npz   W (feature, hidden), b (feature,), curve, curve_steps
+    mlflow.db             the SQLite MLflow store (unless tracking.uri names a server)
+
+Every file is written to a temporary name and renamed into place, so a killed sweep leaves
+either the old file or the new one, never half of one. A pack's rows land in one part file
+(the commit point: a pack is stored once its part file exists); ``consolidate`` folds parts
+into ``trials.parquet``. Readers take the union of both, one row per model (the newest),
+so a crash between the two steps loses nothing and duplicates nothing.
+
+Only the sweep driver writes here; a lock file refuses a second driver on the same store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+log = logging.getLogger(__name__)
+
+TRIAL_SCHEMA: dict[str, pl.DataType] = {
+    "model_id": pl.String, "pack_id": pl.String, "sweep": pl.String, "family": pl.String,
+    "n_features": pl.Int64, "width": pl.Int64, "depth": pl.Int64, "n_params": pl.Int64,
+    "sparsity": pl.Float64, "importance": pl.Float64, "feature_dist": pl.String,
+    "weight_decay": pl.Float64, "seed": pl.Int64, "steps": pl.Int64, "batch_size": pl.Int64,
+    "lr": pl.Float64, "lr_schedule": pl.String, "warmup_steps": pl.Int64,
+    "final_lr_ratio": pl.Float64, "max_magnitude": pl.Float64, "init": pl.String,
+    "bias_init_std": pl.Float64, "eval_seed": pl.Int64, "eval_samples": pl.Int64,
+    "loss": pl.Float64, "train_loss": pl.Float64, "n_represented": pl.Int64,
+    "frobenius_sq": pl.Float64, "status": pl.String, "error": pl.String, "wall_s": pl.Float64,
+    "pack_size": pl.Int64, "device": pl.String, "mlflow_run_id": pl.String,
+    "weights_path": pl.String, "finished_at": pl.Float64,
+}
+STATUSES = ("ok", "diverged", "failed")
+DONE_STATUSES = ("ok", "diverged")  # a failed model is trained again on the next run
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as asked (corrupt, foreign, locked or unwritable)."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _frame_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def empty_trials() -> pl.DataFrame:
+    return pl.DataFrame(schema=TRIAL_SCHEMA)
+
+
+def conform(rows: list[dict]) -> pl.DataFrame:
+    """Rows (dicts with at least the schema's keys) as a frame with exactly TRIAL_SCHEMA."""
+    return pl.DataFrame([{k: row.get(k) for k in TRIAL_SCHEMA} for row in rows], schema=TRIAL_SCHEMA)
+
+
+class TrialStore:
+    """One sweep folder. Use as a context manager to hold the writer lock."""
+
+    def __init__(self, sweep_dir: Path | str) -> None:
+        self.dir = Path(sweep_dir).absolute()
+        self.trials_path = self.dir / "trials.parquet"
+        self.parts_dir = self.dir / "parts"
+        self.weights_dir = self.dir / "weights"
+        self._lock_handle = None
+
+    # -- writer lifecycle -------------------------------------------------------------------
+    def open_for_writing(self) -> TrialStore:
+        """Create the folders, take the writer lock, and check what is already there."""
+        try:
+            for folder in (self.dir, self.parts_dir, self.weights_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as error:
+            raise StoreError(f"cannot write the results store at {self.dir}: {error.strerror}") from error
+        self._lock_handle = open(self.dir / ".lock", "w")
+        try:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_handle.close()
+            self._lock_handle = None
+            raise StoreError(f"another sfs process is writing {self.dir}; wait for it or stop it") from None
+        self.load()  # refuse a corrupt or foreign store before any training
+        for stale in self.dir.glob("**/.*.tmp-*"):  # leftovers of a killed writer
+            stale.unlink(missing_ok=True)
+        return self
+
+    def close(self) -> None:
+        if self._lock_handle is not None:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def __enter__(self) -> TrialStore:
+        return self.open_for_writing()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------------------
+    def _read(self, path: Path) -> pl.DataFrame:
+        try:
+            frame = pl.read_parquet(path)
+        except Exception as error:  # polars raises several types for unreadable files
+            raise StoreError(
+                f"{path} is not a readable parquet file ({type(error).__name__}); it was left as "
+                "it is: move it away or point paths.out_dir elsewhere") from error
+        missing = [c for c in ("model_id", "status", "sweep") if c not in frame.columns]
+        if missing:
+            raise StoreError(f"{path} is not an sfs trials table (no column {missing}); it was left "
+                             "as it is: move it away or point paths.out_dir elsewhere")
+        extra = [c for c in TRIAL_SCHEMA if c not in frame.columns]
+        frame = frame.with_columns(pl.lit(None, dtype=TRIAL_SCHEMA[c]).alias(c) for c in extra)
+        return frame.select(pl.col(c).cast(TRIAL_SCHEMA[c]) for c in TRIAL_SCHEMA)
+
+    def load(self) -> pl.DataFrame:
+        """Every stored model, one row each (the newest when a model was stored twice)."""
+        frames = [self._read(self.trials_path)] if self.trials_path.exists() else []
+        if self.parts_dir.exists():
+            frames += [self._read(p) for p in sorted(self.parts_dir.glob("*.parquet"))]
+        if not frames:
+            return empty_trials()
+        table = pl.concat(frames)
+        return (table.sort("finished_at", nulls_last=False)
+                .unique(subset="model_id", keep="last", maintain_order=True)
+                .sort("finished_at"))
+
+    def done_ids(self) -> set[str]:
+        """Models that need no training: stored as ok or diverged."""
+        table = self.load()
+        return set(table.filter(pl.col("status").is_in(DONE_STATUSES))["model_id"].to_list())
+
+    # -- writing ----------------------------------------------------------------------------
+    def weights_file(self, model_id: str) -> Path:
+        return self.weights_dir / f"{model_id}.npz"
+
+    def write_weights(self, model_id: str, **arrays: np.ndarray) -> str:
+        """Store one model's arrays; returns the path relative to the sweep folder."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        path = self.weights_file(model_id)
+        atomic_write_bytes(path, buffer.getvalue())
+        return str(path.relative_to(self.dir))
+
+    def write_rows(self, pack_id: str, rows: list[dict]) -> None:
+        """Commit one pack's rows (the pack counts as stored from here on)."""
+        frame = conform(rows)
+        bad = set(frame["status"].to_list()) - set(STATUSES)
+        if bad:
+            raise ValueError(f"status must be one of {STATUSES}, got {sorted(bad)}")
+        atomic_write_bytes(self.parts_dir / f"{pack_id}-{time.time_ns()}.parquet", _frame_bytes(frame))
+
+    def consolidate(self) -> pl.DataFrame:
+        """Fold part files into trials.parquet (atomically), then drop the folded parts."""
+        parts = sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.exists() else []
+        table = self.load()
+        if parts or not self.trials_path.exists():
+            atomic_write_bytes(self.trials_path, _frame_bytes(table))
+            for part in parts:  # already inside trials.parquet; safe to drop
+                part.unlink(missing_ok=True)
+        return table
+
+
+def load_weights(sweep_dir: Path | str, row: dict) -> dict[str, np.ndarray]:
+    """The arrays of one trials.parquet row: ``W`` (feature, hidden), ``b``, ``curve``..."""
+    with np.load(Path(sweep_dir) / row["weights_path"]) as arrays:
+        return {name: arrays[name] for name in arrays.files}

@@ -1,0 +1,319 @@
+"""Sweep: fan packs out as Ray Tune trials; the driver stores and logs each finished pack.
+
+Workers only train (``run_pack_trial``) and hand their results back through
+``tune.report``; the driver's ``PersistCallback`` writes weights, MLflow and the store as
+each pack finishes, so a long sweep holds no results in memory and loses nothing finished
+when it dies. Nothing a worker does depends on its working directory (under /tmp/ray) or
+on a shared filesystem: on a multi-node cluster only the driver needs the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ray import tune
+
+from sfs.config import Config
+from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs, plan_models
+from sfs.store import DONE_STATUSES, TrialStore
+from sfs.tracking import Tracker, default_uri, ui_command
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_KEY = "sfs_payload"  # the pickled PackResult inside a trial's single report
+
+
+def trial_device(option: str):
+    """The device a trial trains on: the accelerator Ray assigned to it, else the CPU.
+
+    Never ``torch.cuda.is_available()``: a trial that was not given a GPU must not take one.
+    """
+    import torch
+
+    if option == "cpu":
+        return torch.device("cpu")
+    import ray
+
+    assigned = ray.get_gpu_ids() if ray.is_initialized() else []
+    if option == "cuda" or assigned:
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but this trial sees no CUDA device")
+        return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU
+    return torch.device("cpu")
+
+
+def run_pack_trial(config: dict) -> None:
+    """Ray Tune function trainable: train one pack, report its results once."""
+    import torch
+
+    from sfs.training import train_pack
+
+    item = config["sfs"]
+    options = item["options"]
+    torch.set_num_threads(options["torch_threads"])
+    pack = Pack.from_dict(item["pack"])
+    result = train_pack(pack, trial_device(options["device"]), options["log_every"])
+    tune.report({"pack_id": pack.pack_id, "n_models": len(pack.models),
+                 "pack_wall_s": result.wall_s, PAYLOAD_KEY: pickle.dumps(result)})
+
+
+@dataclass
+class Part:
+    """One sweep of the launch: its config, store, tracker and what is left to train."""
+
+    cfg: Config
+    store: TrialStore
+    tracker: Tracker | None
+    planned: list[ModelSpec]
+    todo: list[ModelSpec]
+    packs: list[Pack] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.sweep.name
+
+
+@dataclass
+class PartSummary:
+    name: str
+    folder: str
+    planned: int
+    skipped: int  # already in the store before this launch
+    ok: int
+    diverged: int
+    failed: int
+    missing: int  # planned but not stored (interrupted)
+    failed_ids: list[str]
+    mlflow: str | None
+
+
+@dataclass
+class SweepSummary:
+    parts: list[PartSummary]
+    wall_s: float
+    packs_run: int
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if all(p.failed == 0 and p.missing == 0 for p in self.parts) else 1
+
+
+def _row(spec: ModelSpec, pack: Pack, **values) -> dict:
+    return {**dataclasses.asdict(spec), "model_id": spec.model_id, "pack_id": pack.pack_id,
+            "sweep": pack.sweep, "n_params": spec.n_params, "pack_size": len(pack.models),
+            "finished_at": time.time(), **values}
+
+
+class PersistCallback(tune.Callback):
+    """Runs in the driver: stores every pack as it finishes."""
+
+    def __init__(self, packs: dict[str, tuple[Part, Pack]]) -> None:
+        self.packs = packs
+        self.started_ms: dict[str, int] = {}
+        self.done = 0
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks for Tuner.restore, which sfs never uses (the store is
+        # the record); the open store and the MLflow client must not be pickled.
+        return {}
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.started_ms[trial.trial_id] = int(time.time() * 1000)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        payload = result.pop(PAYLOAD_KEY, None)  # Tune keeps every result: drop the bulk
+        if payload is None:
+            return
+        part, pack = self.packs[result["pack_id"]]
+        persist_pack(part, pack, pickle.loads(payload), self._started(trial))
+        self.done += 1
+        log.info("[%d/%d packs] %s", self.done, len(self.packs), _describe(pack))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        part, pack = self.packs[trial.config["sfs"]["pack_id"]]
+        error = (trial.get_error() or "unknown error").strip()
+        persist_failure(part, pack, error, self._started(trial))
+        self.done += 1
+        log.error("[%d/%d packs] FAILED %s: %s", self.done, len(self.packs), _describe(pack),
+                  error.splitlines()[-1])
+
+    def _started(self, trial) -> int:
+        return self.started_ms.get(trial.trial_id, int(time.time() * 1000))
+
+
+def _describe(pack: Pack) -> str:
+    s = pack.shape
+    return (f"{pack.sweep}: {s.family} n={s.n_features} m={s.width} depth={s.depth}, "
+            f"{len(pack.models)} models")
+
+
+def persist_pack(part: Part, pack: Pack, result, started_ms: int) -> None:
+    """Weights, then MLflow, then the store rows (the commit point)."""
+    weight_paths, files = [], []
+    for model in result.models:
+        relative = part.store.write_weights(model.model_id, W=model.W, b=model.b, curve=model.curve,
+                                            curve_steps=result.curve_steps)
+        weight_paths.append(relative)
+        files.append(part.store.dir / relative)
+    run_id = part.tracker.log_pack(pack, result, files, started_ms) if part.tracker else None
+    rows = [
+        _row(spec, pack, loss=model.loss, train_loss=model.train_loss,
+             n_represented=model.n_represented, frobenius_sq=model.frobenius_sq,
+             status=model.status, error=None, wall_s=result.wall_s, device=result.device,
+             mlflow_run_id=run_id, weights_path=path)
+        for spec, model, path in zip(pack.models, result.models, weight_paths)
+    ]
+    part.store.write_rows(pack.pack_id, rows)
+
+
+def persist_failure(part: Part, pack: Pack, error: str, started_ms: int) -> None:
+    run_id = part.tracker.log_failed_pack(pack, error, started_ms) if part.tracker else None
+    short = error[-2000:]
+    part.store.write_rows(pack.pack_id, [
+        _row(spec, pack, status="failed", error=short, mlflow_run_id=run_id) for spec in pack.models
+    ])
+
+
+def prepare_part(cfg: Config) -> Part:
+    """Open the store (refusing a corrupt one), connect MLflow, and find what is left."""
+    sweep_dir = Path(cfg.paths.out_dir) / cfg.sweep.name
+    store = TrialStore(sweep_dir).open_for_writing()
+    try:
+        table = store.consolidate()  # folds in parts a killed driver left behind
+        tracker = None
+        if cfg.tracking.enabled:
+            uri = cfg.tracking.uri or default_uri(sweep_dir)
+            tracker = Tracker(uri, cfg.tracking.experiment or cfg.sweep.name, sweep_dir)
+            tracker.tidy(set(table["mlflow_run_id"].drop_nulls().to_list()))
+        planned = plan_models(cfg)
+        done = set(table.filter(table["status"].is_in(DONE_STATUSES))["model_id"].to_list())
+        todo = [spec for spec in planned if spec.model_id not in done]
+    except BaseException:
+        store.close()
+        raise
+    return Part(cfg, store, tracker, planned, todo)
+
+
+def _start_ray(cfg: Config) -> bool:
+    """Start or join Ray; returns whether this process started it (and must stop it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    cluster = cfg.cluster
+    if cluster.address is None:
+        ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
+                 logging_level=logging.WARNING, configure_logging=True)
+    else:
+        ray.init(address=cluster.address, logging_level=logging.WARNING)
+    return True
+
+
+def _trial_resources(cfg: Config) -> tuple[dict, int]:
+    """Resources per trial and how many trials fit on the cluster at once."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus = cfg.cluster.cpus_per_trial
+    gpus = cfg.cluster.gpus_per_trial
+    if gpus is None:  # toy models are tiny: several packs share one GPU
+        gpus = 0.25 if total.get("GPU", 0) > 0 else 0.0
+    slots = int(total.get("CPU", 1) // cpus)
+    if gpus > 0:
+        slots = min(slots, int(total.get("GPU", 0) // gpus))
+    return {"cpu": cpus, "gpu": gpus}, max(1, slots)
+
+
+def run_sweep(cfgs: list[Config]) -> SweepSummary:
+    """Train everything the configs plan that is not stored yet; return the summary."""
+    started = time.perf_counter()
+    parts: list[Part] = []
+    try:
+        for cfg in cfgs:
+            parts.append(prepare_part(cfg))
+        for part in parts:
+            log.info("%s: %d models planned, %d already stored, %d to train", part.name,
+                     len(part.planned), len(part.planned) - len(part.todo), len(part.todo))
+        n_packs = 0
+        if any(part.todo for part in parts):
+            n_packs = _run_tune(parts)
+        return _summarise(parts, time.perf_counter() - started, n_packs)
+    finally:
+        for part in parts:
+            part.store.consolidate()
+            part.store.close()
+
+
+def _run_tune(parts: list[Part]) -> int:
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial files
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we log progress
+    # Tune's result grid looks for the per-trial files we switched off; nothing is missing.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    import ray
+
+    lead = parts[0].cfg
+    started_ray = _start_ray(lead)
+    try:
+        resources, slots = _trial_resources(lead)
+        all_todo = [spec for part in parts for spec in part.todo]
+        by_id: dict[str, tuple[Part, Pack]] = {}
+        items = []
+        for part in parts:
+            size = part.cfg.sweep.pack_size or auto_pack_size(all_todo, slots)
+            part.packs = make_packs(part.name, part.todo, size)
+            options = {"log_every": part.cfg.train.log_every, "device": part.cfg.train.device,
+                       "torch_threads": part.cfg.train.torch_threads}
+            for pack in part.packs:
+                by_id[pack.pack_id] = (part, pack)
+                items.append({"pack_id": pack.pack_id, "pack": pack.to_dict(), "options": options})
+        items.sort(key=lambda item: by_id[item["pack_id"]][1].cost, reverse=True)  # largest first
+        log.info("training %d models in %d packs, %d at a time (%s per trial)",
+                 len(all_todo), len(items), slots, resources)
+        tune_dir = Path(lead.paths.out_dir) / ".tune"
+        run_name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        tuner = tune.Tuner(
+            tune.with_resources(run_pack_trial, resources),
+            param_space={"sfs": tune.grid_search(items)},
+            tune_config=tune.TuneConfig(
+                reuse_actors=True,  # one worker process per slot: Lightning imported once
+                max_concurrent_trials=lead.cluster.max_concurrent_trials,
+                trial_dirname_creator=lambda t: t.config["sfs"]["pack_id"],
+                trial_name_creator=lambda t: t.config["sfs"]["pack_id"]),
+            run_config=tune.RunConfig(
+                name=run_name, storage_path=str(tune_dir), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=lead.cluster.max_retries),
+                callbacks=[PersistCallback(by_id)],
+            ),
+        )
+        tuner.fit()
+        shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
+        return len(items)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _summarise(parts: list[Part], wall_s: float, n_packs: int) -> SweepSummary:
+    summaries = []
+    for part in parts:
+        table = part.store.load()
+        planned_ids = {spec.model_id for spec in part.planned}
+        rows = table.filter(table["model_id"].is_in(planned_ids))
+        status = rows["status"].to_list()
+        failed_ids = rows.filter(rows["status"] == "failed")["model_id"].to_list()
+        todo_ids = {spec.model_id for spec in part.todo}
+        summaries.append(PartSummary(
+            name=part.name, folder=str(part.store.dir), planned=len(planned_ids),
+            skipped=len(planned_ids - todo_ids), ok=status.count("ok"),
+            diverged=status.count("diverged"), failed=len(failed_ids),
+            missing=len(planned_ids) - rows.height, failed_ids=failed_ids,
+            mlflow=ui_command(part.tracker.uri) if part.tracker else None,
+        ))
+    return SweepSummary(summaries, wall_s, n_packs)

@@ -1,0 +1,286 @@
+"""Train one pack: a batched toy model under a lean Lightning loop, then evaluate.
+
+No Ray here: ``train_pack(pack, device)`` runs anywhere (tests call it directly). The
+loop keeps per-step work on the device: losses for the curve go into a preallocated
+tensor, and the host looks at them (one sync) only every ``log_every`` steps, to catch
+models whose loss went NaN/inf.
+
+Run by hand:  python -c "from sfs.training import demo; demo()"
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sfs import data as sfs_data
+from sfs.metrics import frobenius_sq, n_represented
+from sfs.models import PackedToyModel, family_class
+from sfs.plan import ModelSpec, Pack
+
+log = logging.getLogger(__name__)
+
+EVAL_CHUNK = 4096  # held-out samples per forward pass: bounds eval memory for wide models
+
+
+@dataclass
+class ModelResult:
+    model_id: str
+    W: np.ndarray  # (feature, hidden) float32
+    b: np.ndarray  # (feature,)
+    loss: float  # final loss on the fixed held-out batch
+    train_loss: float  # last logged training loss
+    curve: np.ndarray  # (n_logs,) training loss at curve_steps
+    status: str  # ok | diverged
+    n_represented: int
+    frobenius_sq: float
+
+
+@dataclass
+class PackResult:
+    pack_id: str
+    models: list[ModelResult]
+    curve_steps: np.ndarray  # (n_logs,)
+    device: str
+    wall_s: float  # training + evaluation of the whole pack
+    steps_done: int
+    errors: list[str] = field(default_factory=list)
+
+
+def lr_factor(step: int, steps: int, schedule: str, warmup_steps: int, final_ratio: float) -> float:
+    """Multiplier of the base lr at optimizer step ``step`` (0-based): linear warmup, then
+    constant or cosine from 1 to final_ratio at the last step."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, steps - warmup_steps - 1)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_model(pack: Pack) -> PackedToyModel:
+    """The packed model with every instance initialised from its own seed."""
+    shape = pack.shape
+    model = family_class(shape.family)(len(pack.models), shape.n_features, shape.width, shape.depth)
+    for k, spec in enumerate(pack.models):
+        generator = torch.Generator().manual_seed(sfs_data.derive_seed(spec.seed, "init"))
+        model.init_instance(k, generator, spec.init, spec.bias_init_std)
+    return model
+
+
+def pack_tensors(pack: Pack) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-instance probabilities ``(inst, feat)``, importances ``(inst, feat)``, decays ``(inst,)``."""
+    n = pack.shape.n_features
+    probs = torch.stack([sfs_data.feature_probabilities(n, s.sparsity, s.feature_dist)
+                         for s in pack.models])
+    importance = torch.stack([sfs_data.feature_importance(n, s.importance) for s in pack.models])
+    decays = torch.tensor([s.weight_decay for s in pack.models], dtype=torch.float64)
+    return probs.float(), importance.float(), decays.float()
+
+
+def weighted_mse(x: Tensor, out: Tensor, importance: Tensor) -> Tensor:
+    """Importance-weighted MSE per instance, mean over batch and features (TMS reference).
+
+    x, out: ``(instance, batch, feature)``; importance ``(instance, feature)`` -> ``(instance,)``.
+    """
+    return (importance.unsqueeze(1) * (x - out).square()).mean(dim=(1, 2))
+
+
+def _lightning():
+    # Imported lazily: Lightning costs seconds to import, and planning/validation never needs it.
+    warnings.filterwarnings("ignore", message=".*treespec.*")  # Lightning 2.6 on torch 2.13
+    import lightning.pytorch as pl
+
+    return pl
+
+
+def make_module(pack: Pack, log_every: int):
+    pl = _lightning()
+
+    class PackModule(pl.LightningModule):
+        """Manual optimisation: one AdamW over the pack, per-instance decoupled weight decay."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.pack = pack
+            self.spec: ModelSpec = pack.shape
+            self.model = build_model(pack)
+            probs, importance, decays = pack_tensors(pack)
+            self.register_buffer("probs", probs)
+            self.register_buffer("importance", importance)
+            self.register_buffer("decays", decays.view(-1, 1, 1))  # (instance, 1, 1)
+            self.has_decay = bool((decays != 0).any())
+            self.has_signed_decay = bool((decays < 0).any())
+            self.log_every = log_every
+            steps = self.spec.steps
+            self.curve_steps = [s for s in range(log_every, steps + 1, log_every)]
+            if not self.curve_steps or self.curve_steps[-1] != steps:
+                self.curve_steps.append(steps)
+            self.sampler: sfs_data.PackedSampler | None = None
+            self.curve: Tensor | None = None
+            self.live = torch.ones(len(pack.models), dtype=torch.bool)  # host-side: not diverged
+            self.steps_done = 0
+
+        def configure_optimizers(self):
+            # Weight decay is applied by hand (per instance, on W only): AdamW's own is a
+            # scalar per parameter group and would also decay the bias.
+            optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.spec.lr, weight_decay=0.0)
+            spec = self.spec
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer,
+                lambda step: lr_factor(step, spec.steps, spec.lr_schedule, spec.warmup_steps,
+                                       spec.final_lr_ratio),
+            )
+            return [optimizer], [scheduler]
+
+        def on_train_start(self) -> None:
+            seeds = [sfs_data.derive_seed(s.seed, "data") for s in self.pack.models]
+            self.sampler = sfs_data.PackedSampler(
+                self.probs, seeds, self.spec.batch_size, self.spec.max_magnitude, self.device)
+            self.curve = torch.full((len(self.curve_steps), len(self.pack.models)), float("nan"),
+                                    device=self.device)
+            self._live_device = self.live.to(self.device)
+
+        def training_step(self, batch, batch_idx: int) -> None:
+            optimizer = self.optimizers()
+            scheduler = self.lr_schedulers()
+            x = self.sampler.sample()  # (instance, batch, feature)
+            losses = weighted_mse(x, self.model(x), self.importance)  # (instance,)
+            # Diverged instances are frozen out of the objective, so their NaNs never reach
+            # an optimizer step again; the rest of the pack trains on unaffected.
+            total = torch.where(self._live_device, losses, torch.zeros_like(losses)).sum()
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(total)
+            if self.has_decay:
+                self._decay_weights(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+            step = batch_idx + 1
+            self.steps_done = step
+            if step % self.log_every == 0 or step == self.spec.steps:
+                self._log_point(step, losses.detach())
+
+        @torch.no_grad()
+        def _decay_weights(self, lr: float) -> None:
+            """Decoupled decay on W, per instance (Liu et al. 2025): gamma >= 0 shrinks every
+            row, W_i -= lr*gamma*W_i; gamma < 0 pulls rows toward unit norm,
+            W_i -= lr*gamma*(1/||W_i|| - 1)*W_i."""
+            W = self.model.W  # (instance, feature, hidden)
+            coef = self.decays  # (instance, 1, 1)
+            if self.has_signed_decay:
+                inv_norm = 1.0 / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (inst, feat, 1)
+                coef = torch.where(coef >= 0, coef, coef * (inv_norm - 1.0))
+            W.sub_(lr * coef * W)
+
+        def _log_point(self, step: int, losses: Tensor) -> None:
+            index = self.curve_steps.index(step)
+            self.curve[index] = losses
+            finite = torch.isfinite(losses).cpu()  # the one host sync per log interval
+            newly_dead = self.live & ~finite
+            if newly_dead.any():
+                for k in newly_dead.nonzero().flatten().tolist():
+                    log.warning("model %s diverged at step %d (loss %s); its pack-mates continue",
+                                self.pack.models[k].model_id, step, losses[k].item())
+                self.live &= finite
+                self._live_device = self.live.to(self.device)
+                if not self.live.any():
+                    self.trainer.should_stop = True
+
+    return PackModule()
+
+
+@torch.no_grad()
+def evaluate(model: PackedToyModel, pack: Pack, probs: Tensor, importance: Tensor) -> Tensor:
+    """Loss of every instance on the fixed held-out batch, ``(instance,)`` on the CPU."""
+    spec = pack.shape
+    uniform = sfs_data.eval_uniform(spec.n_features, spec.eval_seed, spec.eval_samples)
+    device = probs.device
+    total = torch.zeros(len(pack.models), dtype=torch.float64, device=device)
+    for start in range(0, spec.eval_samples, EVAL_CHUNK):
+        chunk = uniform[start:start + EVAL_CHUNK].to(device).unsqueeze(0)  # (1, chunk, feat)
+        x = sfs_data.sparse_features(chunk, probs.unsqueeze(1), spec.max_magnitude)  # (inst, chunk, feat)
+        per_sample = (importance.unsqueeze(1) * (x - model(x)).square()).mean(dim=2)
+        total += per_sample.sum(dim=1, dtype=torch.float64)
+    return (total / spec.eval_samples).cpu()
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*barebones=True.*")
+
+
+def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 100) -> PackResult:
+    """Train every model of the pack together, evaluate each on the held-out batch."""
+    pl = _lightning()
+    _quiet_lightning()
+    device = torch.device(device)
+    started = time.perf_counter()
+    module = make_module(pack, log_every)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        max_steps=pack.shape.steps,
+        max_epochs=1,
+        barebones=True,  # no logger, checkpointing, progress bar or summaries: we log ourselves
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=False,
+    )
+    # One "batch" per optimizer step; the data itself is drawn on the device in training_step.
+    trainer.fit(module, train_dataloaders=range(pack.shape.steps))
+    module.to(device)
+    losses = evaluate(module.model, pack, module.probs, module.importance)
+    W = module.model.W.detach().cpu().numpy().astype(np.float32)  # (instance, feature, hidden)
+    b = module.model.b_final.detach().cpu().numpy().astype(np.float32)
+    curve = module.curve.cpu().numpy()  # (n_logs, instance)
+    represented = n_represented(W)
+    frob = frobenius_sq(W)
+    results = []
+    for k, spec in enumerate(pack.models):
+        loss = float(losses[k])
+        finite = bool(module.live[k]) and math.isfinite(loss) and bool(np.isfinite(W[k]).all())
+        logged = curve[: _n_logged(module.curve_steps, module.steps_done), k]
+        results.append(ModelResult(
+            model_id=spec.model_id, W=W[k], b=b[k], loss=loss,
+            train_loss=float(logged[-1]) if len(logged) else float("nan"),
+            curve=curve[:, k], status="ok" if finite else "diverged",
+            n_represented=int(represented[k]), frobenius_sq=float(frob[k]),
+        ))
+    return PackResult(
+        pack_id=pack.pack_id, models=results, curve_steps=np.asarray(module.curve_steps),
+        device=str(device), wall_s=time.perf_counter() - started, steps_done=module.steps_done,
+    )
+
+
+def _n_logged(curve_steps: list[int], steps_done: int) -> int:
+    return sum(1 for s in curve_steps if s <= steps_done)
+
+
+def demo() -> None:
+    """Train the TMS n=5, m=2 sparsity curve on the CPU and print what it learned."""
+    from sfs.plan import ModelSpec
+
+    logging.basicConfig(level=logging.INFO)
+    specs = tuple(
+        ModelSpec("relu_output", 5, 2, 0, s, 0.9, "uniform", 0.0, 0, 5000, 1024, 1e-3, "constant",
+                  0, 0.05, 1.0, "xavier_normal", 0.0, 1_000_003, 16384)
+        for s in (0.0, 0.7, 0.9, 0.97)
+    )
+    result = train_pack(Pack("demo", specs))
+    for spec, model in zip(specs, result.models):
+        log.info("S=%.2f loss=%.5f represented=%d", spec.sparsity, model.loss, model.n_represented)

@@ -1,0 +1,140 @@
+"""Config composition and validation: every group and sweep composes; bad input is named."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from sfs.config import Config, ConfigError, SweepConfig
+from sfs.launch import CONF_DIR, available_sweeps, load_configs
+from sfs.plan import plan_models
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("sweep", available_sweeps())
+def test_every_sweep_composes_validates_and_plans(sweep, tmp_path):
+    cfgs = load_configs([f"+sweep={sweep}", f"paths.out_dir={tmp_path}"])
+    assert cfgs and all(isinstance(c, Config) for c in cfgs)
+    for cfg in cfgs:
+        assert cfg.paths.out_dir == str(tmp_path)
+        assert plan_models(cfg), f"{sweep} plans no models"
+
+
+@pytest.mark.parametrize("group", ["model", "data", "train", "tracking", "cluster", "paths"])
+def test_every_config_group_option_composes(group):
+    for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
+        (cfg,) = load_configs(["+sweep=smoke", f"{group}={option}"])
+        assert isinstance(getattr(cfg, group), type(getattr(Config(), group)))
+
+
+def test_full_includes_tms_with_the_users_overrides():
+    cfgs = load_configs(["+sweep=full", "train.steps=7", "sweep.scale=2"])
+    assert [c.sweep.name for c in cfgs] == ["tms"]
+    assert cfgs[0].train.steps == 7 and cfgs[0].sweep.scale == 2
+
+
+def test_relative_out_dir_becomes_absolute():
+    (cfg,) = load_configs(["+sweep=smoke", "paths.out_dir=some/where"])
+    assert Path(cfg.paths.out_dir).is_absolute()
+    assert cfg.paths.out_dir == str(Path.cwd() / "some/where")
+
+
+def test_scale_multiplies_seeds_and_steps():
+    (cfg,) = load_configs(["+sweep=smoke", "sweep.seeds=[0,1]", "sweep.scale=3"])
+    assert cfg.sweep.effective_seeds == [0, 1, 2, 3, 4, 5]
+    specs = plan_models(cfg)
+    assert {s.steps for s in specs} == {3 * cfg.train.steps}
+    assert {s.seed for s in specs} == set(range(6))
+
+
+# (override, words the single error message must contain)
+BAD_VALUES = [
+    ("sweep.widths=[0]", ["sweep.widths", "[1, 1000000]"]),
+    ("sweep.widths=[2,-1]", ["sweep.widths"]),
+    ("sweep.widths=[]", ["sweep.widths", "non-empty"]),
+    ("sweep.widths=[2,2]", ["sweep.widths", "duplicates"]),
+    ("sweep.sparsities=[1.0]", ["sweep.sparsities", "[0, 1)"]),
+    ("sweep.sparsities=[-0.1,0.5]", ["sweep.sparsities", "[0, 1)"]),
+    ("sweep.sparsities=[]", ["sweep.sparsities", "non-empty"]),
+    ("sweep.seeds=[]", ["sweep.seeds", "non-empty"]),
+    ("sweep.n_features=[0]", ["sweep.n_features"]),
+    ("sweep.families=[mlp]", ["sweep.families", "relu_output"]),
+    ("sweep.depths=[1]", ["sweep.depths", "relu_output"]),
+    ("sweep.importances=[0.0]", ["sweep.importances", "(0, 1]"]),
+    ("sweep.feature_dists=[zipf]", ["sweep.feature_dists", "power:<a>"]),
+    ("sweep.scale=0", ["sweep.scale", ">= 1"]),
+    ("train.steps=0", ["train.steps", ">= 1"]),
+    ("train.steps=-3", ["train.steps", ">= 1"]),
+    ("train.batch_size=0", ["train.batch_size"]),
+    ("train.lr=0", ["train.lr", "(0, 10]"]),
+    ("train.lr_schedule=linear", ["train.lr_schedule", "cosine"]),
+    ("train.warmup_steps=300", ["train.warmup_steps", "train.steps=300"]),
+    ("train.device=tpu", ["train.device"]),
+    ("data.max_magnitude=0", ["data.max_magnitude"]),
+    ("model.init=orthogonal", ["model.init"]),
+    ("cluster.address=not/an/address", ["cluster.address", "host:port"]),
+    ("cluster.cpus_per_trial=0", ["cluster.cpus_per_trial"]),
+    ("tracking.uri=ftp://x", ["tracking.uri"]),
+]
+
+
+@pytest.mark.parametrize("override,words", BAD_VALUES)
+def test_bad_values_raise_one_clear_message(override, words):
+    with pytest.raises(ConfigError) as error:
+        load_configs(["+sweep=smoke", override])
+    for word in words:
+        assert word in str(error.value)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.steps=abc", "train.steps"),
+    ("sweep.widths=[two]", "sweep.widths"),
+    ("train.lr=[1]", "train.lr"),
+    ("train.nonsense=1", "nonsense"),
+])
+def test_wrong_types_and_unknown_keys_fail_in_hydra_naming_the_key(override, key):
+    with pytest.raises((HydraException, OmegaConfBaseException)) as error:
+        load_configs(["+sweep=smoke", override])
+    assert key in str(error.value)
+
+
+def test_unknown_sweep_and_missing_sweep():
+    with pytest.raises(HydraException, match="sweep"):
+        load_configs(["+sweep=nope"])
+    with pytest.raises(ConfigError, match=r"\+sweep=NAME"):
+        load_configs([])
+
+
+def test_dataclasses_validate_when_built_directly():
+    with pytest.raises(ConfigError, match="sweep.widths"):
+        SweepConfig(name="x", n_features=[5], widths=[0], sparsities=[0.5])
+    with pytest.raises(ConfigError, match="sweep.seeds"):
+        SweepConfig(name="x", n_features=[5], widths=[2], sparsities=[0.5], seeds=[True])
+    ok = SweepConfig(name="x", n_features=[5], widths=[2], sparsities=[0.5])
+    assert dataclasses.replace(ok, widths=[3]).widths == [3]
+
+
+@pytest.mark.parametrize("override,word", [
+    ("sweep.widths=[0]", "sweep.widths"),
+    ("train.steps=0", "train.steps"),
+    ("sweep.sparsities=[1.5]", "sweep.sparsities"),
+    ("train.steps=abc", "train.steps"),
+])
+def test_cli_rejects_bad_input_before_starting_anything(override, word, tmp_path):
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={tmp_path}", override],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+    )
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert word in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "smoke").exists()  # no store was opened, nothing trained
+    assert not (tmp_path / "ray").exists()  # no Ray was started

@@ -1,0 +1,77 @@
+"""Planning: stable model ids, grid coverage, packs that share exactly what they must."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from sfs.launch import load_configs
+from sfs.plan import PER_MODEL_FIELDS, ModelSpec, Pack, auto_pack_size, make_packs, plan_models
+
+from conftest import tiny_spec
+
+
+def test_model_id_is_stable_across_processes():
+    spec = tiny_spec(sparsity=0.99, weight_decay=-0.3, feature_dist="power:1.5")
+    code = ("import sys; sys.path.insert(0, 'tests'); from conftest import tiny_spec; "
+            "print(tiny_spec(sparsity=0.99, weight_decay=-0.3, feature_dist='power:1.5').model_id)")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == spec.model_id
+    assert len(spec.model_id) == 16
+
+
+def test_every_field_of_the_spec_changes_the_id():
+    spec = tiny_spec()
+    changed = {"family": "linear", "lr_schedule": "cosine", "feature_dist": "power:1.0",
+               "init": "normal"}
+    for field in dataclasses.fields(ModelSpec):
+        value = getattr(spec, field.name)
+        new = changed.get(field.name, value + 1 if isinstance(value, (int, float)) else value)
+        assert dataclasses.replace(spec, **{field.name: new}).model_id != spec.model_id, field.name
+
+
+def test_int_and_float_axis_values_give_the_same_id(tmp_path):
+    (a,) = load_configs(["+sweep=smoke", "sweep.weight_decays=[0]", "sweep.sparsities=[0,1e-1]"])
+    (b,) = load_configs(["+sweep=smoke", "sweep.weight_decays=[0.0]", "sweep.sparsities=[0.0,0.1]"])
+    assert [s.model_id for s in plan_models(a)] == [s.model_id for s in plan_models(b)]
+
+
+def test_the_plan_is_the_full_grid_without_duplicates():
+    (cfg,) = load_configs(["+sweep=tms"])
+    specs = plan_models(cfg)
+    sweep = cfg.sweep
+    expected = (len(sweep.n_features) * len(sweep.widths) * len(sweep.sparsities)
+                * len(sweep.importances) * len(sweep.seeds))
+    assert len(specs) == expected
+    assert len({s.model_id for s in specs}) == expected
+    assert [s.model_id for s in plan_models(cfg)] == [s.model_id for s in specs]  # deterministic
+
+
+@pytest.mark.parametrize("pack_size", [1, 5, 7, 64])
+def test_packs_cover_every_model_once_and_share_shape(pack_size):
+    (cfg,) = load_configs(["+sweep=tms"])
+    specs = plan_models(cfg)
+    packs = make_packs("tms", specs, pack_size)
+    ids = [m.model_id for p in packs for m in p.models]
+    assert sorted(ids) == sorted(s.model_id for s in specs)
+    for pack in packs:
+        assert 1 <= len(pack.models) <= pack_size
+        assert len({m.pack_key for m in pack.models}) == 1
+    shared = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in PER_MODEL_FIELDS]
+    assert "width" in shared and "steps" in shared and "seed" not in shared
+    assert [p.cost for p in packs] == sorted((p.cost for p in packs), reverse=True)
+
+
+def test_auto_pack_size_balances_slots_and_memory():
+    small = [tiny_spec(seed=s) for s in range(100)]
+    assert auto_pack_size(small, n_slots=2) == 25  # two packs per slot
+    assert auto_pack_size(small, n_slots=1000) == 1
+    wide = [tiny_spec(seed=s, n_features=100_000, batch_size=1024) for s in range(100)]
+    assert auto_pack_size(wide, n_slots=1) == 1  # a pack's batch must stay ~16 MB
+
+
+def test_pack_round_trips_through_a_dict():
+    pack = Pack("s", (tiny_spec(), tiny_spec(seed=1)))
+    assert Pack.from_dict(pack.to_dict()) == pack
+    assert Pack.from_dict(pack.to_dict()).pack_id == pack.pack_id

@@ -1,0 +1,87 @@
+"""The results store: atomic commits, resume bookkeeping, refusing what it cannot trust."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sfs.store import TRIAL_SCHEMA, StoreError, TrialStore, load_weights
+
+
+def _rows(ids, status="ok", t=1.0):
+    return [{"model_id": i, "sweep": "s", "status": status, "loss": 0.5, "finished_at": t} for i in ids]
+
+
+def test_rows_commit_in_parts_and_consolidate(tmp_path):
+    with TrialStore(tmp_path / "s") as store:
+        store.write_rows("p1", _rows(["a", "b"]))
+        store.write_rows("p2", _rows(["c"], status="diverged"))
+        assert store.done_ids() == {"a", "b", "c"}
+        assert not store.trials_path.exists()
+        table = store.consolidate()
+        assert table.height == 3 and not list(store.parts_dir.glob("*.parquet"))
+    reread = pl.read_parquet(tmp_path / "s" / "trials.parquet")
+    assert reread.schema == pl.Schema(TRIAL_SCHEMA)
+    assert sorted(reread["model_id"]) == ["a", "b", "c"]
+
+
+def test_newest_row_wins_and_failed_models_are_not_done(tmp_path):
+    with TrialStore(tmp_path) as store:
+        store.write_rows("p1", _rows(["a"], status="failed", t=1.0))
+        assert store.done_ids() == set()
+        store.consolidate()
+        store.write_rows("p1", _rows(["a"], status="ok", t=2.0))  # retried later
+        table = store.load()
+        assert table.height == 1 and table["status"][0] == "ok"
+        assert store.consolidate().height == 1
+
+
+def test_a_crash_between_part_and_consolidation_loses_and_duplicates_nothing(tmp_path):
+    store = TrialStore(tmp_path).open_for_writing()
+    store.write_rows("p1", _rows(["a", "b"]))
+    store.consolidate()
+    store.write_rows("p2", _rows(["c"]))
+    # a killed driver: trials.parquet has a, b; the part for c is on disk; a temp file lingers
+    (tmp_path / "parts" / ".x.parquet.tmp-123").write_bytes(b"half")
+    store.close()
+    with TrialStore(tmp_path) as again:
+        assert again.done_ids() == {"a", "b", "c"}
+        assert not list((tmp_path / "parts").glob(".*.tmp-*"))
+
+
+def test_weights_are_numpy_readable(tmp_path):
+    with TrialStore(tmp_path) as store:
+        W = np.arange(6, dtype=np.float32).reshape(3, 2)
+        path = store.write_weights("a", W=W, b=np.zeros(3))
+        assert path == "weights/a.npz"
+        assert np.array_equal(np.load(tmp_path / path)["W"], W)
+        assert np.array_equal(load_weights(tmp_path, {"weights_path": path})["W"], W)
+
+
+def test_corrupt_or_foreign_tables_are_refused_and_kept(tmp_path):
+    (tmp_path / "trials.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(StoreError, match="not a readable parquet"):
+        TrialStore(tmp_path).open_for_writing()
+    assert (tmp_path / "trials.parquet").read_bytes() == b"not parquet at all"
+    pl.DataFrame({"x": [1]}).write_parquet(tmp_path / "trials.parquet")
+    with pytest.raises(StoreError, match="not an sfs trials table"):
+        TrialStore(tmp_path).open_for_writing()
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    with TrialStore(tmp_path):
+        with pytest.raises(StoreError, match="another sfs process"):
+            TrialStore(tmp_path).open_for_writing()
+    with TrialStore(tmp_path):  # released on exit
+        pass
+
+
+def test_an_unwritable_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot write the results store"):
+        TrialStore(blocker / "sweep").open_for_writing()
+
+
+def test_unknown_status_is_rejected(tmp_path):
+    with TrialStore(tmp_path) as store, pytest.raises(ValueError, match="status"):
+        store.write_rows("p", _rows(["a"], status="maybe"))

@@ -1,0 +1,116 @@
+"""End to end through a real local Ray, a real MLflow SQLite store and the real configs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sfs.launch import load_configs
+from sfs.plan import plan_models
+from sfs.store import TRIAL_SCHEMA, load_weights
+from sfs.sweep import run_sweep
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+REQUIRED = ["model_id", "sweep", "family", "n_features", "width", "depth", "n_params", "sparsity",
+            "importance", "feature_dist", "weight_decay", "seed", "steps", "loss", "n_represented",
+            "status", "wall_s", "mlflow_run_id", "weights_path"]
+
+
+def _mlflow(sweep_dir: Path, name: str):
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_smoke_sweep_stores_every_model_and_logs_every_pack(local_ray, tmp_path):
+    (cfg,) = load_configs(["+sweep=smoke", f"paths.out_dir={tmp_path}"])
+    summary = run_sweep([cfg])
+    assert summary.exit_code == 0
+    sweep_dir = tmp_path / "smoke"
+    table = pl.read_parquet(sweep_dir / "trials.parquet")
+    planned = plan_models(cfg)
+    assert set(REQUIRED) <= set(table.columns) and table.columns == list(TRIAL_SCHEMA)
+    assert sorted(table["model_id"]) == sorted(s.model_id for s in planned)
+    assert set(table["status"]) == {"ok"}
+    assert (table["n_params"] == table["n_features"] * table["width"] + table["n_features"]).all()
+    assert table["loss"].is_finite().all() and (table["loss"] > 0).all()
+    for row in table.iter_rows(named=True):
+        arrays = load_weights(sweep_dir, row)
+        assert arrays["W"].shape == (row["n_features"], row["width"])
+        assert np.linalg.norm(arrays["W"], axis=1).__gt__(0.5).sum() == row["n_represented"]
+    client, runs = _mlflow(sweep_dir, "smoke")
+    assert len(runs) == table["pack_id"].n_unique() == summary.packs_run
+    assert {r.info.run_id for r in runs} == set(table["mlflow_run_id"])
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["n_features"] == "5"
+        models = table.filter(pl.col("mlflow_run_id") == run.info.run_id)
+        assert sum(k.startswith("loss/") for k in run.data.metrics) == models.height
+        curve_key = next(k for k in run.data.metrics if k.startswith("train_loss/"))
+        assert len(client.get_metric_history(run.info.run_id, curve_key)) == cfg.train.steps // cfg.train.log_every
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
+        assert artifacts == {f"weights/{m}.npz" for m in models["model_id"]}
+
+    # the same command again trains nothing and changes nothing
+    before = (sweep_dir / "trials.parquet").read_bytes()
+    again = run_sweep(load_configs(["+sweep=smoke", f"paths.out_dir={tmp_path}"]))
+    assert again.packs_run == 0 and again.parts[0].skipped == len(planned)
+    assert (sweep_dir / "trials.parquet").read_bytes() == before
+    # a wider grid trains only the new models
+    more = run_sweep(load_configs(["+sweep=smoke", f"paths.out_dir={tmp_path}", "sweep.seeds=[0,1,2]"]))
+    assert more.parts[0].skipped == len(planned)
+    grown = pl.read_parquet(sweep_dir / "trials.parquet")
+    assert grown.height == len(planned) * 3 // 2
+    assert grown.join(table, on="model_id").select(
+        (pl.col("finished_at") == pl.col("finished_at_right")).all()).item()
+
+
+def _launch(out_dir: Path, *extra: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={out_dir}", *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_cli_runs_a_sweep_and_prints_how_to_browse_it(tmp_path):
+    proc = _launch(tmp_path, "train.steps=100")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    uri = f"sqlite:///{tmp_path / 'smoke' / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri {uri}" in output
+    assert "smoke  8" in output  # planned models in the summary table
+    assert pl.read_parquet(tmp_path / "smoke" / "trials.parquet").height == 8
+
+
+def test_a_killed_sweep_resumes_without_retraining_finished_models(tmp_path):
+    grid = ["sweep.seeds=[0,1,2,3,4,5]", "sweep.pack_size=1", "train.steps=1500"]
+    proc = _launch(tmp_path, *grid, start_new_session=True)
+    parts = tmp_path / "smoke" / "parts"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 3:
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-sweep
+    proc.wait()
+    stored = pl.concat([pl.read_parquet(p) for p in parts.glob("*.parquet")])
+    assert 3 <= stored.height < 24
+
+    proc = _launch(tmp_path, *grid)
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output
+    table = pl.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    assert table.height == 24 and table["model_id"].n_unique() == 24
+    kept = stored.join(table, on="model_id")
+    assert kept.height == stored.height
+    assert (kept["finished_at"] == kept["finished_at_right"]).all()  # not retrained
+    assert (kept["mlflow_run_id"] == kept["mlflow_run_id_right"]).all()
+    client, runs = _mlflow(tmp_path / "smoke", "smoke")
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.info.run_id for r in runs} == set(table["mlflow_run_id"])  # no orphan runs
