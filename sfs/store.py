@@ -4,7 +4,8 @@ Layout of ``<out_dir>/<sweep>/``::
 
     trials.parquet        one row per model (TRIAL_SCHEMA); the consolidated table
     parts/<pack>.parquet  rows of packs finished since the last consolidation
-    weights/<model>.npz   W (feature, hidden), b (feature,), curve, curve_steps
+    weights/<pack>.npz    one file per pack: model_ids (pack,), W (pack, feature, hidden),
+                          b (pack, feature), curve (pack, n_logs), curve_steps (n_logs,)
     mlflow.db             the SQLite MLflow store (unless tracking.uri names a server)
 
 Every file is written to a temporary name and renamed into place, so a killed sweep leaves
@@ -41,7 +42,7 @@ TRIAL_SCHEMA: dict[str, pl.DataType] = {
     "loss": pl.Float64, "train_loss": pl.Float64, "n_represented": pl.Int64,
     "frobenius_sq": pl.Float64, "status": pl.String, "error": pl.String, "wall_s": pl.Float64,
     "pack_size": pl.Int64, "device": pl.String, "mlflow_run_id": pl.String,
-    "weights_path": pl.String, "finished_at": pl.Float64,
+    "weights_path": pl.String, "weights_index": pl.Int64, "finished_at": pl.Float64,
 }
 STATUSES = ("ok", "diverged", "failed")
 DONE_STATUSES = ("ok", "diverged")  # a failed model is trained again on the next run
@@ -168,14 +169,15 @@ class TrialStore:
         return set(table.filter(pl.col("status").is_in(DONE_STATUSES))["model_id"].to_list())
 
     # -- writing ----------------------------------------------------------------------------
-    def weights_file(self, model_id: str) -> Path:
-        return self.weights_dir / f"{model_id}.npz"
+    def write_weights(self, pack_id: str, model_ids: list[str], **arrays: np.ndarray) -> str:
+        """Store one pack's arrays (leading axis: the pack's models, in ``model_ids`` order,
+        except ``curve_steps``); returns the path relative to the sweep folder.
 
-    def write_weights(self, model_id: str, **arrays: np.ndarray) -> str:
-        """Store one model's arrays; returns the path relative to the sweep folder."""
+        One file per pack, not per model: a store of 100,000 models is then a few thousand
+        files, which aggregation reads in seconds."""
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        path = self.weights_file(model_id)
+        np.savez(buffer, model_ids=np.asarray(model_ids), **arrays)
+        path = self.weights_dir / f"{pack_id}.npz"
         atomic_write_bytes(path, buffer.getvalue())
         return str(path.relative_to(self.dir))
 
@@ -199,6 +201,12 @@ class TrialStore:
 
 
 def load_weights(sweep_dir: Path | str, row: dict) -> dict[str, np.ndarray]:
-    """The arrays of one trials.parquet row: ``W`` (feature, hidden), ``b``, ``curve``..."""
+    """The arrays of one trials.parquet row: ``W`` (feature, hidden), ``b`` (feature,),
+    ``curve`` (n_logs,) and ``curve_steps`` (n_logs,)."""
+    index = row["weights_index"]
     with np.load(Path(sweep_dir) / row["weights_path"]) as arrays:
-        return {name: arrays[name] for name in arrays.files}
+        if str(arrays["model_ids"][index]) != row["model_id"]:
+            raise StoreError(f"{row['weights_path']}[{index}] holds model {arrays['model_ids'][index]}, "
+                             f"not {row['model_id']}: the weights file does not match trials.parquet")
+        return {name: arrays[name] if name == "curve_steps" else arrays[name][index]
+                for name in arrays.files if name != "model_ids"}

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from ray import tune
 
 from sfs.config import Config
@@ -156,19 +157,19 @@ def _describe(pack: Pack) -> str:
 
 def persist_pack(part: Part, pack: Pack, result, started_ms: int) -> None:
     """Weights, then MLflow, then the store rows (the commit point)."""
-    weight_paths, files = [], []
-    for model in result.models:
-        relative = part.store.write_weights(model.model_id, W=model.W, b=model.b, curve=model.curve,
-                                            curve_steps=result.curve_steps)
-        weight_paths.append(relative)
-        files.append(part.store.dir / relative)
-    run_id = part.tracker.log_pack(pack, result, files, started_ms) if part.tracker else None
+    models = result.models
+    weights_path = part.store.write_weights(
+        pack.pack_id, [m.model_id for m in models],
+        W=np.stack([m.W for m in models]), b=np.stack([m.b for m in models]),
+        curve=np.stack([m.curve for m in models]), curve_steps=result.curve_steps)
+    run_id = (part.tracker.log_pack(pack, result, part.store.dir / weights_path, started_ms)
+              if part.tracker else None)
     rows = [
         _row(spec, pack, loss=model.loss, train_loss=model.train_loss,
              n_represented=model.n_represented, frobenius_sq=model.frobenius_sq,
              status=model.status, error=None, wall_s=result.wall_s, device=result.device,
-             mlflow_run_id=run_id, weights_path=path)
-        for spec, model, path in zip(pack.models, result.models, weight_paths)
+             mlflow_run_id=run_id, weights_path=weights_path, weights_index=index)
+        for index, (spec, model) in enumerate(zip(pack.models, models))
     ]
     part.store.write_rows(pack.pack_id, rows)
 

@@ -94,7 +94,7 @@ class Tracker:
             self.client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
         return run_id
 
-    def log_pack(self, pack: Pack, result, weight_files: list[Path], start_ms: int) -> str:
+    def log_pack(self, pack: Pack, result, weights_file: Path, start_ms: int) -> str:
         """Log a finished pack: params, per-model final metrics and loss curves, weights."""
         from mlflow.entities import Metric
 
@@ -113,8 +113,7 @@ class Tracker:
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
         self.client.log_dict(run_id, {"models": models}, "models.json")
-        for path in weight_files:
-            self.client.log_artifact(run_id, str(path), artifact_path="weights")
+        self.client.log_artifact(run_id, str(weights_file), artifact_path="weights")
         self.client.set_terminated(run_id, status="FINISHED", end_time=now)
         return run_id
 

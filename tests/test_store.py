@@ -48,13 +48,17 @@ def test_a_crash_between_part_and_consolidation_loses_and_duplicates_nothing(tmp
         assert not list((tmp_path / "parts").glob(".*.tmp-*"))
 
 
-def test_weights_are_numpy_readable(tmp_path):
+def test_weights_are_numpy_readable_per_pack(tmp_path):
     with TrialStore(tmp_path) as store:
-        W = np.arange(6, dtype=np.float32).reshape(3, 2)
-        path = store.write_weights("a", W=W, b=np.zeros(3))
-        assert path == "weights/a.npz"
+        W = np.arange(12, dtype=np.float32).reshape(2, 3, 2)  # (pack, feature, hidden)
+        path = store.write_weights("p", ["a", "b"], W=W, b=np.zeros((2, 3)),
+                                   curve=np.ones((2, 4)), curve_steps=np.arange(4))
+        assert path == "weights/p.npz"
         assert np.array_equal(np.load(tmp_path / path)["W"], W)
-        assert np.array_equal(load_weights(tmp_path, {"weights_path": path})["W"], W)
+        second = load_weights(tmp_path, {"weights_path": path, "weights_index": 1, "model_id": "b"})
+        assert np.array_equal(second["W"], W[1]) and second["curve_steps"].tolist() == [0, 1, 2, 3]
+        with pytest.raises(StoreError, match="does not match"):
+            load_weights(tmp_path, {"weights_path": path, "weights_index": 1, "model_id": "a"})
 
 
 def test_corrupt_or_foreign_tables_are_refused_and_kept(tmp_path):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = ["model_id", "sweep", "family", "n_features", "width", "depth", "n_params", "sparsity",
             "importance", "feature_dist", "weight_decay", "seed", "steps", "loss", "n_represented",
-            "status", "wall_s", "mlflow_run_id", "weights_path"]
+            "status", "wall_s", "mlflow_run_id", "weights_path", "weights_index"]
 
 
 def _mlflow(sweep_dir: Path, name: str):
@@ -57,7 +57,7 @@ def test_smoke_sweep_stores_every_model_and_logs_every_pack(local_ray, tmp_path)
         curve_key = next(k for k in run.data.metrics if k.startswith("train_loss/"))
         assert len(client.get_metric_history(run.info.run_id, curve_key)) == cfg.train.steps // cfg.train.log_every
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
-        assert artifacts == {f"weights/{m}.npz" for m in models["model_id"]}
+        assert artifacts == {f"weights/{models['pack_id'][0]}.npz"}
 
     # the same command again trains nothing and changes nothing
     before = (sweep_dir / "trials.parquet").read_bytes()
