@@ -166,6 +166,30 @@ class PathsConfig:
 
 
 @dataclass
+class AggregateConfig:
+    """Fits and universality after a sweep (``python -m sfs.aggregate`` or end of launch)."""
+
+    enabled: bool = True  # aggregate and write the report at the end of every launch
+    n_boot: int = 1000  # bootstrap resamples (of seeds) for every interval
+    n_perm: int = 200  # label permutations behind each Gram-cosine p-value
+    ci: float = 0.95
+    workers: Optional[int] = None  # fit processes; null: one per core
+    seed: int = 0  # of the bootstrap and permutation draws
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.n_boot) and self.n_boot >= 100, "aggregate.n_boot",
+                 "an integer >= 100", self.n_boot)
+        _require(_is_int(self.n_perm) and self.n_perm >= 1, "aggregate.n_perm", "an integer >= 1",
+                 self.n_perm)
+        _require(_is_number(self.ci) and 0.5 <= self.ci < 1, "aggregate.ci", "a number in [0.5, 1)",
+                 self.ci)
+        if self.workers is not None:
+            _require(_is_int(self.workers) and self.workers >= 1, "aggregate.workers",
+                     "null or an integer >= 1", self.workers)
+        _require(_is_int(self.seed) and self.seed >= 0, "aggregate.seed", "an integer >= 0", self.seed)
+
+
+@dataclass
 class SweepConfig:
     """The grid: the Cartesian product of the axes, or a list of other sweeps to include.
 
@@ -247,6 +271,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 

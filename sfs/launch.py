@@ -131,9 +131,25 @@ def main(composed: DictConfig) -> None:
         summary = run_sweep(cfgs)
     except (StoreError, TrackingError) as error:
         sys.exit(f"sfs: {error}")
-    print(format_summary(summary), flush=True)
-    if summary.exit_code:
-        sys.exit(summary.exit_code)
+    lines = [format_summary(summary)]
+    code = summary.exit_code
+    for cfg in cfgs:
+        if not cfg.aggregate.enabled:
+            continue
+        from sfs.aggregate import aggregate
+
+        try:  # the sweep's results are stored whatever happens here
+            result = aggregate(cfg)
+        except Exception:
+            log.exception("%s: aggregation failed; the trained models are stored. Retry with: "
+                          "python -m sfs.aggregate %s", cfg.sweep.name, " ".join(
+                              [f"+sweep={cfg.sweep.name}", *overrides]))
+            code = code or 1
+            continue
+        lines.append(f"{cfg.sweep.name}: report in {result.sweep_dir}/report/index.html")
+    print("\n".join(lines), flush=True)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,61 @@ def n_represented(W: np.ndarray, threshold: float = REPRESENTED_NORM) -> np.ndar
 def frobenius_sq(W: np.ndarray) -> np.ndarray:
     """||W||_F^2: ``(..., feature, hidden) -> (...)``; dimensions per feature D* = m / this."""
     return np.square(W).sum(axis=(-2, -1))
+
+
+def _as_float(W: np.ndarray) -> np.ndarray:
+    """W as a float array of at least float64 precision (these sums lose digits in float32)."""
+    W = np.asarray(W)
+    return W.astype(np.result_type(W.dtype, np.float64), copy=False)
+
+
+def _overlap_sums(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(||W_i||^2, sum_j (W_hat_i . W_j)^2)``, both ``(..., feature)``; 0 for zero-norm rows.
+
+    The sum over j is W_hat_i^T (W^T W) W_hat_i, so only the (..., hidden, hidden) matrix
+    W^T W is formed, never the (..., feature, feature) Gram matrix.
+    """
+    W = _as_float(W)
+    sq_norms = np.square(W).sum(axis=-1)
+    norms = np.sqrt(sq_norms)
+    safe = np.where(norms > 0, norms, 1.0)
+    W_hat = W / safe[..., None]  # zero rows stay zero
+    M = np.swapaxes(W, -1, -2) @ W  # (..., hidden, hidden)
+    total = ((W_hat @ M) * W_hat).sum(axis=-1)
+    return sq_norms, total
+
+
+def superposition(W: np.ndarray) -> np.ndarray:
+    """Superposition of each feature, sum_{j != i} (W_hat_i . W_j)^2.
+
+    ``(..., feature, hidden) -> (..., feature)``. W_hat_i = W_i / ||W_i||; 0 for a
+    zero-norm feature. 0 for features on dimensions of their own, 1 for each member of an
+    antipodal pair of unit vectors.
+    """
+    sq_norms, total = _overlap_sums(W)
+    # the j == i term is (W_hat_i . W_i)^2 = ||W_i||^2; clip the rounding below zero
+    return np.maximum(total - sq_norms, 0.0)
+
+
+def feature_dimensionality(W: np.ndarray) -> np.ndarray:
+    """Feature dimensionality D_i = ||W_i||^2 / sum_j (W_hat_i . W_j)^2.
+
+    ``(..., feature, hidden) -> (..., feature)``. 1 for a feature with a dimension of its
+    own, 1/2 for an antipodal pair, 2/5 for a pentagon, 0 for a zero-norm (unlearned)
+    feature. The j sum includes j = i, so D_i <= 1, and sum_i D_i ~ hidden when packed.
+    """
+    sq_norms, total = _overlap_sums(W)
+    # total_i >= ||W_i||^2 > 0 for every nonzero row, so only zero rows are masked
+    return np.divide(sq_norms, total, out=np.zeros_like(sq_norms), where=total > 0)
+
+
+def dims_per_feature(W: np.ndarray) -> np.ndarray:
+    """Dimensions per feature D* = m / ||W||_F^2: ``(..., feature, hidden) -> (...)``.
+
+    m is the hidden width. NaN where W == 0.
+    """
+    W = _as_float(W)
+    fro = frobenius_sq(W)
+    m = W.shape[-1]
+    out = np.divide(m, fro, out=np.full_like(fro, np.nan), where=fro > 0)
+    return out[()] if out.ndim == 0 else out

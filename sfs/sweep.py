@@ -293,7 +293,14 @@ def _run_tune(parts: list[Part]) -> int:
                 callbacks=[PersistCallback(by_id)],
             ),
         )
-        tuner.fit()
+        try:
+            tuner.fit()
+        except Exception as error:  # e.g. Ray killing workers for memory while they start
+            # Everything finished so far is already in the store; say what happened and let
+            # the summary count what is missing (re-running resumes from there).
+            log.error("Ray Tune stopped early: %s: %s", type(error).__name__,
+                      str(error).splitlines()[0] if str(error) else "")
+            log.warning("the traceback of the stop", exc_info=True)
         shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
         return len(items)
     finally:

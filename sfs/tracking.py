@@ -68,7 +68,9 @@ class Tracker:
         runs = self.client.search_runs([self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
                                        max_results=50_000)
         for run in runs:
-            if run.info.run_id in stored_run_ids or run.data.tags.get("sfs.store") != self.store_dir:
+            tags = run.data.tags
+            if (run.info.run_id in stored_run_ids or tags.get("sfs.store") != self.store_dir
+                    or "sfs.pack_id" not in tags):  # only pack runs: never the aggregate run
                 continue
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, status="KILLED")
@@ -123,4 +125,24 @@ class Tracker:
         self.client.log_dict(run_id, {"models": [{**asdict(m), "model_id": m.model_id}
                                                  for m in pack.models]}, "models.json")
         self.client.set_terminated(run_id, status="FAILED")
+        return run_id
+
+    def log_aggregate(self, sweep_dir: Path, files: list[Path], report_dir: Path | None) -> str:
+        """One "aggregate" run per sweep holding its tables and report; replaces the last."""
+        from mlflow.entities import ViewType
+
+        previous = self.client.search_runs(
+            [self.experiment_id], filter_string="tags.`sfs.kind` = 'aggregate'",
+            run_view_type=ViewType.ACTIVE_ONLY)
+        for run in previous:
+            if run.data.tags.get("sfs.store") == self.store_dir:
+                self.client.delete_run(run.info.run_id)
+        run = self.client.create_run(self.experiment_id, run_name="aggregate",
+                                     tags={"sfs.kind": "aggregate", "sfs.store": self.store_dir})
+        run_id = run.info.run_id
+        for path in files:
+            self.client.log_artifact(run_id, str(path), artifact_path="tables")
+        if report_dir is not None and report_dir.exists():
+            self.client.log_artifacts(run_id, str(report_dir), artifact_path="report")
+        self.client.set_terminated(run_id, status="FINISHED")
         return run_id

@@ -26,7 +26,7 @@ def test_every_sweep_composes_validates_and_plans(sweep, tmp_path):
         assert plan_models(cfg), f"{sweep} plans no models"
 
 
-@pytest.mark.parametrize("group", ["model", "data", "train", "tracking", "cluster", "paths"])
+@pytest.mark.parametrize("group", ["model", "data", "train", "tracking", "cluster", "paths", "aggregate"])
 def test_every_config_group_option_composes(group):
     for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
         (cfg,) = load_configs(["+sweep=smoke", f"{group}={option}"])

@@ -1,0 +1,289 @@
+"""The report: plots of an aggregated sweep and one HTML page that opens from disk.
+
+``write_report(cfg, result, loaded)`` writes ``<sweep>/report/index.html`` and PNGs beside
+it. Every figure has a caption saying what it shows and how many models back it; the
+fitted exponents are in a table with their intervals. A sweep with many panels (one per
+combination of the axes not on a plot's axes) shows the first ``MAX_PANELS`` of each kind
+and says how many it left out; the tables hold everything.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+log = logging.getLogger(__name__)
+
+MAX_PANELS = 12
+AXES_SHOWN = ("family", "n_features", "depth", "sparsity", "importance", "feature_dist",
+              "weight_decay", "steps", "batch_size", "lr")
+
+
+@dataclass
+class Figure:
+    file: str
+    caption: str
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def cs_represented_bound(width: np.ndarray, n_features: int, sparsity: float) -> np.ndarray:
+    """Compressed-sensing estimate of the fraction of features a width can hold:
+    n/m ~ -1 / ((1-S) ln(1-S)), capped at 1; NaN where uninformative (S = 0)."""
+    density = 1.0 - sparsity
+    if density >= 1.0 or density <= 0.0:
+        return np.full(np.shape(width), np.nan)
+    ratio = -1.0 / (density * math.log(density))
+    return np.minimum(1.0, np.asarray(width, dtype=float) * ratio / n_features)
+
+
+def _varying(frame: pl.DataFrame, keys) -> list[str]:
+    return [k for k in keys if k in frame.columns and frame[k].n_unique() > 1]
+
+
+def _label(keys: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in keys.items()) or "all models"
+
+
+def _panels(frame: pl.DataFrame, exclude: tuple[str, ...]):
+    keys = [k for k in _varying(frame, AXES_SHOWN) if k not in exclude]
+    if not keys:
+        yield {}, frame
+        return
+    for values, group in frame.sort(keys).group_by(keys, maintain_order=True):
+        yield dict(zip(keys, values)), group
+
+
+def _slug(keys: dict) -> str:
+    text = "_".join(f"{k}{v}" for k, v in keys.items()) or "all"
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)[:120]
+
+
+def _panel_figures(plt, frame: pl.DataFrame, out: Path, prefix: str, draw, caption) -> list[Figure]:
+    """One figure per panel (combination of the axes other than sparsity), at most
+    MAX_PANELS: ``draw(ax, keys, panel)`` plots, ``caption(keys, panel)`` describes."""
+    figures = []
+    for n, (keys, panel) in enumerate(_panels(frame, ("sparsity",))):
+        if n >= MAX_PANELS:
+            break
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        draw(ax, keys, panel)
+        ax.set_title(_label(keys))
+        ax.legend(fontsize=7, ncol=2)
+        name = f"{prefix}_{_slug(keys)}.png"
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figures.append(Figure(name, caption(keys, panel)))
+    return figures
+
+
+def _mean_sd(ax, curve: pl.DataFrame, x: str, y: str, label: str, fmt: str = "o-", x_of=None):
+    """Mean and SD over seeds of ``y`` at each ``x``, as error bars; returns the colour."""
+    stats = curve.group_by(x).agg(pl.col(y).mean().alias("mean"),
+                                  pl.col(y).std().alias("sd")).sort(x)
+    xs = stats[x].to_numpy()
+    line = ax.errorbar(x_of(xs) if x_of else xs, stats["mean"], yerr=stats["sd"].fill_null(0),
+                       fmt=fmt, ms=4, capsize=2, label=label)
+    return line[0].get_color(), xs
+
+
+def _by(panel: pl.DataFrame, key: str):
+    return panel.sort(key).group_by([key], maintain_order=True)
+
+
+def _loss_vs_width(plt, metrics: pl.DataFrame, fits: pl.DataFrame, out: Path) -> list[Figure]:
+    def draw(ax, keys, panel):
+        for (sparsity,), curve in _by(panel, "sparsity"):
+            colour, _ = _mean_sd(ax, curve, "width", "loss", f"S={sparsity:g}", fmt="o")
+            fit = fits.filter((pl.col("x") == "width") & (pl.col("sparsity") == sparsity))
+            for k, v in keys.items():
+                fit = fit.filter(pl.col(k) == v)
+            if fit.height == 1 and fit["form"][0] != "none":
+                x = np.asarray(fit["band_x"][0])
+                ax.plot(x, fit["E"][0] + fit["A"][0] * x ** (-fit["alpha"][0]), color=colour, lw=1)
+                ax.fill_between(x, fit["band_lo"][0], fit["band_hi"][0], color=colour, alpha=0.15, lw=0)
+        ax.set(xscale="log", yscale="log", xlabel="width m", ylabel="held-out loss")
+
+    return _panel_figures(plt, metrics, out, "loss_vs_width", draw, lambda keys, panel: (
+        f"Held-out loss vs width ({_label(keys)}), one colour per sparsity: mean over seeds "
+        "with one standard deviation, the fitted scaling law (line) and its 95% bootstrap "
+        f"band over seeds (shade). {panel.height} models."))
+
+
+def _represented_vs_width(plt, metrics: pl.DataFrame, out: Path) -> list[Figure]:
+    def draw(ax, keys, panel):
+        n_features = int(panel["n_features"][0])
+        for (sparsity,), curve in _by(panel, "sparsity"):
+            colour, xs = _mean_sd(ax, curve, "width", "frac_represented", f"S={sparsity:g}")
+            widths = np.geomspace(xs.min(), xs.max(), 50)
+            ax.plot(widths, cs_represented_bound(widths, n_features, sparsity), "--",
+                    color=colour, lw=1)
+        ax.set(xscale="log", xlabel="width m", ylabel="fraction of features represented",
+               ylim=(0, 1.05))
+
+    return _panel_figures(plt, metrics, out, "represented_vs_width", draw, lambda keys, panel: (
+        f"Fraction of features represented (||W_i|| > 0.5) vs width ({_label(keys)}), mean "
+        "and SD over seeds, with the compressed-sensing estimate n/m ~ -1/((1-S) ln(1-S)) "
+        f"dashed (informative only for 1-S below ~0.3). {panel.height} models."))
+
+
+def _dstar_vs_sparsity(plt, metrics: pl.DataFrame, out: Path) -> list[Figure]:
+    def draw(ax, keys, panel):
+        for (width,), curve in _by(panel, "width"):
+            _mean_sd(ax, curve, "sparsity", "dims_per_feature", f"m={width}", x_of=lambda s: 1 / (1 - s))
+        for level in (1.0, 0.5):
+            ax.axhline(level, color="grey", ls=":", lw=1)
+        ax.set(xscale="log", xlabel="1 / (1 - S)", ylabel="dimensions per feature D* = m / ||W||_F^2")
+
+    return _panel_figures(plt, metrics, out, "dstar_vs_sparsity", draw, lambda keys, panel: (
+        f"Dimensions per feature D* vs sparsity ({_label(keys)}), one line per width, mean and "
+        "SD over seeds; dotted: the 'sticky' values 1 (a dimension per feature) and 1/2 "
+        f"(antipodal pairs). {panel.height} models."))
+
+
+def _universality(plt, universality: pl.DataFrame, out: Path) -> list[Figure]:
+    if universality.is_empty():
+        return []
+    cross = universality.filter(pl.col("kind") == "cross_seed")
+    figures = []
+    for x_axis, legend in (("width", "sparsity"), ("sparsity", "width")):
+        def draw(ax, keys, panel, x_axis=x_axis, legend=legend):
+            for (value,), curve in _by(panel, legend):
+                curve = curve.sort(x_axis)
+                x = curve[x_axis].to_numpy()
+                x = 1 / (1 - x) if x_axis == "sparsity" else x
+                y = curve["gram_cosine"].to_numpy()
+                yerr = np.vstack([y - curve["gram_cosine_lo"].to_numpy(),
+                                  curve["gram_cosine_hi"].to_numpy() - y])
+                line = ax.errorbar(x, y, yerr=np.nan_to_num(yerr), fmt="o-", ms=4, capsize=2,
+                                   label=f"{'S' if legend == 'sparsity' else 'm'}={value:g}")
+                null, sd = curve["null_mean"].to_numpy(), curve["null_sd"].to_numpy()
+                ax.fill_between(x, null - 2 * sd, null + 2 * sd, color=line[0].get_color(),
+                                alpha=0.12, lw=0)
+            ax.set(xscale="log", ylim=(0, 1.02), ylabel="cross-seed Gram cosine",
+                   xlabel="width m" if x_axis == "width" else "1 / (1 - S)")
+
+        figures += _panel_figures(plt, cross, out, f"universality_vs_{x_axis}", draw,
+                                  lambda keys, panel, x_axis=x_axis: (
+            f"Universality across seeds vs {x_axis} ({_label(keys)}): cosine of the Gram "
+            "matrices W W^T of every pair of seeds of one spec (mean, 95% interval from "
+            "resampling seeds); shade: the label-permutation null (mean +- 2 SD). "
+            f"{int(panel['n_pairs'].sum())} pairs from {int(panel['n_seeds'].sum())} models."))
+    return figures
+
+
+def _gram_heatmaps(plt, metrics: pl.DataFrame, loaded, out: Path) -> list[Figure]:
+    if metrics.is_empty():
+        return []
+    # one curve: the most features, the widest model, the first value of every other axis
+    n_max = metrics["n_features"].max()
+    chosen = metrics.filter(pl.col("n_features") == n_max)
+    chosen = chosen.filter(pl.col("width") == chosen["width"].max())
+    chosen = chosen.filter(pl.col("seed") == chosen["seed"].min())
+    fixed = {k: chosen.sort(k)[k][0] for k in _varying(chosen, AXES_SHOWN) if k != "sparsity"}
+    for key, value in fixed.items():
+        chosen = chosen.filter(pl.col(key) == value)
+    sparsities = sorted(chosen["sparsity"].unique().to_list())
+    picks = [sparsities[int(round(i))] for i in np.linspace(0, len(sparsities) - 1, min(4, len(sparsities)))]
+    rows = [chosen.filter(pl.col("sparsity") == s).row(0, named=True) for s in dict.fromkeys(picks)]
+    position = {m: i for i, m in enumerate(loaded.ok["model_id"].to_list())}
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        W = loaded.W[position[row["model_id"]]]
+        G = W @ W.T
+        limit = max(1e-9, float(np.abs(G).max()))
+        image = ax.imshow(G, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"S={row['sparsity']:g}, {row['n_represented']} repr.", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    name = "gram_heatmaps.png"
+    fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    first = rows[0]
+    described = _label({"n_features": n_max, "width": first["width"], "seed": first["seed"], **fixed})
+    return [Figure(name, (
+        f"W W^T of {len(rows)} representative models ({described}) from dense to sparse: "
+        "the diagonal is each feature's squared norm, off-diagonal entries its overlaps "
+        "(interference)."))]
+
+
+def _fits_table(fits: pl.DataFrame) -> str:
+    if fits.is_empty():
+        return "<p>No fits.</p>"
+    keys = _varying(fits, AXES_SHOWN)
+    columns = ["x", *keys, "form", "alpha", "E", "A", "n_points", "n_seeds", "heldout_rel_err", "warning"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row in fits.sort(["x", *keys]).iter_rows(named=True):
+        cells = []
+        for c in columns:
+            value = row.get(c)
+            if c == "alpha" and row["form"] != "none":
+                value = f"{row['alpha']:.3f} [{row['alpha_lo']:.3f}, {row['alpha_hi']:.3f}]"
+            elif c in ("E", "A") and row["form"] != "none":
+                value = f"{row[c]:.3g} [{row[c + '_lo']:.3g}, {row[c + '_hi']:.3g}]"
+            elif isinstance(value, float):
+                value = "" if math.isnan(value) else f"{value:.3g}"
+            cells.append(f"<td>{html.escape('' if value is None else str(value))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def write_report(cfg, result, loaded) -> Path:
+    """Write ``<sweep>/report/index.html`` and its PNGs; returns the HTML path."""
+    plt = _plt()
+    out = result.sweep_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, fits, universality = result.metrics, result.fits, result.universality
+    sections: list[tuple[str, list[Figure], str]] = []
+    if metrics.is_empty():
+        sections.append(("No models", [], "<p>No model of this sweep trained ok yet.</p>"))
+    else:
+        sections.append(("Scaling: loss vs width", _loss_vs_width(plt, metrics, fits, out),
+                         _fits_table(fits)))
+        sections.append(("Capacity: features represented", _represented_vs_width(plt, metrics, out)
+                         + _dstar_vs_sparsity(plt, metrics, out), ""))
+        sections.append(("Universality across seeds", _universality(plt, universality, out), ""))
+        sections.append(("Geometry", _gram_heatmaps(plt, metrics, loaded, out), ""))
+    status = loaded.rows["status"].value_counts().sort("status")
+    counts = ", ".join(f"{s}: {c}" for s, c in status.iter_rows())
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>sfs report: {html.escape(cfg.sweep.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        "figure{display:inline-block;width:48%;margin:0 1% 1em 0;vertical-align:top}"
+        "img{width:100%}figcaption{font-size:.85em;color:#333}"
+        "table{border-collapse:collapse;font-size:.8em}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "</style></head><body>",
+        f"<h1>sfs report: sweep <code>{html.escape(cfg.sweep.name)}</code></h1>",
+        f"<p>{result.n_planned} models planned; stored: {html.escape(counts or 'none')}; "
+        f"not yet trained: {result.n_missing}. Fits and intervals use the {metrics.height} "
+        "models that trained ok. Tables: fits.parquet, universality.parquet, metrics.parquet "
+        "beside this folder.</p>",
+    ]
+    for title, figures, extra in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for figure in figures:
+            parts.append(f"<figure><img src='{html.escape(figure.file)}' alt='{html.escape(figure.caption)}'>"
+                         f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
+        parts.append(extra)
+    parts.append("</body></html>")
+    index = out / "index.html"
+    index.write_text("\n".join(parts))
+    log.info("report: %s", index)
+    return index
