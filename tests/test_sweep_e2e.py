@@ -87,6 +87,13 @@ def test_cli_runs_a_sweep_and_prints_how_to_browse_it(tmp_path):
     assert f"mlflow ui --backend-store-uri {uri}" in output
     assert "smoke  8" in output  # planned models in the summary table
     assert pl.read_parquet(tmp_path / "smoke" / "trials.parquet").height == 8
+    report = tmp_path / "smoke" / "report" / "index.html"
+    assert f"report in {report}" in output and report.exists()
+    client, runs = _mlflow(tmp_path / "smoke", "smoke")
+    (aggregate_run,) = [r for r in runs if r.data.tags.get("sfs.kind") == "aggregate"]
+    logged = {a.path for a in client.list_artifacts(aggregate_run.info.run_id, "tables")}
+    assert logged == {f"tables/{t}.parquet" for t in ("metrics", "fits", "universality")}
+    assert client.list_artifacts(aggregate_run.info.run_id, "report")
 
 
 def test_a_killed_sweep_resumes_without_retraining_finished_models(tmp_path):
@@ -113,4 +120,6 @@ def test_a_killed_sweep_resumes_without_retraining_finished_models(tmp_path):
     assert (kept["mlflow_run_id"] == kept["mlflow_run_id_right"]).all()
     client, runs = _mlflow(tmp_path / "smoke", "smoke")
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert {r.info.run_id for r in runs} == set(table["mlflow_run_id"])  # no orphan runs
+    pack_runs = {r.info.run_id for r in runs if "sfs.pack_id" in r.data.tags}
+    assert pack_runs == set(table["mlflow_run_id"])  # no orphan or duplicate pack runs
+    assert [r.data.tags["sfs.kind"] for r in runs if r.info.run_id not in pack_runs] == ["aggregate"]
