@@ -21,7 +21,11 @@ Why this way (see ../shared/SCIENCE.md, "Fitting scaling laws"):
   show that bias.
 * Starts: for each alpha on a grid, E and A solve a linear least-squares problem in closed
   form (relative errors, E >= 0, A >= 0); the grid's best local minima, and the power-law
-  fit (E = 0), start scipy's L-BFGS-B, and the lowest objective wins.
+  fit (E = 0), start a local solver, and the lowest objective wins. ``fit_form`` runs
+  scipy's L-BFGS-B from each start; fit_scaling runs all starts of its four point fits as
+  rows of the bootstrap's Levenberg-Marquardt solver (tolerance LM_RTOL), the same
+  estimator: both agree to 1e-6 where the optimum is well determined, and where the
+  objective is flat along the valley between E and alpha LM stops closer to the optimum.
 * The form is chosen by predicting the held-out largest x: each form is fitted on every
   other x and predicts the mean loss at the largest one; the smaller relative error wins.
 * Uncertainty: a bootstrap that resamples whole seeds within each x (the stratified design
@@ -34,14 +38,18 @@ Why this way (see ../shared/SCIENCE.md, "Fitting scaling laws"):
   Each x draws n_x - 1 of its n_x models (rescaled to keep its weight; McCarthy & Snowden
   1985), because drawing n_x shrinks the bootstrap variance by (n_x - 1)/n_x, which with 5
   seeds visibly under-covers.
-* Speed: aggregating a store of 100,000 models means thousands of fits on 2 cores, so the
-  bootstrap never calls scipy. A resample is a vector of integer weights on the original
-  models, and all resamples are solved at once in numpy: the same closed-form alpha grid
-  for starts, then Levenberg-Marquardt steps on the *same* weighted Huber objective. The
-  model is evaluated once per distinct x, not per model (seeds share x). About 30 ms for
-  6 widths x 5 seeds and 1000 resamples on one core (15 ms with the form fixed). The
-  caller limits BLAS to one thread (threadpoolctl): with several, these small problems run
-  many times slower.
+* Speed: aggregating a store of 100,000 models means thousands of fits on 2 cores, so
+  fit_scaling never calls scipy. All resamples are solved at once in numpy: the same
+  closed-form alpha grid for starts, then Levenberg-Marquardt steps on the *same* weighted
+  Huber objective. The model is evaluated once per distinct x, not per model (seeds share
+  x); a resample's n_x - 1 draws at each x fill n_x - 1 slots of an (x, slot, resample)
+  array, resamples on the contiguous axis, so each pass over the residuals is one long
+  vectorised loop and needs no weights; each trial point's objective and gradient are one
+  pass; finished resamples leave the working arrays; large work arrays are reused
+  (``_scratch``: fresh ones cost more in page faults than in arithmetic). About 15-18 ms
+  for 6 widths x 5-8 seeds and 1000 resamples on one core (was 30-50 ms). The caller
+  limits BLAS to one thread (threadpoolctl): with several, these small problems run many
+  times slower.
 
 Usage::
 
@@ -54,6 +62,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -69,10 +78,13 @@ LOG_A_RANGE = 30.0  # range of log A (at the centre of log x) around the observe
 # Starting grid over alpha: geometric, so small exponents are resolved as finely (in
 # relative terms) as large ones; the local solvers refine from the grid's best points.
 ALPHA_GRID = np.geomspace(0.02, ALPHA_MAX, 32)
-N_STARTS = 3  # point fits: L-BFGS-B from the best grid local minima (by the true objective)
+N_STARTS = 3  # point fits: the local solver from the best grid local minima (true objective)
 LBFGS_OPTIONS = {"ftol": 1e-13, "gtol": 1e-9, "maxiter": 2000, "maxls": 50}
 BAND_POINTS = 40  # x values of the plotted confidence band
 LM_MAX_ITER = 60
+# Point fits: a few rows, so a slow one may take longer (a near-flat valley, E against
+# alpha, can take LM ~150 iterations where the starts are far from the optimum).
+LM_MAX_ITER_POINT = 500
 LM_LAM0 = 1e-4  # initial damping: starts are good, so nearly Newton steps from the first
 # LM stops a row when a Newton step would gain at most this fraction of its objective:
 # tight for single fits; for bootstrap resamples 1e-10 saves an iteration and leaves alpha
@@ -149,6 +161,8 @@ class _Prepared:
     ubar: float
     lref: float  # smallest loss: the unit of eta = E / lref
     onehot: np.ndarray  # (n, k) model -> its x, to sum per-model weights per x by matmul
+    slots: np.ndarray  # (k, m) the models at each x (m: the most at any x); n pads a slot
+    xfeat: np.ndarray  # (n, k, 4) [1, y, q, q L] (q = 1 / L^2) of each model, in its x's column
 
     def bounds(self, form: str) -> tuple[np.ndarray, np.ndarray]:
         """Box bounds on the internal parameters. The saturating form needs alpha >= 0 (else
@@ -175,8 +189,14 @@ def _prepare(x: np.ndarray, loss: np.ndarray) -> _Prepared:
     logxs = np.log(xs)
     ubar = float(np.log(x).mean())
     onehot = (group[:, None] == np.arange(xs.size)).astype(float)
-    return _Prepared(y=np.log(loss), loss=loss, group=group, xs=xs, uw=logxs - ubar,
-                     ubar=ubar, lref=float(loss.min()), onehot=onehot)
+    counts = np.bincount(group)
+    slots = np.full((xs.size, int(counts.max())), x.size)
+    slots[np.arange(slots.shape[1]) < counts[:, None]] = np.arange(x.size)
+    y = np.log(loss)
+    q = 1.0 / (loss * loss)
+    xfeat = onehot[:, :, None] * np.stack([np.ones_like(y), y, q, q * loss], axis=1)[:, None, :]
+    return _Prepared(y=y, loss=loss, group=group, xs=xs, uw=logxs - ubar, ubar=ubar,
+                     lref=float(loss.min()), onehot=onehot, slots=slots, xfeat=xfeat)
 
 
 def _noise_scale(d: _Prepared) -> float | None:
@@ -197,7 +217,7 @@ def _noise_scale(d: _Prepared) -> float | None:
 def _threshold(d: _Prepared) -> float:
     sigma = _noise_scale(d)
     if sigma is None:  # no repeated x: the robust scale of a closed-form fit's residuals
-        P = _starts(d, np.ones((1, d.y.size)), "saturating")
+        P = _starts(d, _xsums(d, np.ones((1, d.y.size))), "saturating")
         r = d.y - _predict(P, d, "saturating")[0][0, d.group]
         sigma = float(1.4826 * np.median(np.abs(r - np.median(r))))
     return HUBER_K * max(sigma, SIGMA_FLOOR)
@@ -249,24 +269,62 @@ def _objective(P: np.ndarray, d: _Prepared, W: np.ndarray, delta: float, form: s
 
 
 # ---------------------------------------------------------------------------------------
+# Scratch memory
+# ---------------------------------------------------------------------------------------
+
+_SCRATCH = threading.local()
+SCRATCH_MAX = 1 << 22  # elements (32 MiB of float64); larger scratch arrays are not kept
+
+
+def _scratch(name: str, shape: tuple, dtype=float) -> np.ndarray:
+    """A reusable C-contiguous array of this shape (contents undefined): one buffer per name
+    (and dtype) and thread, valid until the next call with that name.
+
+    The bootstrap's arrays are a few hundred kB each: fresh ones come from mmap, and every
+    numpy pass over a fresh one then costs several times its arithmetic in page faults.
+    Reused buffers (written with out=) avoid that."""
+    size = math.prod(shape)
+    dtype = np.dtype(dtype)
+    if size > SCRATCH_MAX:
+        return np.empty(shape, dtype)
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get((name, dtype.char))
+    if buf is None or buf.size < size:
+        grown = max(size, 2 * buf.size) if buf is not None else max(size, 1024)
+        buf = bufs[(name, dtype.char)] = np.empty(min(grown, SCRATCH_MAX), dtype)
+    return buf[:size].reshape(shape)
+
+
+def _take(a: np.ndarray, keep: np.ndarray, name: str) -> np.ndarray:
+    """a[..., keep] into scratch ``name`` (which must not hold a)."""
+    return np.take(a, keep, axis=-1, mode="clip",
+                   out=_scratch(name, a.shape[:-1] + (keep.size,), a.dtype))
+
+
+# ---------------------------------------------------------------------------------------
 # Starts: closed-form E, A on an alpha grid (vectorised over resamples)
 # ---------------------------------------------------------------------------------------
 
 
-def _grid_moments(d: _Prepared, W: np.ndarray):
-    """Weighted moments for the closed-form (E, A) at every alpha on ALPHA_GRID.
+def _xsums(d: _Prepared, W: np.ndarray) -> np.ndarray:
+    """Per-x sums of w [1, y, q, q L] (q = 1 / L^2) for each row of W (B, n): (B, k, 4).
+    Every start is a function of these (the model depends on x only)."""
+    return (W @ d.xfeat.reshape(d.y.size, -1)).reshape(W.shape[0], d.xs.size, 4)
+
+
+def _grid_moments(d: _Prepared, S: np.ndarray):
+    """Weighted moments for the closed-form (E, A) at every alpha on ALPHA_GRID, from the
+    per-x sums S (B, k, 4) (``_xsums``).
 
     For fixed alpha, min over E, A of sum_i w_i ((L_i - E - A z_i) / L_i)^2 with
     z_i = exp(-alpha u_i) is linear least squares; relative errors make it the linear-space
-    stand-in for the log-space fit. Sums are (B, 1) or (B, G): one small matmul each."""
-    L = d.loss
-    q = 1.0 / (L * L)
-    Z = np.exp(-np.outer(ALPHA_GRID, d.uw))[:, d.group]  # (G, n)
-    qZ = q * Z
-    S1 = (W @ q)[:, None]
-    SL = (W @ (q * L))[:, None]
-    SLL = W.sum(axis=1)[:, None]
-    return S1, SL, SLL, W @ qZ.T, W @ (qZ * Z).T, W @ (qZ * L).T
+    stand-in for the log-space fit. Sums are (B, 1) or (B, G)."""
+    Zg = np.exp(-np.outer(ALPHA_GRID, d.uw))  # (G, k)
+    Q, QL = S[:, :, 2], S[:, :, 3]
+    S1 = Q.sum(axis=1)[:, None]
+    SL = QL.sum(axis=1)[:, None]
+    SLL = S[:, :, 0].sum(axis=1)[:, None]
+    return S1, SL, SLL, Q @ Zg.T, Q @ (Zg * Zg).T, QL @ Zg.T
 
 
 def _grid_solve(S1, SL, SLL, Sz, Szz, SLz):
@@ -287,37 +345,72 @@ def _grid_solve(S1, SL, SLL, Sz, Szz, SLz):
 
 def _sat_params(d: _Prepared, alpha, E, A) -> np.ndarray:
     """(alpha, E, A) with A at the centre of log x -> clipped internal (b, alpha, eta)."""
+    P = np.empty(np.broadcast_shapes(np.shape(alpha), np.shape(E), np.shape(A)) + (3,))
     with np.errstate(divide="ignore"):
-        P = np.stack(np.broadcast_arrays(np.log(A), alpha, E / d.lref), axis=-1)
+        np.log(A, out=P[..., 0])
+    P[..., 1] = alpha
+    np.divide(E, d.lref, out=P[..., 2])
     lo, hi = d.bounds("saturating")
-    return np.clip(P, lo, hi)
+    np.maximum(P, lo, out=P)
+    return np.minimum(P, hi, out=P)
 
 
 def _grid_candidates(d: _Prepared, w: np.ndarray) -> np.ndarray:
     """Closed-form saturating fits at every grid alpha for one weighting w (n,): (G, 3)."""
-    E, A, _ = _grid_solve(*_grid_moments(d, w[None, :]))
+    E, A, _ = _grid_solve(*_grid_moments(d, _xsums(d, w[None, :])))
     return _sat_params(d, ALPHA_GRID, E[0], A[0])
 
 
-def _starts(d: _Prepared, W: np.ndarray, form: str) -> np.ndarray:
-    """One start per row of W. Saturating: the grid alpha with the smallest closed-form sum
-    of squares (or a constant, A = 0, when that fits better than any decreasing curve).
-    Power law: weighted least squares of log L on log x. Returns (B, K), clipped."""
+def _starts(d: _Prepared, S: np.ndarray, form: str) -> np.ndarray:
+    """One start per row of the per-x sums S (B, k, 4) (``_xsums``). Saturating: the grid
+    alpha with the smallest closed-form sum of squares (or a constant, A = 0, when that fits
+    better than any decreasing curve). Power law: weighted least squares of log L on log x.
+    Returns (B, K), clipped."""
+    Sw, Sy = S[:, :, 0], S[:, :, 1]
+    tot = S.sum(axis=1)  # (B, 4): sums over x
     if form == "power":
-        sw = W.sum(axis=1)
-        u = d.uw[d.group]
-        mu, my = (W @ u) / sw, (W @ d.y) / sw
-        suu = W @ (u * u) - sw * mu * mu
-        suy = W @ (u * d.y) - sw * mu * my
+        u = d.uw
+        sw = tot[:, 0]
+        mu, my = (Sw @ u) / sw, tot[:, 1] / sw
+        suu = Sw @ (u * u) - sw * mu * mu
+        suy = Sy @ u - sw * mu * my
         slope = suy / np.where(suu > 0, suu, np.inf)
         lo, hi = d.bounds("power")
         return np.clip(np.stack([my - slope * mu, -slope], axis=1), lo, hi)
-    S1, SL, SLL, Sz, Szz, SLz = _grid_moments(d, W)
-    E, A, rss = _grid_solve(S1, SL, SLL, Sz, Szz, SLz)
-    rows = np.arange(W.shape[0])
-    k = np.argmin(rss, axis=1)
-    E, A, rss = E[rows, k], A[rows, k], rss[rows, k]
-    flat = (SLL - SL * SL / S1)[:, 0] < rss
+    # _grid_solve, written into scratch arrays (B x G: the largest arrays of the starts),
+    # keeping only the best alpha's E and A.
+    B, G = S.shape[0], ALPHA_GRID.size
+    Zg = np.exp(-np.outer(ALPHA_GRID, d.uw))  # (G, k)
+    Q, QL = np.ascontiguousarray(S[:, :, 2]), np.ascontiguousarray(S[:, :, 3])
+    S1, SL, SLL = tot[:, 2:3], tot[:, 3:4], tot[:, 0:1]
+    Sz = np.matmul(Q, Zg.T, out=_scratch("g_sz", (B, G)))
+    Szz = np.matmul(Q, (Zg * Zg).T, out=_scratch("g_szz", (B, G)))
+    SLz = np.matmul(QL, Zg.T, out=_scratch("g_slz", (B, G)))
+    det, En, An, t1, t2 = (_scratch(f"g_{i}", (B, G)) for i in range(5))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.multiply(S1, Szz, out=det)
+        det -= np.multiply(Sz, Sz, out=t1)
+        np.multiply(SL, Szz, out=En)
+        En -= np.multiply(SLz, Sz, out=t1)
+        np.multiply(S1, SLz, out=An)
+        An -= np.multiply(Sz, SL, out=t1)
+        free = En >= 0
+        free &= An >= 0
+        free &= det > 0
+        np.multiply(SL, En, out=t1)  # gain (SLL - rss) of the free solution
+        t1 += np.multiply(SLz, An, out=t2)
+        t1 /= det
+        np.multiply(SLz, SLz, out=t2)  # of the E = 0 edge
+        t2 /= Szz
+        np.copyto(t2, t1, where=free)
+        rss = np.subtract(SLL, t2, out=t1)
+        rows = np.arange(B)
+        k = np.argmin(rss, axis=1)
+        fk, dk = free[rows, k], det[rows, k]
+        E = np.where(fk, En[rows, k] / dk, 0.0)
+        A = np.where(fk, An[rows, k] / dk, SLz[rows, k] / Szz[rows, k])
+        rss = rss[rows, k]
+        flat = (SLL - SL * SL / S1)[:, 0] < rss
     E = np.where(flat, (SL / S1)[:, 0], E)
     A = np.where(flat, 0.0, A)
     return _sat_params(d, ALPHA_GRID[k], E, A)
@@ -328,164 +421,353 @@ def _starts(d: _Prepared, W: np.ndarray, form: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
-def _normal_equations(d: _Prepared, U: np.ndarray, W: np.ndarray, r: np.ndarray,
-                      t: np.ndarray, f: np.ndarray, delta: float):
-    """Gauss-Newton pieces of the weighted Huber objective of the saturating model (the
-    power law is the same model with eta held at 0), for B rows at once.
+@dataclass
+class _Rows:
+    """The data of B fits in the solver's layout: each x's models in slots, rows last, so
+    every elementwise pass runs along a long contiguous axis (B) and sums over models are
+    sums over the short middle axis.
 
-    Per-model weights are summed per distinct x (a matmul with d.onehot), then combined with
-    the Jacobian at each x, J = [s, -u s, q] (s = exp(t - f), the power-law term's share of
-    L_hat; q = lref / L_hat = d log L_hat / d eta), through U = [1, u, u^2] (k, 3).
-    Returns g (minus the gradient, 3 arrays (B,)), H (the Hessian with Huber's own
-    curvature, 1 inside the threshold and 0 outside: 6 arrays h00 h01 h02 h11 h12 h22) and
-    the diagonal of the IRLS majoriser (weights min(1, delta/|r|), positive: it scales the
-    damping)."""
-    a = np.abs(r)
-    c = W * (delta / np.maximum(a, delta))  # w min(1, delta / |r|)
-    Ch = (W * (a <= delta)) @ d.onehot  # (B, k) Huber curvature weight per x
-    Cc = c @ d.onehot  # (B, k) IRLS weight per x
-    Cr = (c * r) @ d.onehot  # (B, k) sum of w psi(r) per x
-    s = np.exp(t - f)
-    q = d.lref * np.exp(-f)
-    ss, sq, qq = s * s, s * q, q * q
-    Mss = ((Ch * ss) @ U).T  # sums of C s^2 [1, u, u^2]
-    Msq = ((Ch * sq) @ U[:, :2]).T
-    H = (Mss[0], -Mss[1], Msq[0], Mss[2], -Msq[1], _wsum(Ch, qq))
-    Css = ((Cc * ss) @ U).T
-    diag = (Css[0], Css[2], _wsum(Cc, qq))
-    gs = ((Cr * s) @ U[:, :2]).T
-    return (gs[0], -gs[1], _wsum(Cr, q)), H, diag
+    Either every slot has its own weight (W: a general weighting of the models, one slot
+    per model) or, for bootstrap resamples with as many models at every x, the slots hold
+    the models each resample drew, one slot per draw, all of weight gw (W is None: no
+    weight pass at all)."""
 
+    Y: np.ndarray  # (kk, M, B) or (kk, M, 1): log loss in each slot
+    W: np.ndarray | None  # (kk, M, B) slot weights; None: every slot weighs gw
+    gw: float
+    Sw: np.ndarray  # (kk, B) total weight at each x (scales the damping)
 
-def _solve3(H, g):
-    """Solve H x = g for a batch of symmetric 3x3 systems given by components.
+    def take(self, keep: np.ndarray, tag: str) -> _Rows:
+        """The rows keep, into scratch arrays named by tag (not those holding self)."""
+        Y = self.Y if self.Y.shape[-1] == 1 else _take(self.Y, keep, "rows_y" + tag)
+        W = None if self.W is None else _take(self.W, keep, "rows_w" + tag)
+        return _Rows(Y, W, self.gw, self.Sw[:, keep])
 
-    H: (h00, h01, h02, h11, h12, h22), g: (g0, g1, g2), each (B,). By the adjugate after
-    Jacobi scaling (unit diagonal, so the error is about eps times the condition number, as
-    for LU); np.linalg.solve pays one LAPACK call per system, several times slower here.
-    A singular row gives inf/nan, which the caller refuses."""
-    h00, h01, h02, h11, h12, h22 = H
-    d0, d1, d2 = 1 / np.sqrt(h00), 1 / np.sqrt(h11), 1 / np.sqrt(h22)
-    b, c, e = h01 * d0 * d1, h02 * d0 * d2, h12 * d1 * d2
-    y0, y1, y2 = g[0] * d0, g[1] * d1, g[2] * d2
-    a00, a11, a22 = 1.0 - e * e, 1.0 - c * c, 1.0 - b * b
-    a01, a02, a12 = c * e - b, b * e - c, b * c - e
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / (a00 + b * a01 + c * a02)
-    return ((a00 * y0 + a01 * y1 + a02 * y2) * inv * d0,
-            (a01 * y0 + a11 * y1 + a12 * y2) * inv * d1,
-            (a02 * y0 + a12 * y1 + a22 * y2) * inv * d2)
+    def part(self, i0: int, i1: int) -> _Rows:
+        """Rows i0:i1 (views)."""
+        Y = self.Y if self.Y.shape[-1] == 1 else self.Y[..., i0:i1]
+        W = None if self.W is None else self.W[..., i0:i1]
+        return _Rows(Y, W, self.gw, self.Sw[:, i0:i1])
 
 
-def _lm(P: np.ndarray, d: _Prepared, W: np.ndarray, delta: float, lo: np.ndarray,
-        hi: np.ndarray, pinned: np.ndarray, rtol: float = LM_RTOL) -> tuple[np.ndarray, np.ndarray]:
-    """Minimise the weighted Huber objective for every row of P (B, 3) at once.
+def _weighted_rows(d: _Prepared, W: np.ndarray, kk: int) -> _Rows:
+    """Rows for general model weights W (B, n) on the first kk x values: one slot per model
+    (an empty slot, where an x has fewer models than another, weighs 0)."""
+    n = d.y.size
+    Wx = np.zeros((n + 1, W.shape[0]))
+    Wx[:n] = W.T
+    W3 = Wx[d.slots[:kk]]
+    Y3 = np.append(d.y, 0.0)[d.slots[:kk]][:, :, None]
+    return _Rows(Y3, W3, 1.0, W3.sum(axis=1))
 
-    Rows are saturating fits; a power-law row is one whose eta is pinned at 0 (pinned: (B, 3)
-    bool), so every fit of a bootstrap goes through one loop. lo, hi: (B, 3) box bounds.
+
+class _Model:
+    """The constants of one solve: the x values' u = log x - ubar (kk,), lref and delta, and
+    the matrices that combine per-x sums into the solver's pieces."""
+
+    def __init__(self, u: np.ndarray, lref: float, delta: float):
+        one = np.ones_like(u)
+        self.u, self.ucol, self.lref, self.delta = u, u[:, None], lref, delta
+        self.U1 = np.stack([one, -u])  # g0 g1 from sums of C psi s; h02 h12 from C s q
+        self.Uh = np.stack([one, u * u, -u])  # h00 h11 h01 from C s^2
+        self.Ud = np.stack([one, u * u])  # d0 d1 from Sw s^2
+
+
+def _evaluate(P: np.ndarray, rows: _Rows, m: _Model, N: np.ndarray) -> np.ndarray:
+    """The objective F (B,) of the saturating model (the power law is eta = 0) at P (3, B)
+    for every row, and into N (12, B) the Levenberg-Marquardt pieces there.
+
+    N rows: g (minus the gradient: 3), the Gauss-Newton Hessian with Huber's own curvature
+    (1 inside the threshold, 0 outside) as h00 h11 h01 h02 h12 h22, and the diagonal of the
+    least-squares Gauss-Newton matrix (every weight: positive, it scales the damping).
+
+    The model at each x: log L_hat = t + log1p(v), t = b - alpha u the log power-law term and
+    v = E exp(-t) (logaddexp(t, log E), and exactly t when E = 0); its Jacobian J = [s, -u s,
+    q], s = 1 / (1 + v) the power term's share of L_hat and q = lref / L_hat. Per model,
+    r = y - log L_hat, psi = clip(r, -delta, delta), huber = psi r - psi^2 / 2."""
+    b, al, eta = P
+    mt, emt, v, f, s, q, Ch, Cr = _scratch("ev_kb", (8, m.u.size, P.shape[1]))
+    np.multiply(m.ucol, al, out=mt)  # -t
+    mt -= b
+    np.exp(mt, out=emt)
+    np.multiply(emt, eta * m.lref, out=v)
+    np.log1p(v, out=f)
+    f -= mt
+    np.add(v, 1.0, out=s)
+    np.reciprocal(s, out=s)
+    np.multiply(emt, s, out=q)
+    q *= m.lref
+    shape = rows.Y.shape[:2] + (P.shape[1],)
+    R, PS = _scratch("ev_r", shape), _scratch("ev_psi", shape)
+    IN = _scratch("ev_in", shape, bool)
+    np.subtract(rows.Y, f[:, None, :], out=R)
+    np.clip(R, -m.delta, m.delta, out=PS)
+    np.equal(PS, R, out=IN)  # |r| <= delta
+    if rows.W is None:
+        M = shape[1]
+        np.multiply(IN.view(np.int8).sum(axis=1, dtype=np.int8 if M < 128 else np.int64),
+                    rows.gw, out=Ch)
+        np.sum(PS, axis=1, out=Cr)
+        Cr *= rows.gw
+        F = np.einsum("kmb,kmb->b", PS, R)
+        F -= 0.5 * np.einsum("kmb,kmb->b", PS, PS)
+        F *= rows.gw
+    else:
+        WP, T = _scratch("ev_wpsi", shape), _scratch("ev_t", shape)
+        np.multiply(rows.W, PS, out=WP)
+        np.multiply(rows.W, IN, out=T)
+        np.sum(T, axis=1, out=Ch)
+        np.sum(WP, axis=1, out=Cr)
+        F = np.einsum("kmb,kmb->b", WP, R)
+        F -= 0.5 * np.einsum("kmb,kmb->b", WP, PS)
+    t = emt  # scratch from here on
+    np.matmul(m.U1, np.multiply(Cr, s, out=t), out=N[0:2])
+    np.einsum("kb,kb->b", Cr, q, out=N[2])
+    Chs = np.multiply(Ch, s, out=v)
+    np.matmul(m.Uh, np.multiply(Chs, s, out=t), out=N[3:6])
+    np.matmul(m.U1, np.multiply(Chs, q, out=t), out=N[6:8])
+    np.einsum("kb,kb->b", np.multiply(Ch, q, out=t), q, out=N[8])
+    np.multiply(rows.Sw, s, out=t)
+    t *= s
+    np.matmul(m.Ud, t, out=N[9:11])
+    np.einsum("kb,kb->b", np.multiply(rows.Sw, q, out=t), q, out=N[11])
+    return F
+
+
+# Index arrays of the 3x3 algebra in _lm: the diagonal of H among the pieces of _evaluate,
+# the (i, j) of the off-diagonal entries h01 h02 h12, the products in their cofactors, and the
+# off-diagonal terms of the product of the symmetric adjugate (entries a00 a11 a22 a01 a02
+# a12) with a vector y.
+_HDIAG = np.array([3, 4, 8])
+_OFF_I, _OFF_J = np.array([0, 0, 1]), np.array([1, 2, 2])
+_ADJ_I, _ADJ_J = np.array([1, 0, 0]), np.array([2, 2, 1])
+_ADJ_B, _Y_B = np.array([3, 3, 4]), np.array([1, 0, 0])  # a01 y1, a01 y0, a02 y0
+_ADJ_C, _Y_C = np.array([4, 5, 5]), np.array([2, 2, 1])  # a02 y2, a12 y2, a12 y1
+
+
+_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sums over the first axis of a * b, (3, B) each: vecdot's call is cheaper for few
+    rows, einsum's loop for many."""
+    if a.shape[-1] <= 64 and _VECDOT is not None:
+        return _VECDOT(a, b, axis=0)
+    return np.einsum("ib,ib->b", a, b)
+
+
+def _lm(P: np.ndarray, F: np.ndarray, N: np.ndarray, rows: _Rows, m: _Model,
+        lo: np.ndarray, hi: np.ndarray, pinned: np.ndarray, fscale: float,
+        rtol: float = LM_RTOL, max_iter: int = LM_MAX_ITER) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise the weighted Huber objective for every row of P (3, B) at once, from P (in
+    the box) with its objective F and pieces N (``_evaluate``; N is overwritten).
+
+    Rows are saturating fits; a power-law row is one whose eta is pinned at 0 (pinned: (B,)
+    bool), so every fit of a bootstrap goes through one loop. lo, hi: (3, B) box bounds.
 
     Levenberg-Marquardt: each step solves (H + lam diag(Hc)) step = g, H the Gauss-Newton
     Hessian of the Huber loss (Newton on Huber settles in a few steps, where plain IRLS
-    crawls) and Hc the IRLS majoriser. A step is kept only where the objective does not
-    rise. At a fixed point the gradient of the Huber objective is zero: the same estimator
-    as the scipy fit. A parameter at a bound whose gradient points outward is held fixed
-    (an active set) and steps are clipped into the box. A row is done when a nearly
-    undamped step could gain at most rtol of its objective (g . step, about twice the
-    predicted gain), or when no damping finds descent. Returns parameters and objectives."""
-    P = np.clip(P, lo, hi)
-    B = P.shape[0]
-    U = np.stack([np.ones_like(d.uw), d.uw, d.uw * d.uw], axis=1)  # (k, 3)
-    # A floor under the objective for the tolerance: with an exact fit (noise-free data,
-    # F -> 0) a tolerance relative to F alone is never met. Residuals of 1e-4 delta.
-    fscale = d.y.size * (1e-4 * delta) ** 2
-    f, t = _predict(P, d, "saturating")
-    F = _wsum(W, _huber(d.y - f[:, d.group], delta))
-    # Work on compacted copies of the unfinished rows; finished rows are written back.
-    act = np.arange(B)
-    Pa, Fa, Wa, la, ha, pa = P.copy(), F.copy(), W, lo, hi, pinned
-    lam, nu = np.full(B, LM_LAM0), np.full(B, 2.0)
-    for _ in range(LM_MAX_ITER):
-        g, H, diag = _normal_equations(d, U, Wa, d.y - f[:, d.group], t, f, delta)
-        g = np.stack(g, axis=1)
-        fixed = pa | ((Pa <= la) & (g < 0)) | ((Pa >= ha) & (g > 0))
-        g[fixed] = 0.0
-        dmax = np.maximum(np.maximum(diag[0], diag[1]), diag[2])
-        scale = [np.maximum(dk, 1e-12 * dmax + 1e-300) for dk in diag]
-        h00, h01, h02, h11, h12, h22 = H
-        h00, h11, h22 = h00 + lam * scale[0], h11 + lam * scale[1], h22 + lam * scale[2]
-        if fixed.any():  # fixed parameters are decoupled: identity row and column
-            f0, f1, f2 = fixed.T
-            h01, h02, h12 = (np.where(f0 | f1, 0.0, h01), np.where(f0 | f2, 0.0, h02),
-                             np.where(f1 | f2, 0.0, h12))
-            h00, h11, h22 = np.where(f0, 1.0, h00), np.where(f1, 1.0, h11), np.where(f2, 1.0, h22)
-        step = np.stack(_solve3((h00, h01, h02, h11, h12, h22), g.T), axis=1)
-        step[fixed] = 0.0
-        gstep = _wsum(g, step)
-        done = ((lam <= 1e-2) & (np.abs(gstep) <= rtol * (Fa + fscale))) | (lam >= 1e12)
-        if done.any():  # finished rows leave before their (useless) trial step
-            P[act[done]], F[act[done]] = Pa[done], Fa[done]
-            keep = ~done
-            act, Pa, Fa, Wa, f, t = act[keep], Pa[keep], Fa[keep], Wa[keep], f[keep], t[keep]
-            la, ha, pa, lam, nu = la[keep], ha[keep], pa[keep], lam[keep], nu[keep]
-            step, g, gstep = step[keep], g[keep], gstep[keep]
-            H = tuple(h[keep] for h in H)
-            if act.size == 0:
+    crawls) and Hc the least-squares Gauss-Newton matrix. A step is kept only where the
+    objective does not rise. At a fixed point the gradient of the Huber objective is zero:
+    the same estimator as the scipy fit. A parameter at a bound whose gradient points
+    outward is held fixed (an active set) and steps are clipped into the box. A row is done
+    when a nearly undamped step could gain at most rtol of its objective (g . step, about
+    twice the predicted gain), or when no damping finds descent. A parameter at a bound is
+    held there until the others have converged, and only then released if its gradient
+    points inside (released at once, rows whose optimum is on the E = 0 bound zig-zag on and
+    off it for many iterations). Each trial point's objective and pieces are computed once
+    (a kept trial is the next iterate), and finished rows leave the working arrays in
+    batches (until then they stand still). Returns parameters (3, B) and objectives."""
+    B = P.shape[1]
+    P, F = np.clip(P, lo, hi), F.copy()
+    P_out, F_out = P.copy(), F.copy()
+    act = np.arange(B)  # the output rows the working arrays hold
+    fin = np.zeros(B, dtype=bool)  # finished rows not yet compacted away (held still)
+    lam, nu = np.full(B, LM_LAM0, dtype=float), np.full(B, 2.0)
+    hold = np.ones((3, B), dtype=bool)
+    n_compact = 0
+    Nn = _scratch("lm_trial", N.shape)  # the trial point's pieces (then swapped with N's)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(max_iter):
+            g = N[0:3]
+            atb = P <= lo
+            outward = atb & (g < 0)
+            athi = P >= hi
+            atb |= athi
+            athi &= g > 0
+            outward |= athi
+            atb &= hold  # at a bound and held there until the rest has converged
+            fixed = outward | atb
+            fixed[2] |= pinned
+            fixed |= fin  # finished rows hold still
+            g = np.where(fixed, 0.0, g)
+            # (H + lam diag(Hc)) step = g with fixed parameters decoupled (identity row and
+            # column), by the adjugate after Jacobi scaling (unit diagonal: the error is about
+            # eps times the condition number, as for LU; np.linalg.solve pays one LAPACK call
+            # per 3x3 system, several times slower here). A singular row gives inf/nan: its
+            # trial is refused.
+            D = N[9:12]
+            scale = np.maximum(D, np.multiply(D.max(axis=0), 1e-12) + 1e-300)
+            scale *= lam
+            Hd = N[_HDIAG]  # h00 h11 h22
+            scale += Hd
+            dsc = np.where(fixed, 1.0, scale)
+            np.sqrt(dsc, out=dsc)
+            np.reciprocal(dsc, out=dsc)
+            o = dsc[_OFF_I]
+            o *= dsc[_OFF_J]
+            o *= N[5:8]  # h01 h02 h12 -> b c e: the scaled matrix [[1 b c] [b 1 e] [c e 1]]
+            o = np.where(fixed[_OFF_I] | fixed[_OFF_J], 0.0, o)
+            adj = np.empty((6, o.shape[1]))
+            np.square(o[::-1], out=adj[:3])
+            np.subtract(1.0, adj[:3], out=adj[:3])  # 1-e^2 1-c^2 1-b^2
+            np.multiply(o[_ADJ_I], o[_ADJ_J], out=adj[3:])
+            adj[3:] -= o  # ce-b be-c bc-e
+            y = g * dsc
+            step = adj[:3] * y  # adj y, adj symmetric: a00 a11 a22 a01 a02 a12
+            step += adj[_ADJ_B] * y[_Y_B]
+            step += adj[_ADJ_C] * y[_Y_C]
+            det = o[0] * adj[3]
+            det += o[1] * adj[4]
+            det += adj[0]
+            dsc /= det
+            step *= dsc
+            gstep = _dot(g, step)
+            done = np.abs(gstep, out=gstep) <= rtol * (F + fscale)
+            done &= lam <= 1e-2
+            # Converged with a parameter held at its bound although its gradient points
+            # inside: release it and go on (a KKT point needs every held gradient outward).
+            atb &= ~outward
+            atb[2] &= ~pinned
+            release = done & atb.any(axis=0)
+            if release.any():
+                hold &= ~(atb & release)
+                done &= ~release
+            done |= lam >= 1e12
+            fin |= done
+            n_fin = np.count_nonzero(fin)
+            if n_fin == fin.size:
                 break
-        Pn = np.clip(Pa + step, la, ha)
-        fn, tn = _predict(Pn, d, "saturating")
-        Fn = _wsum(Wa, _huber(d.y - fn[:, d.group], delta))
-        ok = Fn <= Fa * (1 + 1e-15) + 1e-300
-        # Nielsen's (1999) damping update from the gain ratio rho = actual / predicted
-        # decrease: gentle on success, doubling on failure (x10 and /10 zig-zag in the curved
-        # valley between E and alpha, one refused step for every kept one).
-        d0, d1, d2 = (Pn - Pa).T
-        h00, h01, h02, h11, h12, h22 = H
-        quad = (h00 * d0 * d0 + h11 * d1 * d1 + h22 * d2 * d2
-                + 2 * (h01 * d0 * d1 + h02 * d0 * d2 + h12 * d1 * d2))
-        pred = g[:, 0] * d0 + g[:, 1] * d1 + g[:, 2] * d2 - 0.5 * quad
-        rho = (Fa - Fn) / np.where(pred > 0, pred, np.inf)
-        lam = np.clip(np.where(ok, lam * np.clip(1 - (2 * rho - 1) ** 3, 1 / 3, 2.0), lam * nu),
-                      1e-12, 1e12)
-        nu = np.where(ok, 2.0, nu * 2)
-        Pa[ok], Fa[ok], f[ok], t[ok] = Pn[ok], Fn[ok], fn[ok], tn[ok]
-    if act.size:  # rows still moving keep their best point so far
-        P[act], F[act] = Pa, Fa
-        log.debug("LM: %d of %d rows stopped at %d iterations", act.size, B, LM_MAX_ITER)
-    return P, F
+            if n_fin * 4 >= fin.size > 32:  # compact: the finished rows leave (when it pays)
+                P_out[:, act], F_out[act] = P, F
+                keep = np.flatnonzero(~fin)
+                tag = str(n_compact % 2)
+                n_compact += 1
+                N = _take(N, keep, "lm_n" + tag)
+                Nn = _scratch("lm_t" + tag, N.shape)
+                rows = rows.take(keep, tag)
+                act, P, F, g, step, Hd = (act[keep], P[:, keep], F[keep], g[:, keep],
+                                          step[:, keep], Hd[:, keep])
+                lo, hi, pinned = lo[:, keep], hi[:, keep], pinned[keep]
+                lam, nu, fin, hold = lam[keep], nu[keep], fin[keep], hold[:, keep]
+            Pn = step
+            Pn += P
+            np.maximum(Pn, lo, out=Pn)
+            np.minimum(Pn, hi, out=Pn)
+            Fn = _evaluate(Pn, rows, m, Nn)
+            ok = Fn <= F * (1 + 1e-15) + 1e-300
+            # Nielsen's (1999) damping update from the gain ratio rho = actual / predicted
+            # decrease: gentle on success, doubling on failure (x10 and /10 zig-zag in the
+            # curved valley between E and alpha, one refused step for every kept one).
+            dP = Pn - P
+            quad = _dot(N[5:8], dP[_OFF_I] * dP[_OFF_J])
+            quad *= 2
+            quad += _dot(Hd, dP * dP)
+            pred = _dot(g, dP)
+            pred -= 0.5 * quad
+            rho = np.subtract(F, Fn)
+            rho /= np.where(pred > 0, pred, np.inf)
+            rho *= 2
+            rho -= 1
+            fac = rho * rho
+            fac *= rho
+            np.subtract(1, fac, out=fac)
+            np.maximum(fac, 1 / 3, out=fac)
+            np.minimum(fac, 2.0, out=fac)
+            fac *= lam
+            lam *= nu
+            lam = np.where(ok, fac, lam)
+            np.maximum(lam, 1e-12, out=lam)
+            np.minimum(lam, 1e12, out=lam)
+            nu *= 2
+            nu = np.where(ok, 2.0, nu)
+            # The kept trials are the new iterates: take the trial arrays, with the refused
+            # rows' old values copied in (usually few).
+            F = np.where(ok, Fn, F)
+            refused = np.flatnonzero(~ok)
+            if refused.size:
+                Pn[:, refused] = P[:, refused]
+                Nn[:, refused] = N[:, refused]
+            P, N, Nn = Pn, Nn, N
+        else:
+            if not fin.all():
+                log.debug("LM: %d of %d rows stopped at %d iterations",
+                          int(np.count_nonzero(~fin)), B, max_iter)
+    P_out[:, act], F_out[act] = P, F  # rows still moving keep their best point so far
+    return P_out, F_out
 
 
-def _solve_many(d: _Prepared, jobs, delta: float, rtol: float = LM_RTOL) -> list[np.ndarray]:
-    """Vectorised fits of several (W, form, warm) jobs in one LM pass; internal parameters
-    of each job's form, (B_j, K).
+def _solve_many(d: _Prepared, jobs, delta: float, rtol: float = LM_RTOL,
+                rows: _Rows | None = None, same_data: bool = False) -> list[np.ndarray]:
+    """Vectorised fits of several (S, form, warm) jobs in one LM pass; internal parameters
+    of each job's form, (B_j, K). S: the job's per-x weight sums (``_xsums``), for its
+    starts; rows: the data of every job's rows, in job order (None: S must be the weights
+    W (B_j, n) of each job instead, fitted on every x).
 
     Each row starts from the best (by the objective) of its own closed-form start, the
     job's warm start (the point estimate on the same data) if any, and, for the saturating
     form, its own power-law fit (E = 0): the saturating objective can have a local minimum
-    inside (E > 0) while the best point is the power law on the E = 0 boundary."""
-    Ps, los, his, pins, Ws = [], [], [], [], []
-    for W, form, warm in jobs:
-        cands = [_starts(d, W, form)]
+    inside (E > 0) while the best point is the power law on the E = 0 boundary.
+    same_data: every job has the same S and rows (the forms of one set of resamples), so the
+    power-law start, a candidate of both forms, is evaluated once."""
+    if rows is None:
+        rows = _weighted_rows(d, np.concatenate([W for W, _, _ in jobs]), d.xs.size)
+        jobs = [(_xsums(d, W), form, warm) for W, form, warm in jobs]
+    kk = rows.Y.shape[0]
+    m = _Model(d.uw[:kk], d.lref, delta)
+    B = sum(len(S) for S, _, _ in jobs)
+    P = np.empty((3, B))
+    F = np.empty(B)
+    N = _scratch("lm_n", (12, B))
+    lo, hi, pinned = np.empty((3, B)), np.empty((3, B)), np.empty(B, dtype=bool)
+    i = 0
+    power = None  # same_data: the power-law starts and, once evaluated, (P, F, N) there
+    for S, form, warm in jobs:
+        Bj = len(S)
+        j = slice(i, i + Bj)
+        part = rows.part(i, i + Bj)
+        if power is None or not same_data:
+            power = [np.column_stack([_starts(d, S, "power"), np.zeros(Bj)])]
+        cands = [_starts(d, S, form) if form == "saturating" else power[0]]
         if warm is not None:
-            cands.append(np.broadcast_to(warm, cands[0].shape))
+            cands.append(np.broadcast_to(np.append(warm, 0.0)[:3], cands[0].shape))
         if form == "saturating":
-            cands.append(np.column_stack([_starts(d, W, "power"), np.zeros(len(W))]))
-        Fs = np.stack([_objective(c, d, W, delta, form) for c in cands])
-        P = np.stack(cands)[np.argmin(Fs, axis=0), np.arange(len(W))]
-        lo, hi = d.bounds(form)
+            cands.append(power[0])
+        lo_f, hi_f = d.bounds(form)
         if form == "power":  # the saturating model with eta pinned at 0
-            P = np.column_stack([P, np.zeros(len(P))])
-            lo, hi = np.append(lo, 0.0), np.append(hi, 0.0)
-        Ps.append(P)
-        los.append(np.broadcast_to(lo, P.shape))
-        his.append(np.broadcast_to(hi, P.shape))
-        pins.append(np.broadcast_to([False, False, form == "power"], P.shape))
-        Ws.append(W)
-    P, _ = _lm(np.concatenate(Ps), d, np.concatenate(Ws), delta, np.concatenate(los),
-               np.concatenate(his), np.concatenate(pins), rtol)
+            lo_f, hi_f = np.append(lo_f, 0.0), np.append(hi_f, 0.0)
+        Nc = _scratch("cand_n", (12, Bj))
+        for c_i, c0 in enumerate(cands):
+            c = np.clip(c0, lo_f, hi_f).T
+            if c0 is power[0] and len(power) > 1 and np.array_equal(c, power[1]):
+                Fc = power[2]  # evaluated for the other form
+                Nc[:] = power[3]
+            else:
+                Fc = _evaluate(c, part, m, Nc)
+                if same_data and c0 is power[0]:
+                    power[1:] = [c, Fc, Nc.copy()]
+            better = slice(None) if c_i == 0 else Fc < F[j]  # the first of equals, as argmin
+            P[:, j][:, better] = c[:, better]
+            F[j][better] = Fc[better]
+            N[:, j][:, better] = Nc[:, better]
+        lo[:, j], hi[:, j], pinned[j] = lo_f[:, None], hi_f[:, None], form == "power"
+        i += Bj
+    fscale = d.y.size * (1e-4 * delta) ** 2
+    P, _ = _lm(P, F, N, rows, m, lo, hi, pinned, fscale, rtol)
     out, i = [], 0
-    for W, form, _ in jobs:
-        out.append(P[i: i + len(W), : 3 if form == "saturating" else 2])
-        i += len(W)
+    for S, form, _ in jobs:
+        out.append(P[: 3 if form == "saturating" else 2, i: i + len(S)].T)
+        i += len(S)
     return out
 
 
@@ -509,28 +791,34 @@ def fit_form_batch(x, loss, weights, form: str, huber_delta: float | None = None
 
 
 # ---------------------------------------------------------------------------------------
-# Point estimate: scipy L-BFGS-B from several starts
+# Point estimate: L-BFGS-B (scipy) from several starts
 # ---------------------------------------------------------------------------------------
 
 
-def _scipy_fit(d: _Prepared, w: np.ndarray, delta: float, form: str) -> np.ndarray:
-    """Internal parameters minimising sum_i w_i huber(r_i) (w: (n,), zeros allowed)."""
-    lo, hi = d.bounds(form)
+def _scipy_starts(d: _Prepared, w: np.ndarray, delta: float, form: str) -> np.ndarray:
+    """The starts of a point fit with weights w (n,): (n_starts, K)."""
+    S = _xsums(d, w[None, :])
     if form == "power":
-        starts = _starts(d, w[None, :], form)
-    else:
-        P = _grid_candidates(d, w)  # (G, 3)
-        Fg = _objective(P, d, w[None, :], delta, form)
-        # Local minima of the true objective along the alpha grid, best first: one start
-        # per basin, so a second minimum (small E and small alpha, or large both) is tried.
-        is_min = np.ones(Fg.size, dtype=bool)
-        is_min[1:] &= Fg[1:] <= Fg[:-1]
-        is_min[:-1] &= Fg[:-1] <= Fg[1:]
-        cand = np.flatnonzero(is_min)
-        starts = P[cand[np.argsort(Fg[cand], kind="stable")][:N_STARTS]]
-        # The power law (E = 0) too: a local minimum inside (E > 0) can hide a better
-        # point on the E = 0 boundary, and the grid's closed form misjudges which is lower.
-        starts = np.vstack([starts, np.append(_starts(d, w[None, :], "power")[0], 0.0)])
+        return _starts(d, S, form)
+    P = _grid_candidates(d, w)  # (G, 3)
+    Fg = _objective(P, d, w[None, :], delta, form)
+    # Local minima of the true objective along the alpha grid, best first: one start
+    # per basin, so a second minimum (small E and small alpha, or large both) is tried.
+    is_min = np.ones(Fg.size, dtype=bool)
+    is_min[1:] &= Fg[1:] <= Fg[:-1]
+    is_min[:-1] &= Fg[:-1] <= Fg[1:]
+    cand = np.flatnonzero(is_min)
+    starts = P[cand[np.argsort(Fg[cand], kind="stable")][:N_STARTS]]
+    # The power law (E = 0) too: a local minimum inside (E > 0) can hide a better
+    # point on the E = 0 boundary, and the grid's closed form misjudges which is lower.
+    return np.vstack([starts, np.append(_starts(d, S, "power")[0], 0.0)])
+
+
+def _scipy_fit(d: _Prepared, w: np.ndarray, delta: float, form: str) -> np.ndarray:
+    """Internal parameters minimising sum_i w_i huber(r_i) (w: (n,), zeros allowed): the
+    lowest of L-BFGS-B runs from ``_scipy_starts``."""
+    lo, hi = d.bounds(form)
+    starts = _scipy_starts(d, w, delta, form)
     # Scaled by 1/(1.345 sigma)^2, sigma the data's noise scale (not by the caller's delta,
     # which may be huge), so the objective is O(n) whatever the noise: L-BFGS-B's ftol is
     # relative to max(|f|, 1), so an objective of size 1e-4 would stop it at the start.
@@ -562,6 +850,39 @@ def _scipy_fit(d: _Prepared, w: np.ndarray, delta: float, form: str) -> np.ndarr
     return best
 
 
+def _point_fits(d: _Prepared, delta: float, fits) -> list[np.ndarray]:
+    """Point fits of several (w, form) at once: the estimator of ``_scipy_fit`` (its starts,
+    the lowest of their local minima; the first on ties), with every start of every fit one
+    row of a single vectorised LM run (tolerance LM_RTOL, up to LM_MAX_ITER_POINT
+    iterations) instead of one scipy run each. Internal parameters of each fit."""
+    n, k = d.y.size, d.xs.size
+    starts = [_scipy_starts(d, w, delta, form) for w, form in fits]
+    P = np.vstack([np.column_stack([s, np.zeros(len(s))]) if form == "power" else s
+                   for s, (_, form) in zip(starts, fits)]).T  # (3, B)
+    job = np.repeat(np.arange(len(fits)), [len(s) for s in starts])
+    W = np.vstack([np.broadcast_to(w, (len(s), n)) for s, (w, _) in zip(starts, fits)])
+    B = P.shape[1]
+    lo, hi = np.empty((3, B)), np.empty((3, B))
+    for j, (_, form) in enumerate(fits):
+        lo_f, hi_f = d.bounds(form)
+        if form == "power":
+            lo_f, hi_f = np.append(lo_f, 0.0), np.append(hi_f, 0.0)
+        lo[:, job == j], hi[:, job == j] = lo_f[:, None], hi_f[:, None]
+    pinned = np.array([fits[j][1] == "power" for j in job])
+    rows = _weighted_rows(d, W, k)
+    P = np.clip(P, lo, hi)
+    N = np.empty((12, B))
+    m = _Model(d.uw, d.lref, delta)
+    F = _evaluate(P, rows, m, N)
+    P, F = _lm(P, F, N, rows, m, lo, hi, pinned, n * (1e-4 * delta) ** 2, LM_RTOL,
+               LM_MAX_ITER_POINT)
+    out = []
+    for j, (_, form) in enumerate(fits):
+        r = np.flatnonzero(job == j)
+        out.append(P[: 3 if form == "saturating" else 2, r[np.argmin(F[r])]].copy())
+    return out
+
+
 def fit_form(x: np.ndarray, loss: np.ndarray, form: str,
              huber_delta: float | None = None) -> tuple[float, float, float]:
     """Point fit of one form; returns (alpha, E, A).
@@ -591,19 +912,111 @@ def fit_form(x: np.ndarray, loss: np.ndarray, form: str,
 # ---------------------------------------------------------------------------------------
 
 
+def _bootstrap_counts(group: np.ndarray, n_boot: int, rng: np.random.Generator) -> list:
+    """Per x, (n_boot, n_x) counts: how often each of its models is drawn in each resample,
+    n_x - 1 draws with replacement (1 when n_x = 1), independently per x."""
+    counts = []
+    for g in range(int(group.max()) + 1):
+        n = int(np.count_nonzero(group == g))
+        m = n - 1 if n > 1 else n
+        counts.append(rng.multinomial(m, np.full(n, 1.0 / n), size=n_boot))
+    return counts
+
+
 def _bootstrap_weights(group: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, n) weights: each x's models resampled with replacement, independently.
 
     Each x with n_x > 1 models draws n_x - 1 and the counts are scaled by n_x / (n_x - 1):
     every x keeps its weight in the fit, and the bootstrap variance of a mean at that x is
-    unbiased (drawing n_x makes it (n_x - 1)/n_x too small; McCarthy & Snowden 1985)."""
+    unbiased (drawing n_x makes it (n_x - 1)/n_x too small; McCarthy & Snowden 1985).
+    fit_scaling uses the counts (``_bootstrap_counts``, the same draws) directly."""
     W = np.zeros((n_boot, group.size))
-    for g in range(int(group.max()) + 1):
+    for g, C in enumerate(_bootstrap_counts(group, n_boot, rng)):
         cols = np.flatnonzero(group == g)
-        n = cols.size
-        m = n - 1 if n > 1 else n
-        W[:, cols] = rng.multinomial(m, np.full(n, 1.0 / n), size=n_boot) * (n / m)
+        W[:, cols] = C * (cols.size / C[0].sum())
     return W
+
+
+def _count_weights(counts: list) -> np.ndarray:
+    """The bootstrap weights (B, n) of these counts (``_bootstrap_weights``; x ascending)."""
+    return np.hstack([C * (C.shape[1] / C[0].sum()) for C in counts])
+
+
+def _resample_draws(d: _Prepared, counts: list) -> np.ndarray | None:
+    """With as many models c at every x: (k, c - 1, B) the log losses each resample drew at
+    each x, slot j holding its (j+1)-th drawn model (a repeated model fills as many slots
+    as its count); None otherwise."""
+    sizes = np.bincount(d.group)
+    c = int(sizes[0])
+    if np.any(sizes != c):
+        return None
+    B = len(counts[0])
+    M = c - 1 if c > 1 else 1
+    Y = _scratch("boot_draws", (d.xs.size, M, B))
+    ids = np.tile(np.arange(c), B)
+    for g, C in enumerate(counts):
+        np.take(d.y, g * c + np.repeat(ids, C.ravel()).reshape(B, M).T, out=Y[g])
+    return Y
+
+
+def _resample_rows(d: _Prepared, counts: list, draws: np.ndarray | None, kk: int,
+                   sel: np.ndarray | None = None, copies: int = 1, name: str = "boot") -> _Rows:
+    """The solver's rows for the resamples (those in sel; all for None), each repeated
+    ``copies`` times in a row, on the first kk x values. With draws (``_resample_draws``)
+    a resample is c - 1 draws per x of weight c / (c - 1) (c models at every x): the same
+    objective as its weights, without a weight pass. Otherwise the general layout."""
+    B = len(counts[0]) if sel is None else sel.size
+    if draws is not None:
+        c, M = d.y.size // d.xs.size, draws.shape[1]  # c models at every x
+        Y = _scratch(name, (kk, M, copies * B))
+        if sel is None:
+            Y[:, :, :B] = draws[:kk]
+        else:
+            np.take(draws[:kk], sel, axis=2, out=Y[:, :, :B], mode="clip")
+        for r in range(1, copies):
+            Y[:, :, r * B: (r + 1) * B] = Y[:, :, :B]
+        return _Rows(Y, None, c / M, np.full((kk, copies * B), float(c)))
+    sizes = np.bincount(d.group)
+    W = np.zeros((copies * B, d.y.size))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for g in range(kk):
+        C = counts[g] if sel is None else counts[g][sel]
+        W[:B, starts[g]: starts[g + 1]] = C * (C.shape[1] / C[0].sum())
+    W[B:] = np.tile(W[:B], (copies - 1, 1))
+    return _weighted_rows(d, W, kk)
+
+
+def _quantiles(a: np.ndarray, q) -> np.ndarray:
+    """np.quantile(a, q, axis=1) for a 2-d a (its default method, linear interpolation, to
+    the last bit), partitioning a in place at the order statistics it needs only (numpy's
+    also partitions at the min and max, and copies a with the axis moved). (len(q), R)."""
+    n = a.shape[1]
+    qa = np.asarray(q, dtype=float)
+    virt = (n - 1) * qa  # numpy's virtual index for the linear method
+    if n < 2 or np.any(virt < 0) or np.any(virt >= n - 1) or np.isnan(a).any():
+        return np.quantile(a, q, axis=1)
+    prev = np.floor(virt).astype(np.intp)
+    gamma = (virt - prev)[:, None]
+    # Partition at one of the two order statistics each quantile needs (the one nearer the
+    # middle); the other is then the max (min) of the part just below (above) it.
+    lower = virt < (n - 1) / 2
+    anchor = np.where(lower, prev + 1, prev)
+    kth = np.unique(anchor)
+    a.partition(kth, axis=1)
+    lo, hi = np.empty((len(qa), a.shape[0])), np.empty((len(qa), a.shape[0]))
+    for i, (p, low) in enumerate(zip(prev, lower)):
+        if low:
+            hi[i] = a[:, p + 1]
+            start = kth[kth <= p].max(initial=-1) + 1
+            lo[i] = a[:, p] if start > p else a[:, start: p + 1].max(axis=1)
+        else:
+            lo[i] = a[:, p]
+            stop = kth[kth > p + 1].min(initial=n)
+            hi[i] = a[:, p + 1] if p + 1 in kth else a[:, p + 1: stop].min(axis=1)
+    diff = hi - lo  # numpy's _lerp
+    out = lo + diff * gamma
+    np.subtract(hi, diff * (1 - gamma), out=out, where=np.broadcast_to(gamma >= 0.5, out.shape))
+    return out
 
 
 def _none(reason: str, n_points: int, n_widths: int, n_seeds: int) -> FitResult:
@@ -628,12 +1041,13 @@ def fit_scaling(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: floa
     the same x are different seeds).
 
     form: None chooses "saturating" or "power" by the held-out largest x; a name forces that
-    form (heldout_rel_err is then that form's). The point estimates are scipy fits of the
-    chosen form to all models. Intervals: the central ``ci`` percentile interval of each
-    parameter over ``n_boot`` resamples of seeds within each x; with form=None every
-    resample redoes the held-out choice and contributes its own form's numbers (E = 0 when
-    it picks the power law), so the intervals carry the uncertainty of the choice, and
-    ``warning`` says when the chosen form wins in fewer than UNSTABLE_CHOICE of resamples.
+    form (heldout_rel_err is then that form's). The point estimates are fits of the chosen
+    form to all models (the estimator of ``fit_form``). Intervals: the central ``ci``
+    percentile interval of each parameter over ``n_boot`` resamples of seeds within each x;
+    with form=None every resample redoes the held-out choice and contributes its own form's
+    numbers (E = 0 when it picks the power law), so the intervals carry the uncertainty of
+    the choice, and ``warning`` says when the chosen form wins in fewer than UNSTABLE_CHOICE
+    of resamples.
     Never raises on bad data: it returns form "none" with NaN numbers and the reason in
     ``warning``."""
     if form is not None and form not in FORMS:
@@ -665,18 +1079,18 @@ def fit_scaling(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: floa
     w_all = np.ones(n_points)
     w_held = np.where(last, 0.0, 1.0)  # the held-out fits: every x but the largest
 
-    def heldout_err(P, W_last, f_):
-        """Relative error of each row's prediction of the (weighted) mean loss at the largest x."""
+    def heldout_err(P, obs, f_):
+        """Relative error of each row's prediction of the observed mean loss at the largest x."""
         pred = np.exp(_predict(P, d, f_, d.uw[-1:])[0][:, 0])
-        obs = (W_last @ d.loss[last]) / W_last.sum(axis=1)
         return np.abs(pred - obs) / obs
 
     forms = FORMS if form is None else (form,)
-    theta, theta_held, err = {}, {}, {}
-    for f_ in forms:  # point fits with scipy: held out (for the choice) and on all models
-        theta_held[f_] = _scipy_fit(d, w_held, delta, f_)
-        err[f_] = float(heldout_err(theta_held[f_][None, :], np.ones((1, int(last.sum()))), f_)[0])
-        theta[f_] = _scipy_fit(d, w_all, delta, f_)
+    # Point fits, held out (for the choice) and on all models.
+    fits = _point_fits(d, delta, [(w, f_) for f_ in forms for w in (w_held, w_all)])
+    theta_held = {f_: fits[2 * i] for i, f_ in enumerate(forms)}
+    theta = {f_: fits[2 * i + 1] for i, f_ in enumerate(forms)}
+    obs = (np.ones((1, int(last.sum()))) @ d.loss[last]) / last.sum()
+    err = {f_: float(heldout_err(theta_held[f_][None, :], obs, f_)[0]) for f_ in forms}
     if form is None:
         sat_wins = _sat_wins(err["saturating"], err["power"], theta_held["saturating"][2])
         form = "saturating" if sat_wins else "power"
@@ -684,13 +1098,18 @@ def fit_scaling(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: floa
     alpha, E, A = (float(v[0]) for v in d.natural(theta[form][None, :], form))
 
     # Bootstrap: every resample reruns the analysis, held-out choice of form included.
-    W = _bootstrap_weights(d.group, n_boot, np.random.default_rng(rng_seed))
-    W_held = np.where(last, 0.0, W)
+    boot = _bootstrap_counts(d.group, n_boot, np.random.default_rng(rng_seed))
+    S = _xsums(d, _count_weights(boot))  # per-x weight sums, for the starts
+    draws_y = _resample_draws(d, boot)
     if len(forms) > 1:  # first each resample's held-out choice, then only its chosen form
-        P_sat, P_pow = _solve_many(d, [(W_held, f_, theta_held[f_]) for f_ in FORMS], delta,
-                                   LM_RTOL_BOOT)
-        sat = _sat_wins(heldout_err(P_sat, W[:, last], "saturating"),
-                        heldout_err(P_pow, W[:, last], "power"), P_sat[:, 2])
+        S_held = S.copy()
+        S_held[:, -1] = 0.0
+        rows_held = _resample_rows(d, boot, draws_y, n_widths - 1, copies=2, name="boot_held")
+        P_sat, P_pow = _solve_many(d, [(S_held, f_, theta_held[f_]) for f_ in FORMS], delta,
+                                   LM_RTOL_BOOT, rows_held, same_data=True)
+        obs = (boot[-1] @ d.loss[last]) / boot[-1].sum(axis=1)
+        sat = _sat_wins(heldout_err(P_sat, obs, "saturating"), heldout_err(P_pow, obs, "power"),
+                        P_sat[:, 2])
         same = float(np.mean(sat == (form == "saturating")))
         if same < UNSTABLE_CHOICE:
             notes.append(f"unstable choice of form: {form} wins the held-out test in {same:.0%} "
@@ -699,14 +1118,21 @@ def fit_scaling(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: floa
         sat = np.full(n_boot, form == "saturating")
     draws = np.empty((3, n_boot))  # alpha, E, A per resample
     rows = {"saturating": np.flatnonzero(sat), "power": np.flatnonzero(~sat)}
-    jobs = [(W[rows[f_]], f_, theta[f_]) for f_ in FORMS if rows[f_].size]
-    for (_, f_, _), P in zip(jobs, _solve_many(d, jobs, delta, LM_RTOL_BOOT)):
+    used = [f_ for f_ in FORMS if rows[f_].size]
+    jobs = [(S[rows[f_]], f_, theta[f_]) for f_ in used]
+    boot_rows = _resample_rows(d, boot, draws_y, n_widths,
+                               np.concatenate([rows[f_] for f_ in used]), name="boot_all")
+    for f_, P in zip(used, _solve_many(d, jobs, delta, LM_RTOL_BOOT, boot_rows)):
         draws[:, rows[f_]] = d.natural(P, f_)
     q = [(1 - ci) / 2, (1 + ci) / 2]
-    (alpha_lo, alpha_hi), (E_lo, E_hi), (A_lo, A_hi) = np.quantile(draws, q, axis=1).T
+    (alpha_lo, alpha_hi), (E_lo, E_hi), (A_lo, A_hi) = _quantiles(draws.copy(), q).T
     band_x = np.geomspace(d.xs[0], d.xs[-1], BAND_POINTS)
-    curves = draws[1][:, None] + draws[2][:, None] * band_x[None, :] ** -draws[0][:, None]
-    band_lo, band_hi = np.quantile(curves, q, axis=0)  # (BAND_POINTS,) each
+    curves = _scratch("band", (BAND_POINTS, n_boot))  # E + A x^-alpha per x and draw
+    np.multiply.outer(np.log(band_x), -draws[0], out=curves)
+    np.exp(curves, out=curves)
+    curves *= draws[2]
+    curves += draws[1]
+    band_lo, band_hi = _quantiles(curves, q)  # (BAND_POINTS,) each
 
     lo, hi = d.bounds(form)
     if not lo[1] + 1e-9 < theta[form][1] < hi[1] - 1e-9:

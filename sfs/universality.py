@@ -479,6 +479,85 @@ def compare_pair(W1: np.ndarray, W2: np.ndarray, *, n_perm: int = 200,
     })
 
 
+def compare_within(W: list[np.ndarray], pairs: np.ndarray, *, n_perm: int = 200,
+                   rng: np.random.Generator,
+                   threshold: float = REPRESENTED_NORM) -> dict[str, np.ndarray]:
+    """:func:`compare_pairs` for many pairs among one set of models with the same n.
+
+    W: k matrices ``(n, m_i)`` (widths may differ); pairs: ``(P, 2)`` indices into W.
+    Returns the same columns as :func:`compare_pairs`, one entry per pair. The work is
+    shared: each model's Gram is formed once, one set of ``n_perm`` permutations serves
+    every pair (each pair's test stays exact: its null is the permutation distribution of
+    its own statistic), and where they fit in memory each model's permuted Grams
+    P G P^T are gathered once, so a pair's null is one matrix-vector product. Many pairs
+    among few models (all seed pairs of a cell) then cost little more than the models.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
+    if len({w.shape[0] for w in W}) != 1:
+        raise ValueError("compare_within needs the same feature count for every model")
+    k, n = len(W), W[0].shape[0]
+    G = np.stack([gram(w) for w in W])  # (k, n, n)
+    G_flat = G.reshape(k, n * n)
+    norm = np.sqrt(np.square(G_flat).sum(axis=1))  # (k,)
+    a, b = pairs[:, 0], pairs[:, 1]
+    denom = norm[a] * norm[b]
+    inner = (G_flat[a] * G_flat[b]).sum(axis=1)
+    observed = np.divide(inner, denom, out=np.full(inner.shape, np.nan), where=denom > 0)
+    perms = _draw_permutations((), n_perm, n, rng)  # (n_perm, n), shared by every pair
+    null_inner = np.empty((len(pairs), n_perm))
+    widths = np.array([w.shape[1] for w in W])
+    if np.mean(widths[a] * widths[b]) <= _WEIGHTS_PATH_RATIO * n:
+        # narrow models: <G_a, P G_b P^T> = ||W_a^T P W_b||_F^2, with each model's permuted
+        # copies P W_b laid side by side once, (n, n_perm * m_b)
+        # (pairs that share b and the width of a: one matrix product for all of them)
+        Wf = [_f64(w) for w in W]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, (i, j) in enumerate(zip(a.tolist(), b.tolist())):
+            groups.setdefault((j, int(widths[i])), []).append(index)
+        permuted: dict[int, np.ndarray] = {}
+        for (j, m_a), rows in groups.items():
+            m_b = int(widths[j])
+            if j not in permuted:
+                permuted[j] = np.swapaxes(Wf[j][perms], 0, 1).reshape(n, n_perm * m_b)
+            left = np.concatenate([Wf[a[r]].T for r in rows])  # (g * m_a, n)
+            M = np.square(left @ permuted[j]).reshape(len(rows), m_a, n_perm * m_b)
+            # one axis at a time: summing (1, 3) in one call is several times slower
+            null_inner[rows] = M.sum(axis=1).reshape(len(rows), n_perm, m_b).sum(axis=2)
+    elif n_perm * n * n <= _CHUNK_ELEMENTS:  # one model's permuted Grams at a time
+        # (P G P^T)_ij = G[p_i, p_j]: flat index p_i * n + p_j
+        index = (perms[:, :, None] * n + perms[:, None, :]).reshape(n_perm, n * n)
+        for model in np.unique(a):
+            rows = np.flatnonzero(a == model)
+            permuted = G_flat[model][index]  # (n_perm, n^2)
+            null_inner[rows] = (permuted @ G_flat[b[rows]].T).T
+    else:  # large n: the per-pair path, one permutation at a time, same permutations
+        batch_perms = np.broadcast_to(perms, (len(pairs), n_perm, n))
+        Wa = [W[i] for i in a]
+        Wb = [W[j] for j in b]
+        for i in range(len(pairs)):
+            null_inner[i] = _null_inner(_f64(Wa[i])[None], _f64(Wb[i])[None], G[a[i]][None],
+                                        G[b[i]][None], batch_perms[i:i + 1])[0]
+    null = np.divide(null_inner, denom[:, None], out=np.full(null_inner.shape, np.nan),
+                     where=denom[:, None] > 0)
+    rep = np.stack([feature_norms(_f64(w)) > threshold for w in W])  # (k, n)
+    k1, k2 = rep[a].sum(axis=1), rep[b].sum(axis=1)
+    agree_mean, agree_median = _nan_mean_median(per_feature_agreement(G[a], G[b]))
+    return {
+        "gram_cosine": observed,
+        "gram_pvalue": np.asarray(permutation_pvalue(observed, null)).reshape(-1),
+        "null_mean": null.mean(axis=1),
+        "null_sd": null.std(axis=1, ddof=1) if n_perm > 1 else np.full(len(pairs), np.nan),
+        "jaccard": np.asarray(jaccard(rep[a], rep[b])).reshape(-1),
+        "jaccard_chance": np.array([jaccard_chance(x, y, n) for x, y in zip(k1.tolist(), k2.tolist())]),
+        "feature_agreement_mean": agree_mean,
+        "feature_agreement_median": agree_median,
+        "n_represented_1": k1,
+        "n_represented_2": k2,
+    }
+
+
 # --------------------------------------------------------------------------------------
 # Summaries over seed pairs
 # --------------------------------------------------------------------------------------

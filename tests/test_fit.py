@@ -296,3 +296,127 @@ def test_default_call_runs_and_is_deterministic():
     assert fit_scaling(x, loss).as_row() == row  # same rng_seed, same numbers
     other = fit_scaling(x, loss, rng_seed=1)
     assert other.alpha == res.alpha and other.alpha_lo != res.alpha_lo
+
+
+# --- the optimised internals against straightforward references ---------------------------
+
+
+def _direct_pieces(d, w, P, delta):
+    """Objective, minus its gradient, the Gauss-Newton Hessian with Huber's curvature and the
+    least-squares Gauss-Newton diagonal of the saturating model at one internal P = (b,
+    alpha, eta), model by model, for weights w (n,): the textbook formulas."""
+    from sfs.fit import _huber
+
+    b, alpha, eta = P
+    u = d.uw[d.group]
+    t = b - alpha * u
+    f = np.logaddexp(t, np.log(eta * d.lref)) if eta > 0 else t
+    r = d.y - f
+    J = np.stack([np.exp(t - f), -u * np.exp(t - f), d.lref * np.exp(-f)], axis=1)  # (n, 3)
+    psi = np.clip(r, -delta, delta)
+    curv = w * (np.abs(r) <= delta)
+    return (w @ _huber(r, delta), (w * psi) @ J, (J * curv[:, None]).T @ J,
+            np.einsum("i,ij->j", w, J * J))
+
+
+@pytest.mark.parametrize("layout", ["weights", "draws"])
+def test_solver_pieces_match_a_direct_computation(layout):
+    """_evaluate (the vectorised objective, gradient and Gauss-Newton pieces the LM uses) is
+    the weighted Huber objective of the model, in both data layouts."""
+    from sfs.fit import (_Model, _bootstrap_counts, _bootstrap_weights, _evaluate, _prepare,
+                         _resample_draws, _resample_rows, _threshold, _weighted_rows)
+
+    x, loss = make_data(8, E=0.01, seeds=6)
+    loss[4] *= 3.0  # an outlier: some residuals beyond the threshold
+    d = _prepare(x, loss)
+    delta = _threshold(d)
+    W = _bootstrap_weights(d.group, 6, np.random.default_rng(0))
+    if layout == "weights":
+        W[0] = 1.0  # and one row of the unresampled data
+        rows = _weighted_rows(d, W, d.xs.size)
+    else:
+        boot = _bootstrap_counts(d.group, 6, np.random.default_rng(0))
+        rows = _resample_rows(d, boot, _resample_draws(d, boot), d.xs.size)
+    rng = np.random.default_rng(1)
+    P = np.stack([rng.uniform(-2.2, -1.8, 6), rng.uniform(0.5, 1.5, 6),
+                  np.r_[0.0, rng.uniform(0.0, 1.0, 5)]])  # row 0: the power law
+    N = np.empty((12, 6))
+    F = _evaluate(P, rows, _Model(d.uw, d.lref, delta), N)
+    for i in range(6):
+        F_ref, g_ref, H_ref, D_ref = _direct_pieces(d, W[i], P[:, i], delta)
+        np.testing.assert_allclose(F[i], F_ref, rtol=1e-12)
+        np.testing.assert_allclose(N[0:3, i], g_ref, rtol=1e-10, atol=1e-12 * np.abs(g_ref).max())
+        H = [H_ref[0, 0], H_ref[1, 1], H_ref[0, 1], H_ref[0, 2], H_ref[1, 2], H_ref[2, 2]]
+        np.testing.assert_allclose(N[3:9, i], H, rtol=1e-10)
+        np.testing.assert_allclose(N[9:12, i], D_ref, rtol=1e-10)
+
+
+def test_quantiles_match_numpy_exactly():
+    from sfs.fit import _quantiles
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 10, 999, 1000):
+        for q in ([0.025, 0.975], [0.05, 0.95], [0.5], [0.0, 1.0], [0.3]):
+            a = rng.normal(size=(4, n))
+            a[0] = np.round(a[0])  # ties
+            expected = np.quantile(a, q, axis=1)
+            assert np.array_equal(_quantiles(a.copy(), q), expected)
+    a = rng.normal(size=(3, 50))
+    a[1, 7] = np.nan
+    np.testing.assert_array_equal(_quantiles(a.copy(), [0.1, 0.9]),
+                                  np.quantile(a, [0.1, 0.9], axis=1))
+
+
+@pytest.mark.parametrize("seed, E", [(40, 0.0), (41, 0.003), (42, 0.01), (43, 0.05)])
+def test_point_fits_match_scipy(seed, E):
+    """fit_scaling's point fits (every start of the four fits as rows of one LM run) are the
+    scipy multi-start estimator: the same optimum, to 1e-6, at no higher objective."""
+    from sfs.fit import _objective, _point_fits, _prepare, _scipy_fit, _threshold
+
+    x, loss = make_data(seed, E=E)
+    if seed == 42:
+        loss[9] *= 5.0
+    d = _prepare(x, loss)
+    delta = _threshold(d)
+    last = d.group == d.xs.size - 1
+    fits = [(w, form) for form in FORMS for w in (np.where(last, 0.0, 1.0), np.ones(x.size))]
+    for (w, form), theta in zip(fits, _point_fits(d, delta, fits)):
+        ref = _scipy_fit(d, w, delta, form)
+        (a, E_, A), (a_ref, E_ref, A_ref) = (d.natural(p[None, :], form) for p in (theta, ref))
+        assert a[0] == pytest.approx(a_ref[0], rel=1e-6)
+        assert A[0] == pytest.approx(A_ref[0], rel=1e-6)
+        assert E_[0] == pytest.approx(E_ref[0], abs=1e-5 * loss.min())
+        F, F_ref = (_objective(p[None, :], d, w[None, :], delta, form)[0] for p in (theta, ref))
+        assert F <= F_ref * (1 + 1e-12)
+
+
+def _reference_intervals(x, loss, n_boot, rng_seed, ci=0.95):
+    """fit_scaling's bootstrap done the plain way: the same resamples as weights, every fit
+    a scipy multi-start fit of the weighted objective, the held-out choice per resample."""
+    from sfs.fit import _bootstrap_weights, _predict, _prepare, _sat_wins, _scipy_fit, _threshold
+
+    d = _prepare(np.asarray(x, float), np.asarray(loss, float))
+    delta = _threshold(d)
+    last = d.group == d.xs.size - 1
+    draws = []
+    for w in _bootstrap_weights(d.group, n_boot, np.random.default_rng(rng_seed)):
+        held = {f: _scipy_fit(d, np.where(last, 0.0, w), delta, f) for f in FORMS}
+        obs = (w[last] @ d.loss[last]) / w[last].sum()
+        err = {f: abs(np.exp(_predict(held[f][None, :], d, f, d.uw[-1:])[0][0, 0]) - obs) / obs
+               for f in FORMS}
+        form = "saturating" if _sat_wins(err["saturating"], err["power"], held["saturating"][2]) \
+            else "power"
+        draws.append([v[0] for v in d.natural(_scipy_fit(d, w, delta, form)[None, :], form)])
+    return np.quantile(np.array(draws).T, [(1 - ci) / 2, (1 + ci) / 2], axis=1).T
+
+
+@pytest.mark.parametrize("seed, E", [(60, 0.0), (61, 0.003), (62, 0.02)])
+def test_bootstrap_matches_a_plain_reference(seed, E):
+    """The vectorised bootstrap (draws in slots, one LM run per stage, warm starts, the
+    held-out choice per resample) gives the intervals of the plain per-resample loop."""
+    x, loss = make_data(seed, E=E)
+    res = fit_scaling(x, loss, n_boot=40, rng_seed=seed)
+    (a_lo, a_hi), (E_lo, E_hi), (A_lo, A_hi) = _reference_intervals(x, loss, 40, seed)
+    np.testing.assert_allclose((res.alpha_lo, res.alpha_hi), (a_lo, a_hi), rtol=1e-4)
+    np.testing.assert_allclose((res.A_lo, res.A_hi), (A_lo, A_hi), rtol=1e-4)
+    np.testing.assert_allclose((res.E_lo, res.E_hi), (E_lo, E_hi), atol=1e-4 * loss.min())

@@ -307,3 +307,56 @@ def test_compare_pairs_chunks_and_empty_batches(monkeypatch):
     assert chunked["gram_pvalue"].shape == (7,)
     empty = compare_pairs(np.zeros((0, 10, 3)), np.zeros((0, 10, 2)), rng=_rng(0))
     assert set(empty) == set(full) and all(v.shape == (0,) for v in empty.values())
+
+
+# ---- compare_within: shared Grams and permutations for the pairs of one set of models ----
+
+def test_compare_within_agrees_with_compare_pairs():
+    from sfs.universality import compare_pairs, compare_within
+
+    rng = np.random.default_rng(3)
+    W = [rng.normal(size=(12, m)) for m in (2, 3, 3, 5)]
+    W[1] = W[2] @ np.linalg.qr(rng.normal(size=(3, 3)))[0]  # a rotated copy: cosine 1
+    pairs = np.array([(0, 1), (1, 2), (2, 3), (0, 3), (1, 3)])
+    within = compare_within(W, pairs, n_perm=300, rng=np.random.default_rng(0))
+    for index, (i, j) in enumerate(pairs):
+        one = compare_pairs(W[i], W[j], n_perm=300, rng=np.random.default_rng(1))
+        for key in ("gram_cosine", "jaccard", "jaccard_chance", "feature_agreement_mean",
+                    "n_represented_1", "n_represented_2"):
+            assert np.isclose(within[key][index], one[key], equal_nan=True), key
+        # the nulls use different permutations: equal in distribution, close in mean
+        assert abs(within["null_mean"][index] - one["null_mean"]) < 4 * one["null_sd"] / np.sqrt(300) + 1e-9
+    assert within["gram_cosine"][1] == pytest.approx(1.0)
+    assert within["gram_pvalue"][1] == pytest.approx(1 / 301)
+
+
+def test_compare_within_null_mean_is_the_exact_permutation_mean():
+    from sfs.universality import compare_within, gram, gram_cosine_null_mean
+
+    rng = np.random.default_rng(5)
+    W = [rng.normal(size=(20, 4)) for _ in range(4)]
+    pairs = np.array([(a, b) for a in range(4) for b in range(a + 1, 4)])
+    out = compare_within(W, pairs, n_perm=4000, rng=np.random.default_rng(2))
+    exact = [gram_cosine_null_mean(gram(W[a]), gram(W[b])) for a, b in pairs]
+    assert np.allclose(out["null_mean"], exact, atol=4 * out["null_sd"].max() / np.sqrt(4000))
+
+
+@pytest.mark.parametrize("n,m,n_perm", [
+    (12, 3, 100),    # narrow models: the null from the weights
+    (6, 12, 100),    # wide models, small n: each model's permuted Grams gathered once
+    (300, 80, 60),   # wide models, large n: one permutation at a time per pair
+])
+def test_compare_within_every_path_finds_a_rotated_copy_and_no_structure(n, m, n_perm):
+    from sfs.universality import compare_pairs, compare_within
+
+    rng = np.random.default_rng(7)
+    W = [rng.normal(size=(n, m)) for _ in range(3)]
+    W[2] = W[0] @ np.linalg.qr(rng.normal(size=(m, m)))[0]
+    out = compare_within(W, np.array([(0, 1), (0, 2)]), n_perm=n_perm, rng=rng)
+    assert out["gram_cosine"][1] == pytest.approx(1.0)
+    assert out["gram_pvalue"][1] == pytest.approx(1 / (n_perm + 1))
+    reference = compare_pairs(W[0], W[1], n_perm=n_perm, rng=np.random.default_rng(0))
+    assert out["gram_cosine"][0] == pytest.approx(float(reference["gram_cosine"]))
+    # independent random models: the observed cosine sits inside the permutation null
+    assert out["gram_pvalue"][0] > 0.01
+    assert abs(out["null_mean"][0] - float(reference["null_mean"])) < 5 * float(reference["null_sd"])
