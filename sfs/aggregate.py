@@ -14,6 +14,8 @@ and writes, into each sweep folder:
   (``sfs.universality``), with intervals from resampling seeds; and per pair of widths,
   the same between widths, next to how far apart their losses are;
 - ``universality_pairs.parquet``: every compared pair, for analyses of one's own;
+- ``headline.parquet``: for power-law features with weight decay, whether Liu et al.'s
+  headline (strong: alpha ~ 1; weak: ~ width features represented) is reproduced;
 - ``report/index.html`` with its plots (``sfs.report``).
 
 Fits run in parallel processes with one BLAS thread each (multithreaded BLAS makes small
@@ -38,6 +40,7 @@ import polars as pl
 from sfs import metrics as M
 from sfs.config import AggregateConfig, Config
 from sfs.data import derive_seed
+from sfs.headline import liu_headline
 from sfs.plan import ModelSpec, plan_models
 from sfs.store import TrialStore, atomic_write_bytes
 
@@ -67,6 +70,7 @@ class AggregateResult:
     fits: pl.DataFrame
     universality: pl.DataFrame
     pairs: pl.DataFrame
+    headline: pl.DataFrame  # Liu et al. verdicts (empty unless power-law features and decay)
     n_planned: int
     n_missing: int  # planned, not in the store
     wall_s: float
@@ -128,182 +132,274 @@ def model_metrics(loaded: Loaded) -> pl.DataFrame:
     )
 
 
-# -- scaling-law fits ---------------------------------------------------------------------
+# -- per-curve analysis: the fit and the universality of one curve -----------------------
+
+@dataclass
+class CurveTask:
+    """One curve's models (same spec but width and seed): what a worker needs, no more."""
+
+    keys: dict
+    model_ids: list[str]
+    widths: list[int]
+    seeds: list[int]
+    losses: list[float]
+    W: list[np.ndarray]  # (feature, hidden) per model
+    options: AggregateConfig
+
+
+@dataclass
+class CurveResult:
+    fit: dict
+    pairs: dict[str, np.ndarray]  # columns of the curve's compared pairs
+    cells: list[dict]  # universality cells: per width (cross-seed), per width pair
+
+
+_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                      "MKL_NUM_THREADS")}
+
 
 def _limit_blas() -> None:
+    """Worker initializer: load every BLAS the analysis uses (numpy's, scipy's own), then
+    pin them all to one thread (a limit set before a library loads does not reach it)."""
+    import scipy.stats  # noqa: F401
     from threadpoolctl import threadpool_limits
+
+    import sfs.fit  # noqa: F401
+    import sfs.universality  # noqa: F401
 
     threadpool_limits(1)
 
 
-def _fit_task(task: tuple[dict, str, list[float], list[float], AggregateConfig]) -> dict:
+def _fit_row(keys: dict, x_name: str, x, loss, options: AggregateConfig) -> dict:
     from sfs.fit import fit_scaling
 
-    keys, x_name, x, loss, options = task
     rng_seed = derive_seed(options.seed, json.dumps(keys, sort_keys=True) + x_name)
-    result = fit_scaling(np.asarray(x), np.asarray(loss), n_boot=options.n_boot, ci=options.ci,
-                         rng_seed=rng_seed)
+    result = fit_scaling(np.asarray(x, dtype=float), np.asarray(loss, dtype=float),
+                         n_boot=options.n_boot, ci=options.ci, rng_seed=rng_seed)
     return {**keys, "x": x_name, **result.as_row()}
+
+
+def curve_pairs(widths: list[int], seeds: list[int]) -> list[tuple[str, int, int]]:
+    """The compared pairs of one curve, as (kind, i, j) model indices: every two seeds at
+    one width (cross_seed), and at every two widths the models of one seed, which saw the
+    same data (cross_width; the data stream depends on the seed, not the width)."""
+    by_width: dict[int, dict[int, int]] = {}
+    for index, (width, seed) in enumerate(zip(widths, seeds)):
+        by_width.setdefault(width, {})[seed] = index
+    pairs = []
+    for width in sorted(by_width):
+        models = sorted(by_width[width].items())
+        pairs += [("cross_seed", i, j) for (_, i), (_, j) in itertools.combinations(models, 2)]
+    for wa, wb in itertools.combinations(sorted(by_width), 2):
+        pairs += [("cross_width", i, by_width[wb][seed]) for seed, i in sorted(by_width[wa].items())
+                  if seed in by_width[wb]]
+    return pairs
+
+
+def analyse_curve(task: CurveTask) -> CurveResult:
+    """Fit loss vs width, and compare every pair of the curve's models."""
+    from sfs.universality import compare_within
+
+    options = task.options
+    fit = _fit_row(task.keys, "width", task.widths, task.losses, options)
+    pairs = curve_pairs(task.widths, task.seeds)
+    columns: dict[str, np.ndarray] = {}
+    cells: list[dict] = []
+    if pairs:
+        rng = np.random.default_rng(derive_seed(options.seed, json.dumps(task.keys, sort_keys=True)))
+        index = np.array([(i, j) for _, i, j in pairs])
+        measures = compare_within(task.W, index, n_perm=options.n_perm, rng=rng)
+        i, j = index[:, 0], index[:, 1]
+        per_model = {"width": np.asarray(task.widths), "seed": np.asarray(task.seeds),
+                     "model_id": np.asarray(task.model_ids), "loss": np.asarray(task.losses)}
+        columns = {"kind": np.array([kind for kind, _, _ in pairs]),
+                   **{name: values[i] for name, values in per_model.items()},
+                   **{f"{name}_b": values[j] for name, values in per_model.items()},
+                   **measures}
+        cells = universality_cells(task.keys, columns, options, rng)
+    return CurveResult(fit, columns, cells)
+
+
+def _depth_fit(task: tuple[dict, list, list, AggregateConfig]) -> dict:
+    keys, x, loss, options = task
+    return _fit_row(keys, "n_params", x, loss, options)
 
 
 def _run_tasks(function, tasks: list, workers: int) -> list:
     """Map in parallel processes (one BLAS thread each), or in-process when small."""
     if len(tasks) < SERIAL_BELOW or workers <= 1:
-        _limit_blas()
-        return [function(t) for t in tasks]
+        import scipy.stats  # noqa: F401  (load scipy's BLAS before limiting it)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            return [function(t) for t in tasks]
     context = multiprocessing.get_context("spawn")  # never fork a process that ran Ray/torch
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                initializer=_limit_blas) as pool:
-        return list(pool.map(function, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+    saved = {name: os.environ.get(name) for name in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)  # spawned workers start with single-threaded BLAS
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                    initializer=_limit_blas) as pool:
+            return list(pool.map(function, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
-def fit_table(metrics: pl.DataFrame, options: AggregateConfig) -> pl.DataFrame:
-    """Loss vs width per curve; loss vs parameter count per curve-without-depth where the
-    sweep has several depths."""
-    tasks = []
-    for keys, group in metrics.group_by(CURVE_KEYS, maintain_order=True):
-        tasks.append((dict(zip(CURVE_KEYS, keys)), "width", group["width"].to_list(),
-                      group["loss"].to_list(), options))
-    for keys, group in metrics.group_by(DEPTH_CURVE_KEYS, maintain_order=True):
-        if group["depth"].n_unique() > 1:
-            tasks.append(({**dict(zip(DEPTH_CURVE_KEYS, keys)), "depth": -1}, "n_params",
-                          group["n_params"].to_list(), group["loss"].to_list(), options))
-    rows = _run_tasks(_fit_task, tasks, options.workers or os.cpu_count() or 1)
-    if not rows:
-        return pl.DataFrame(schema={**{k: metrics.schema[k] for k in CURVE_KEYS}, "x": pl.String})
-    return pl.DataFrame(rows, infer_schema_length=None)
-
-
-# -- universality -------------------------------------------------------------------------
-
-def _pairs_of(cells: list[tuple[dict, list[int], list[int]]], loaded: Loaded, kind: str,
-              options: AggregateConfig, rng: np.random.Generator) -> list[pl.DataFrame]:
-    """Compare the (i, j) pairs of each cell, batched per weight shape."""
-    from sfs.universality import compare_pairs
-
-    by_shape: dict[tuple, list[tuple[dict, int, int]]] = {}
-    for keys, left, right in cells:
-        for i, j in zip(left, right):
-            by_shape.setdefault((loaded.W[i].shape, loaded.W[j].shape), []).append((keys, i, j))
-    frames = []
-    ok = loaded.ok
-    for pairs in by_shape.values():
-        W1 = np.stack([loaded.W[i] for _, i, _ in pairs])
-        W2 = np.stack([loaded.W[j] for _, _, j in pairs])
-        columns = compare_pairs(W1, W2, n_perm=options.n_perm, rng=rng)
-        left = ok[[i for _, i, _ in pairs]]
-        right = ok[[j for _, _, j in pairs]]
-        frames.append(pl.DataFrame([keys for keys, _, _ in pairs]).with_columns(
-            pl.lit(kind).alias("kind"),
-            left["width"].alias("width"), right["width"].alias("width_b"),
-            left["seed"].alias("seed"), right["seed"].alias("seed_b"),
-            left["model_id"].alias("model_id"), right["model_id"].alias("model_id_b"),
-            left["loss"].alias("loss"), right["loss"].alias("loss_b"),
-            *[pl.Series(name, values) for name, values in columns.items()],
-        ))
-    return frames
-
-
-def pair_table(loaded: Loaded, options: AggregateConfig) -> pl.DataFrame:
-    """Every cross-seed pair (same spec and width) and every cross-width pair (same spec,
-    different widths, any seeds)."""
+def curve_tasks(loaded: Loaded, options: AggregateConfig) -> list[CurveTask]:
     ok = loaded.ok.with_row_index("_i")
-    rng = np.random.default_rng(derive_seed(options.seed, "universality"))
-    cross_seed, cross_width = [], []
+    tasks = []
     for keys, group in ok.group_by(CURVE_KEYS, maintain_order=True):
-        key = dict(zip(CURVE_KEYS, keys))
-        by_width = {w: g["_i"].to_list() for (w,), g in group.group_by(["width"], maintain_order=True)}
-        for index in by_width.values():
-            pairs = list(itertools.combinations(index, 2))
-            if pairs:
-                cross_seed.append((key, [i for i, _ in pairs], [j for _, j in pairs]))
-        for (wa, ia), (wb, ib) in itertools.combinations(sorted(by_width.items()), 2):
-            pairs = list(itertools.product(ia, ib))
-            cross_width.append((key, [i for i, _ in pairs], [j for _, j in pairs]))
-    frames = (_pairs_of(cross_seed, loaded, "cross_seed", options, rng)
-              + _pairs_of(cross_width, loaded, "cross_width", options, rng))
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        tasks.append(CurveTask(dict(zip(CURVE_KEYS, keys)), group["model_id"].to_list(),
+                               group["width"].to_list(), group["seed"].to_list(),
+                               group["loss"].to_list(), [loaded.W[i] for i in group["_i"]], options))
+    return tasks
 
 
-def seed_bootstrap_mean(values: np.ndarray, seeds_a: np.ndarray, seeds_b: np.ndarray,
-                        one_pool: bool, n_boot: int, ci: float,
-                        rng: np.random.Generator) -> tuple[float, float, float]:
-    """Mean of pair values and a percentile interval from resampling *seeds*, not pairs.
+def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig):
+    """Fits (loss vs width per curve; loss vs parameter count across depths where the sweep
+    has several), compared pairs and universality cells, computed in parallel per curve."""
+    workers = options.workers or os.cpu_count() or 1
+    results: list[CurveResult] = _run_tasks(analyse_curve, curve_tasks(loaded, options), workers)
+    fit_rows = [r.fit for r in results]
+    depth_tasks = [({**dict(zip(DEPTH_CURVE_KEYS, keys)), "depth": -1}, g["n_params"].to_list(),
+                    g["loss"].to_list(), options)
+                   for keys, g in metrics.group_by(DEPTH_CURVE_KEYS, maintain_order=True)
+                   if g["depth"].n_unique() > 1]
+    fit_rows += _run_tasks(_depth_fit, depth_tasks, workers)
+    fits = pl.DataFrame(fit_rows, infer_schema_length=None) if fit_rows else pl.DataFrame()
+    pair_frames = [pl.DataFrame(r.pairs).with_columns(**{k: pl.lit(v) for k, v in r.fit.items()
+                                                         if k in CURVE_KEYS})
+                   for r in results if r.pairs]
+    pairs = pl.concat(pair_frames, how="diagonal_relaxed") if pair_frames else pl.DataFrame()
+    cells = [cell for r in results for cell in r.cells]
+    universality = pl.DataFrame(cells, infer_schema_length=None) if cells else pl.DataFrame()
+    return fits, pairs, universality
 
-    Pairs sharing a model are not independent (A~B and A~C share A), so resampling pairs
-    would give intervals that are too narrow. Here seeds are resampled with replacement and
-    the statistic is the mean over the pairs among the drawn seeds. ``one_pool``: both
-    sides are models of one set (cross-seed cells; a seed drawn twice is not a pair);
-    otherwise each side's seeds are resampled on their own (cross-width cells).
+
+def seed_bootstrap_means(values: np.ndarray, seeds_a: np.ndarray, seeds_b: np.ndarray,
+                         n_boot: int, ci: float, rng: np.random.Generator) -> np.ndarray:
+    """Means of pair values with percentile intervals from resampling *seeds*, not pairs.
+
+    values: ``(rows, pairs)``, several measures or cells that share one pair structure
+    (seeds_a, seeds_b: ``(pairs,)``). Returns ``(rows, 3)``: mean, lo, hi.
+
+    Cross-seed pairs sharing a model are not independent (A~B and A~C share A), so
+    resampling pairs would give intervals that are too narrow: seeds are resampled with
+    replacement and the statistic is the mean over the pairs among the drawn seeds (a seed
+    drawn twice is not a pair). Pairs of a seed with itself (cross-width pairs: the same
+    data at two widths) are one value per seed, resampled as such. One set of draws
+    serves every row. Non-finite values are left out.
     """
-    values = np.asarray(values, dtype=float)
-    keep = np.isfinite(values)
-    values, seeds_a, seeds_b = values[keep], np.asarray(seeds_a)[keep], np.asarray(seeds_b)[keep]
-    if values.size == 0:
-        return (np.nan, np.nan, np.nan)
-    mean = float(values.mean())
-    pool_a = np.unique(np.concatenate([seeds_a, seeds_b])) if one_pool else np.unique(seeds_a)
-    pool_b = pool_a if one_pool else np.unique(seeds_b)
-    if values.size < 2:
-        return (mean, np.nan, np.nan)
-    index_a = np.searchsorted(pool_a, seeds_a)
-    index_b = np.searchsorted(pool_b, seeds_b)
-    table = np.full((pool_a.size, pool_b.size), np.nan)  # (seed, seed_b) -> pair value
-    table[index_a, index_b] = values
-    if one_pool:
-        table[index_b, index_a] = values
-    draws_a = rng.integers(0, pool_a.size, size=(n_boot, pool_a.size))
-    draws_b = draws_a if one_pool else rng.integers(0, pool_b.size, size=(n_boot, pool_b.size))
-    sub = table[draws_a[:, :, None], draws_b[:, None, :]]  # (boot, a, b)
-    if one_pool:
-        sub = np.where(draws_a[:, :, None] == draws_b[:, None, :], np.nan, sub)
-    sub = sub.reshape(n_boot, -1)
-    counts = np.isfinite(sub).sum(axis=1)
-    means = np.nansum(sub, axis=1)[counts > 0] / counts[counts > 0]
-    if means.size == 0:
-        return (mean, np.nan, np.nan)
-    lo, hi = np.quantile(means, [(1 - ci) / 2, (1 + ci) / 2])
-    return (mean, float(lo), float(hi))
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    seeds_a, seeds_b = np.asarray(seeds_a), np.asarray(seeds_b)
+    finite = np.isfinite(values)
+    with np.errstate(invalid="ignore"):
+        means = np.where(finite.any(axis=1),
+                         np.nansum(np.where(finite, values, 0), axis=1) / finite.sum(axis=1), np.nan)
+    out = np.column_stack([means, np.full_like(means, np.nan), np.full_like(means, np.nan)])
+    if values.shape[1] < 2:
+        return out
+    pool = np.unique(np.concatenate([seeds_a, seeds_b]))
+    index_a, index_b = np.searchsorted(pool, seeds_a), np.searchsorted(pool, seeds_b)
+    draws = rng.integers(0, pool.size, size=(n_boot, pool.size))
+    # c[b, s]: how often resample b drew seed s. The mean over the drawn pairs is then a
+    # ratio of quadratic forms, (c^T V c) / (c^T F c), with V the pair values (0 where
+    # missing or on the diagonal: a seed drawn twice is not a pair) and F their indicator.
+    counts = (draws[:, :, None] == np.arange(pool.size)).sum(axis=1).astype(float)  # (boot, seed)
+    clean = np.where(finite, values, 0.0)
+    if np.array_equal(seeds_a, seeds_b):  # one value per seed: (c . v) / (c . f)
+        V = np.zeros((values.shape[0], pool.size))
+        F = np.zeros_like(V)
+        V[:, index_a], F[:, index_a] = clean, finite
+        numerator, denominator = V @ counts.T, F @ counts.T  # (row, boot)
+    else:
+        V = np.zeros((values.shape[0], pool.size, pool.size))
+        F = np.zeros_like(V)
+        for first, second in ((index_a, index_b), (index_b, index_a)):
+            V[:, first, second], F[:, first, second] = clean, finite
+        numerator = np.einsum("bs,rst,bt->rb", counts, V, counts, optimize=True)
+        denominator = np.einsum("bs,rst,bt->rb", counts, F, counts, optimize=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = numerator / denominator  # (row, boot); NaN where a resample has no pair
+    lo_hi = np.full((values.shape[0], 2), np.nan)
+    q = [(1 - ci) / 2, (1 + ci) / 2]
+    complete = np.isfinite(boot).all(axis=1)
+    if complete.any():
+        lo_hi[complete] = np.quantile(boot[complete], q, axis=1).T
+    for row in np.flatnonzero(~complete):
+        draws_ok = boot[row][np.isfinite(boot[row])]
+        if draws_ok.size:
+            lo_hi[row] = np.quantile(draws_ok, q)
+    enough = finite.sum(axis=1) >= 2
+    out[enough, 1:] = lo_hi[enough]
+    return out
+
+
+def seed_bootstrap_mean(values, seeds_a, seeds_b, n_boot: int, ci: float,
+                        rng: np.random.Generator) -> tuple[float, float, float]:
+    """``seed_bootstrap_means`` of one row of pair values: (mean, lo, hi)."""
+    mean, lo, hi = seed_bootstrap_means(np.asarray(values, dtype=float)[None], seeds_a, seeds_b,
+                                        n_boot, ci, rng)[0]
+    return float(mean), float(lo), float(hi)
 
 
 UNIVERSALITY_MEASURES = ("gram_cosine", "jaccard", "feature_agreement_mean")
 
 
-def universality_table(pairs: pl.DataFrame, options: AggregateConfig) -> pl.DataFrame:
-    """Per (curve, width[, width_b]) cell: each measure's mean with a seed-bootstrap interval,
-    its chance level, how many pairs beat the permutation null, and the loss gap."""
-    if pairs.is_empty():
-        return pl.DataFrame()
-    rng = np.random.default_rng(derive_seed(options.seed, "universality-ci"))
-    rows = []
-    for keys, cell in pairs.group_by([*CURVE_KEYS, "kind", "width", "width_b"], maintain_order=True):
-        row = dict(zip([*CURVE_KEYS, "kind", "width", "width_b"], keys))
-        seeds_a, seeds_b = cell["seed"].to_numpy(), cell["seed_b"].to_numpy()
-        for measure in UNIVERSALITY_MEASURES:
-            mean, lo, hi = seed_bootstrap_mean(cell[measure].to_numpy(), seeds_a, seeds_b,
-                                               row["kind"] == "cross_seed", options.n_boot,
-                                               options.ci, rng)
+def universality_cells(keys: dict, pairs: dict[str, np.ndarray], options: AggregateConfig,
+                       rng: np.random.Generator) -> list[dict]:
+    """Per (kind, width, width_b) cell of one curve's pairs (columns as arrays): each
+    measure's mean with a seed-bootstrap interval, its chance level, how many pairs beat
+    the permutation null, and how far apart the two sides' losses are."""
+    kinds, widths, widths_b = pairs["kind"], pairs["width"], pairs["width_b"]
+    cells: dict[tuple, list[int]] = {}
+    for index, cell in enumerate(zip(kinds.tolist(), widths.tolist(), widths_b.tolist())):
+        cells.setdefault(cell, []).append(index)
+    cells_index = {cell: np.array(rows) for cell, rows in cells.items()}
+    # cells with one pair structure (the same seeds) share one vectorised bootstrap
+    structures: dict[tuple, list[tuple]] = {}
+    for cell, rows in cells_index.items():
+        structure = (tuple(pairs["seed"][rows].tolist()), tuple(pairs["seed_b"][rows].tolist()))
+        structures.setdefault(structure, []).append(cell)
+    measures = np.stack([pairs[m] for m in UNIVERSALITY_MEASURES])  # (measure, pair)
+    stats: dict[tuple, np.ndarray] = {}
+    for (seeds_a, seeds_b), group in structures.items():
+        values = np.concatenate([measures[:, cells_index[cell]] for cell in group])
+        out = seed_bootstrap_means(values, np.array(seeds_a), np.array(seeds_b), options.n_boot,
+                                   options.ci, rng)
+        for k, cell in enumerate(group):
+            stats[cell] = out[k * len(UNIVERSALITY_MEASURES):(k + 1) * len(UNIVERSALITY_MEASURES)]
+    rows_out = []
+    for cell, rows in cells_index.items():
+        kind, width, width_b = cell
+        row = {**keys, "kind": kind, "width": width, "width_b": width_b}
+        for measure, (mean, lo, hi) in zip(UNIVERSALITY_MEASURES, stats[cell]):
             row.update({measure: mean, f"{measure}_lo": lo, f"{measure}_hi": hi})
-        loss_a, loss_b = cell["loss"].to_numpy(), cell["loss_b"].to_numpy()
-        mean_a, mean_b = float(np.mean(loss_a)), float(np.mean(loss_b))
-        # seed-to-seed spread of the losses of the cell's models (each model counted once)
-        spread = float(np.std(np.unique(np.concatenate([loss_a, loss_b])), ddof=1)) \
-            if np.unique(np.concatenate([loss_a, loss_b])).size > 1 else np.nan
+        loss_a, loss_b = pairs["loss"][rows], pairs["loss_b"][rows]
+        # the seed-to-seed spread of the cell's models' losses (each model counted once)
+        losses = dict(zip(pairs["model_id"][rows].tolist(), loss_a.tolist()))
+        losses.update(zip(pairs["model_id_b"][rows].tolist(), loss_b.tolist()))
+        spread = float(np.std(list(losses.values()), ddof=1)) if len(losses) > 1 else np.nan
+        mean_a, mean_b = float(loss_a.mean()), float(loss_b.mean())
+        pvalues = pairs["gram_pvalue"][rows]
         row.update(
-            n_pairs=cell.height,
-            n_seeds=len(set(seeds_a.tolist()) | set(seeds_b.tolist())),
-            null_mean=float(cell["null_mean"].mean()),
-            null_sd=float(cell["null_sd"].mean()),
-            frac_pairs_beating_null=float((cell["gram_pvalue"] < 0.05).mean()),
-            median_pvalue=float(cell["gram_pvalue"].median()),
-            jaccard_chance=float(cell["jaccard_chance"].mean()),
+            n_pairs=len(rows),
+            n_seeds=len(set(pairs["seed"][rows].tolist()) | set(pairs["seed_b"][rows].tolist())),
+            null_mean=float(pairs["null_mean"][rows].mean()),
+            null_sd=float(pairs["null_sd"][rows].mean()),
+            frac_pairs_beating_null=float((pvalues < 0.05).mean()),
+            median_pvalue=float(np.median(pvalues)),
+            jaccard_chance=float(pairs["jaccard_chance"][rows].mean()),
             loss=mean_a, loss_b=mean_b,
             rel_loss_gap=abs(mean_a - mean_b) / ((mean_a + mean_b) / 2),
             # losses agree when their means differ by less than the models' seed spread
             loss_matched=bool(np.isfinite(spread) and abs(mean_a - mean_b) <= spread),
         )
-        rows.append(row)
-    return pl.DataFrame(rows, infer_schema_length=None)
+        rows_out.append(row)
+    return rows_out
 
 
 # -- the whole step -----------------------------------------------------------------------
@@ -329,13 +425,12 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     log.info("%s: %d planned models, %d stored, %d ok", cfg.sweep.name, len(planned),
              loaded.rows.height, loaded.ok.height)
     metrics = model_metrics(loaded)
-    fits = fit_table(metrics, options)
-    pairs = pair_table(loaded, options)
-    universality = universality_table(pairs, options)
+    fits, pairs, universality = analyse(loaded, metrics, options)
+    headline = liu_headline(metrics, fits)
     for frame, name in ((metrics, "metrics"), (fits, "fits"), (universality, "universality"),
-                        (pairs, "universality_pairs")):
+                        (pairs, "universality_pairs"), (headline, "headline")):
         _write(frame, sweep_dir / f"{name}.parquet")
-    result = AggregateResult(sweep_dir, metrics, fits, universality, pairs, len(planned),
+    result = AggregateResult(sweep_dir, metrics, fits, universality, pairs, headline, len(planned),
                              len(planned) - loaded.rows.height, time.perf_counter() - started)
     report_dir = None
     if report:

@@ -118,6 +118,10 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         if self.uri is not None:
+            if re.search(r"//[^/@]+@", self.uri):  # never echo it: the value holds a secret
+                raise ConfigError("tracking.uri must not contain credentials (user:password@); "
+                                  "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                                  "in the environment instead")
             _require(re.match(r"^(sqlite:///|https?://|file:)", self.uri) is not None, "tracking.uri",
                      "null, 'sqlite:///<abs path>', 'file:<abs path>' or 'http(s)://host:port'", self.uri)
 
@@ -135,6 +139,9 @@ class ClusterConfig:
     gpus_per_trial: Optional[float] = None  # null: 0.25 on clusters with GPUs, else 0
     max_retries: int = 2  # a failing trial is retried this many times, then marked failed
     max_concurrent_trials: Optional[int] = None
+    # custom Ray resources each trial needs, e.g. {accel: 1} to use only nodes started with
+    # `ray start --resources='{"accel": 4}'`
+    resources_per_trial: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.address is not None:
@@ -154,6 +161,11 @@ class ClusterConfig:
             _require(_is_int(self.max_concurrent_trials) and self.max_concurrent_trials >= 1,
                      "cluster.max_concurrent_trials", "null or an integer >= 1",
                      self.max_concurrent_trials)
+        for name, amount in self.resources_per_trial.items():
+            _require(name not in ("CPU", "GPU", "cpu", "gpu") and _is_number(amount) and amount > 0,
+                     "cluster.resources_per_trial",
+                     "custom resource names (not CPU/GPU: see cpus_per_trial) with amounts > 0",
+                     dict(self.resources_per_trial))
 
 
 @dataclass

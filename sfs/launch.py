@@ -14,8 +14,10 @@ sweeps, and hands plain dataclasses to ``sfs.sweep.run_sweep``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+import typing
 from pathlib import Path
 from typing import Callable
 
@@ -35,8 +37,24 @@ def available_sweeps() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
 
 
+def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
+    """Hydra's `+key=value` adds keys with the struct flag lifted, and converting to the
+    dataclasses drops them silently: a misspelt axis would be ignored. Refuse them."""
+    known = typing.get_type_hints(schema)
+    for key in node.keys():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{name} is not a config key; {prefix.rstrip('.') or 'the config'} "
+                              f"has {sorted(known)}")
+        child = node._get_node(key)
+        field_type = known[key]
+        if dataclasses.is_dataclass(field_type) and isinstance(child, DictConfig):
+            _reject_unknown_keys(child, field_type, f"{name}.")
+
+
 def to_config(composed: DictConfig) -> Config:
     """The one DictConfig -> dataclass conversion; paths become absolute here."""
+    _reject_unknown_keys(composed, Config)
     try:
         cfg = OmegaConf.to_object(composed)
     except OmegaConfBaseException as error:  # e.g. a missing value; Hydra names the key
@@ -95,7 +113,8 @@ def format_summary(summary) -> str:
         rows.append((p.name, p.planned, p.skipped, max(0, trained), p.diverged, p.failed,
                      p.missing, p.folder))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    lines = [f"sfs: {summary.packs_run} packs run in {summary.wall_s:.1f} s"]
+    lines = [f"sfs: {summary.packs_run} packs run in {summary.wall_s:.1f} s"
+             + (" (interrupted)" if summary.interrupted else "")]
     lines += ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     for p in summary.parts:
         lines.append(f"{p.name}: results in {p.folder}/trials.parquet")
@@ -116,6 +135,7 @@ def main(composed: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from sfs.store import StoreError
+    from sfs.sweep import ClusterError
     from sfs.tracking import TrackingError
 
     overrides = _without_sweep_choice(list(HydraConfig.get().overrides.task))
@@ -129,7 +149,7 @@ def main(composed: DictConfig) -> None:
 
     try:
         summary = run_sweep(cfgs)
-    except (StoreError, TrackingError) as error:
+    except (StoreError, TrackingError, ClusterError) as error:
         sys.exit(f"sfs: {error}")
     lines = [format_summary(summary)]
     code = summary.exit_code

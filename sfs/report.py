@@ -244,6 +244,29 @@ def _fits_table(fits: pl.DataFrame) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _headline_table(headline: pl.DataFrame) -> str:
+    """The verdicts: computed from the fits and metrics by sfs.headline, never by hand."""
+    columns = ["regime", "weight_decay", "feature_dist", "widths", "phi_half_min",
+               "represented_per_width_min", "represented_per_width_max", "alpha", "reproduced", "note"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row in headline.iter_rows(named=True):
+        cells = []
+        for c in columns:
+            value = row[c]
+            if c == "alpha":
+                value = ("no fit" if value is None else
+                         f"{value:.3f} [{row['alpha_lo']:.3f}, {row['alpha_hi']:.3f}]")
+            elif isinstance(value, float):
+                value = f"{value:.3g}"
+            cells.append(f"<td>{html.escape(str(value))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return ("<p>Strong superposition (weight decay &lt; 0) should give phi_1/2 ~ 1 and a loss "
+            "exponent alpha in [1.0, 1.1]; weak superposition (weight decay &gt; 0) about "
+            "`width` represented features. Verdicts computed from fits.parquet and "
+            f"metrics.parquet.</p><table><tr>{head}</tr>{''.join(body)}</table>")
+
+
 def write_report(cfg, result, loaded) -> Path:
     """Write ``<sweep>/report/index.html`` and its PNGs; returns the HTML path."""
     plt = _plt()
@@ -258,6 +281,8 @@ def write_report(cfg, result, loaded) -> Path:
                          _fits_table(fits)))
         sections.append(("Capacity: features represented", _represented_vs_width(plt, metrics, out)
                          + _dstar_vs_sparsity(plt, metrics, out), ""))
+        if not result.headline.is_empty():
+            sections.append(("Liu et al. (2025) headline", [], _headline_table(result.headline)))
         sections.append(("Universality across seeds", _universality(plt, universality, out), ""))
         sections.append(("Geometry", _gram_heatmaps(plt, metrics, loaded, out), ""))
     status = loaded.rows["status"].value_counts().sort("status")

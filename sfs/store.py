@@ -41,7 +41,7 @@ TRIAL_SCHEMA: dict[str, pl.DataType] = {
     "bias_init_std": pl.Float64, "eval_seed": pl.Int64, "eval_samples": pl.Int64,
     "loss": pl.Float64, "train_loss": pl.Float64, "n_represented": pl.Int64,
     "frobenius_sq": pl.Float64, "status": pl.String, "error": pl.String, "wall_s": pl.Float64,
-    "pack_size": pl.Int64, "device": pl.String, "mlflow_run_id": pl.String,
+    "pack_size": pl.Int64, "device": pl.String, "node": pl.String, "mlflow_run_id": pl.String,
     "weights_path": pl.String, "weights_index": pl.Int64, "finished_at": pl.Float64,
 }
 STATUSES = ("ok", "diverged", "failed")

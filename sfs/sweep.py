@@ -14,16 +14,20 @@ import logging
 import os
 import pickle
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from ray import tune
 
+from sfs import faults
 from sfs.config import Config
 from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs, plan_models
-from sfs.store import DONE_STATUSES, TrialStore
+from sfs.store import DONE_STATUSES, TrialStore, atomic_write_bytes
 from sfs.tracking import Tracker, default_uri, ui_command
 
 log = logging.getLogger(__name__)
@@ -56,11 +60,17 @@ def run_pack_trial(config: dict) -> None:
 
     from sfs.training import train_pack
 
+    import ray
+
+    from sfs import faults
+
     item = config["sfs"]
     options = item["options"]
     torch.set_num_threads(options["torch_threads"])
     pack = Pack.from_dict(item["pack"])
-    result = train_pack(pack, trial_device(options["device"]), options["log_every"])
+    start_as_nan = faults.before_training(options.get("faults"), pack)
+    result = train_pack(pack, trial_device(options["device"]), options["log_every"], start_as_nan)
+    result.node = ray.get_runtime_context().get_node_id()
     tune.report({"pack_id": pack.pack_id, "n_models": len(pack.models),
                  "pack_wall_s": result.wall_s, PAYLOAD_KEY: pickle.dumps(result)})
 
@@ -100,9 +110,12 @@ class SweepSummary:
     parts: list[PartSummary]
     wall_s: float
     packs_run: int
+    interrupted: bool = False
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return 130  # the shell's code for "stopped by Ctrl-C"
         return 0 if all(p.failed == 0 and p.missing == 0 for p in self.parts) else 1
 
 
@@ -139,7 +152,7 @@ class PersistCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         part, pack = self.packs[trial.config["sfs"]["pack_id"]]
-        error = (trial.get_error() or "unknown error").strip()
+        error = _trial_error(trial)
         persist_failure(part, pack, error, self._started(trial))
         self.done += 1
         log.error("[%d/%d packs] FAILED %s: %s", self.done, len(self.packs), _describe(pack),
@@ -147,6 +160,18 @@ class PersistCallback(tune.Callback):
 
     def _started(self, trial) -> int:
         return self.started_ms.get(trial.trial_id, int(time.time() * 1000))
+
+
+def _trial_error(trial) -> str:
+    """The trial's last error text. Tune writes it to the trial's local folder before calling
+    back and syncs it to ``trial.get_error()``'s storage later, so read the local file first."""
+    local = trial.error_file
+    if local and os.path.exists(local):
+        with open(local) as f:
+            text = f.read().strip()
+        if text:
+            return text
+    return (trial.get_error() or "unknown error").strip()
 
 
 def _describe(pack: Pack) -> str:
@@ -168,6 +193,7 @@ def persist_pack(part: Part, pack: Pack, result, started_ms: int) -> None:
         _row(spec, pack, loss=model.loss, train_loss=model.train_loss,
              n_represented=model.n_represented, frobenius_sq=model.frobenius_sq,
              status=model.status, error=None, wall_s=result.wall_s, device=result.device,
+             node=result.node,
              mlflow_run_id=run_id, weights_path=weights_path, weights_index=index)
         for index, (spec, model) in enumerate(zip(pack.models, models))
     ]
@@ -187,6 +213,9 @@ def prepare_part(cfg: Config) -> Part:
     sweep_dir = Path(cfg.paths.out_dir) / cfg.sweep.name
     store = TrialStore(sweep_dir).open_for_writing()
     try:
+        # the resolved config of the latest launch, for the record (validated: no secrets)
+        atomic_write_bytes(sweep_dir / "config.yaml",
+                           yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
         table = store.consolidate()  # folds in parts a killed driver left behind
         tracker = None
         if cfg.tracking.enabled:
@@ -202,6 +231,10 @@ def prepare_part(cfg: Config) -> Part:
     return Part(cfg, store, tracker, planned, todo)
 
 
+class ClusterError(RuntimeError):
+    """Ray cannot be started or joined as configured; raised before any training."""
+
+
 def _start_ray(cfg: Config) -> bool:
     """Start or join Ray; returns whether this process started it (and must stop it)."""
     import ray
@@ -210,10 +243,21 @@ def _start_ray(cfg: Config) -> bool:
         return False
     cluster = cfg.cluster
     if cluster.address is None:
+        # No dashboard. Ray 2.60 resolves 127.0.0.1 to the node's address and binds its RPC
+        # servers to every interface; its token authentication (on unless disabled) guards them.
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            log.warning("RAY_AUTH_MODE=disabled: the embedded Ray's RPC ports accept anyone on "
+                        "this machine's networks; unset it to keep token authentication on")
         ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
-                 logging_level=logging.WARNING, configure_logging=True)
+                 logging_level=logging.WARNING,
+                 configure_logging=True)
     else:
-        ray.init(address=cluster.address, logging_level=logging.WARNING)
+        try:
+            ray.init(address=cluster.address, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ClusterError(f"cannot join the Ray cluster at cluster.address={cluster.address!r}: "
+                               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                               ) from error
     return True
 
 
@@ -229,7 +273,12 @@ def _trial_resources(cfg: Config) -> tuple[dict, int]:
     slots = int(total.get("CPU", 1) // cpus)
     if gpus > 0:
         slots = min(slots, int(total.get("GPU", 0) // gpus))
-    return {"cpu": cpus, "gpu": gpus}, max(1, slots)
+    for name, amount in cfg.cluster.resources_per_trial.items():
+        if total.get(name, 0) < amount:
+            raise ClusterError(f"cluster.resources_per_trial asks for {amount} {name!r} per trial, "
+                               f"but the cluster has {total.get(name, 0)}")
+        slots = min(slots, int(total[name] // amount))
+    return {"cpu": cpus, "gpu": gpus, **cfg.cluster.resources_per_trial}, max(1, slots)
 
 
 def run_sweep(cfgs: list[Config]) -> SweepSummary:
@@ -242,19 +291,47 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
         for part in parts:
             log.info("%s: %d models planned, %d already stored, %d to train", part.name,
                      len(part.planned), len(part.planned) - len(part.todo), len(part.todo))
-        n_packs = 0
+        n_packs, interrupted = 0, False
         if any(part.todo for part in parts):
-            n_packs = _run_tune(parts)
-        return _summarise(parts, time.perf_counter() - started, n_packs)
+            n_packs, interrupted = _run_tune(parts)
+        return _summarise(parts, time.perf_counter() - started, n_packs, interrupted)
     finally:
         for part in parts:
             part.store.consolidate()
             part.store.close()
 
 
-def _run_tune(parts: list[Part]) -> int:
+class Interrupt(tune.Stopper):
+    """Ctrl-C (SIGINT) stops the sweep cleanly: Tune ends every trial, finished packs are
+    already stored, the summary says how to resume. A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.previous = signal.default_int_handler
+
+    def on_sigint(self, signum, frame) -> None:
+        log.warning("interrupted: stopping the sweep; every finished pack is stored, packs in "
+                    "flight are dropped (Ctrl-C again to stop at once)")
+        self.event.set()
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.event.is_set()
+
+    def __getstate__(self) -> dict:  # pickled with the Tuner's state: nothing to keep
+        return {}
+
+    def __setstate__(self, state) -> None:
+        self.__init__()
+
+
+def _run_tune(parts: list[Part]) -> tuple[int, bool]:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial files
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we log progress
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (Interrupt) says how sfs resumes
     # Tune's result grid looks for the per-trial files we switched off; nothing is missing.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     import ray
@@ -264,19 +341,23 @@ def _run_tune(parts: list[Part]) -> int:
     try:
         resources, slots = _trial_resources(lead)
         all_todo = [spec for part in parts for spec in part.todo]
+        injected = faults.from_environment()
+        if injected:
+            log.warning("fault injection on (%s): %s", faults.ENV, injected["ids"])
         by_id: dict[str, tuple[Part, Pack]] = {}
         items = []
         for part in parts:
             size = part.cfg.sweep.pack_size or auto_pack_size(all_todo, slots)
             part.packs = make_packs(part.name, part.todo, size)
             options = {"log_every": part.cfg.train.log_every, "device": part.cfg.train.device,
-                       "torch_threads": part.cfg.train.torch_threads}
+                       "torch_threads": part.cfg.train.torch_threads, "faults": injected}
             for pack in part.packs:
                 by_id[pack.pack_id] = (part, pack)
                 items.append({"pack_id": pack.pack_id, "pack": pack.to_dict(), "options": options})
         items.sort(key=lambda item: by_id[item["pack_id"]][1].cost, reverse=True)  # largest first
         log.info("training %d models in %d packs, %d at a time (%s per trial)",
                  len(all_todo), len(items), slots, resources)
+        interrupt = Interrupt()
         tune_dir = Path(lead.paths.out_dir) / ".tune"
         run_name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
         tuner = tune.Tuner(
@@ -288,11 +369,16 @@ def _run_tune(parts: list[Part]) -> int:
                 trial_dirname_creator=lambda t: t.config["sfs"]["pack_id"],
                 trial_name_creator=lambda t: t.config["sfs"]["pack_id"]),
             run_config=tune.RunConfig(
-                name=run_name, storage_path=str(tune_dir), verbose=0,
+                name=run_name, storage_path=str(tune_dir), verbose=0, stop=interrupt,
                 failure_config=tune.FailureConfig(max_failures=lead.cluster.max_retries),
                 callbacks=[PersistCallback(by_id)],
             ),
         )
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT)
+        if in_main_thread:  # signal handlers can only be set from the main thread
+            signal.signal(signal.SIGINT, interrupt.on_sigint)
+            interrupt.previous = previous
         try:
             tuner.fit()
         except Exception as error:  # e.g. Ray killing workers for memory while they start
@@ -301,14 +387,17 @@ def _run_tune(parts: list[Part]) -> int:
             log.error("Ray Tune stopped early: %s: %s", type(error).__name__,
                       str(error).splitlines()[0] if str(error) else "")
             log.warning("the traceback of the stop", exc_info=True)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
         shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
-        return len(items)
+        return len(items), interrupt.event.is_set()
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _summarise(parts: list[Part], wall_s: float, n_packs: int) -> SweepSummary:
+def _summarise(parts: list[Part], wall_s: float, n_packs: int, interrupted: bool) -> SweepSummary:
     summaries = []
     for part in parts:
         table = part.store.load()
@@ -324,4 +413,4 @@ def _summarise(parts: list[Part], wall_s: float, n_packs: int) -> SweepSummary:
             missing=len(planned_ids) - rows.height, failed_ids=failed_ids,
             mlflow=ui_command(part.tracker.uri) if part.tracker else None,
         ))
-    return SweepSummary(summaries, wall_s, n_packs)
+    return SweepSummary(summaries, wall_s, n_packs, interrupted)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +28,11 @@ class TrackingError(RuntimeError):
     """MLflow cannot be reached or used; raised before any training starts."""
 
 
+def redact(uri: str) -> str:
+    """The URI without credentials (http://user:secret@host -> http://***@host), for logs."""
+    return re.sub(r"//[^/@]+@", "//***@", uri)
+
+
 def default_uri(sweep_dir: Path) -> str:
     return f"sqlite:///{Path(sweep_dir).absolute() / 'mlflow.db'}"
 
@@ -34,7 +40,7 @@ def default_uri(sweep_dir: Path) -> str:
 def ui_command(uri: str) -> str:
     """The command that shows this store (for the sweep summary)."""
     if uri.startswith("http"):
-        return f"open {uri}"
+        return f"open {redact(uri)}"
     return f"mlflow ui --backend-store-uri {uri}"
 
 
@@ -58,7 +64,8 @@ class Tracker:
             else:
                 self.experiment_id = found.experiment_id
         except Exception as error:  # MLflow raises many types (requests, SQLAlchemy, MlflowException)
-            raise TrackingError(f"cannot use MLflow at tracking.uri={uri!r}: {error}") from error
+            raise TrackingError(f"cannot use MLflow at tracking.uri={redact(uri)!r}: "
+                                f"{redact(str(error))}") from None
 
     def tidy(self, stored_run_ids: set[str]) -> None:
         """After a crash: mark runs left RUNNING as KILLED, and delete runs whose pack never

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class PackResult:
     device: str
     wall_s: float  # training + evaluation of the whole pack
     steps_done: int
-    errors: list[str] = field(default_factory=list)
+    node: str | None = None  # the Ray node that trained it (set by the trial)
 
 
 def lr_factor(step: int, steps: int, schedule: str, warmup_steps: int, final_ratio: float) -> float:
@@ -220,13 +220,20 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*barebones=True.*")
 
 
-def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 100) -> PackResult:
-    """Train every model of the pack together, evaluate each on the held-out batch."""
+def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 100,
+               start_as_nan: frozenset[str] = frozenset()) -> PackResult:
+    """Train every model of the pack together, evaluate each on the held-out batch.
+
+    start_as_nan: ids of models whose weights start as NaN (fault injection, sfs.faults)."""
     pl = _lightning()
     _quiet_lightning()
     device = torch.device(device)
     started = time.perf_counter()
     module = make_module(pack, log_every)
+    with torch.no_grad():
+        for k, spec in enumerate(pack.models):
+            if spec.model_id in start_as_nan:
+                module.model.W[k].fill_(float("nan"))
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,

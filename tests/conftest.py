@@ -20,11 +20,21 @@ def tiny_spec(**changes) -> ModelSpec:
     return dataclasses.replace(base, **changes)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def local_ray():
-    """A real embedded Ray with 2 CPUs, shared by the in-process end-to-end tests."""
+    """A real embedded Ray with 2 CPUs, shared by the in-process end-to-end tests (started
+    on first use; a test that needs another cluster shuts it down, the next use restarts it)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ray_at_the_end():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

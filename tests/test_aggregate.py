@@ -81,6 +81,7 @@ def test_aggregate_recovers_a_known_exponent_and_known_universality(tmp_path):
     # cross-width pairs: same features at S=0.5 whatever the width
     width_pairs = result.universality.filter((pl.col("kind") == "cross_width") & (pl.col("sparsity") == 0.5))
     assert width_pairs.height == 10 and np.allclose(width_pairs["gram_cosine"], 1.0)
+    assert (width_pairs["n_pairs"] == 4).all()  # one pair per seed: the same data
 
 
 def test_report_shows_every_plot_with_a_caption(tmp_path):
@@ -116,10 +117,28 @@ def test_seed_bootstrap_of_pair_values():
     rng = np.random.default_rng(0)
     seeds = [(0, 1), (0, 2), (1, 2)]
     a, b = np.array([s for s, _ in seeds]), np.array([t for _, t in seeds])
-    mean, lo, hi = seed_bootstrap_mean(np.array([0.5, 0.5, 0.5]), a, b, True, 500, 0.95, rng)
+    mean, lo, hi = seed_bootstrap_mean(np.array([0.5, 0.5, 0.5]), a, b, 500, 0.95, rng)
     assert (mean, lo, hi) == (0.5, 0.5, 0.5)
-    mean, lo, hi = seed_bootstrap_mean(np.array([0.2, 0.4, 0.9]), a, b, True, 500, 0.95, rng)
+    mean, lo, hi = seed_bootstrap_mean(np.array([0.2, 0.4, 0.9]), a, b, 500, 0.95, rng)
     assert mean == pytest.approx(0.5) and 0.2 <= lo < mean < hi <= 0.9
+    # a draw of seeds {0, 0, 1} has only the pair (0, 1): its mean is 0.2; {0, 0, 0} has none
+    paired = seed_bootstrap_mean(np.array([0.1, 0.2, 0.3]), np.arange(3), np.arange(3), 500, 0.95, rng)
+    assert paired[0] == pytest.approx(0.2) and 0.1 <= paired[1] < paired[2] <= 0.3
+
+
+def test_seed_bootstrap_covers_the_mean_of_independent_seeds():
+    """Cross-seed cells: 5 seeds, pair value = (z_a + z_b) / 2 with z ~ N(0, 1) per seed.
+    The seed bootstrap's 90% interval should cover the true mean 0 about 90% of the time
+    (a pair bootstrap would under-cover, since pairs share seeds)."""
+    rng = np.random.default_rng(1)
+    pairs = [(a, b) for a in range(5) for b in range(a + 1, 5)]
+    a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    covered = 0
+    for _ in range(300):
+        z = rng.normal(size=5)
+        _, lo, hi = seed_bootstrap_mean((z[a] + z[b]) / 2, a, b, 400, 0.9, rng)
+        covered += lo <= 0 <= hi
+    assert 0.75 <= covered / 300 <= 0.97
 
 
 def test_aggregate_cli_on_an_existing_store(tmp_path):

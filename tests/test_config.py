@@ -33,10 +33,13 @@ def test_every_config_group_option_composes(group):
         assert isinstance(getattr(cfg, group), type(getattr(Config(), group)))
 
 
-def test_full_includes_tms_with_the_users_overrides():
-    cfgs = load_configs(["+sweep=full", "train.steps=7", "sweep.scale=2"])
-    assert [c.sweep.name for c in cfgs] == ["tms"]
-    assert cfgs[0].train.steps == 7 and cfgs[0].sweep.scale == 2
+def test_full_includes_every_sweep_with_the_users_overrides():
+    cfgs = load_configs(["+sweep=full", "train.steps=1000", "sweep.scale=2"])
+    assert [c.sweep.name for c in cfgs] == ["tms", "scaling"]
+    assert all(c.train.steps == 1000 and c.sweep.scale == 2 for c in cfgs)
+    tms, scaling = cfgs
+    assert tms.model.init == "xavier_normal" and scaling.model.init == "normal"  # own settings
+    assert scaling.data.max_magnitude == 2.0 and tms.data.max_magnitude == 1.0
 
 
 def test_relative_out_dir_becomes_absolute():
@@ -104,6 +107,12 @@ def test_wrong_types_and_unknown_keys_fail_in_hydra_naming_the_key(override, key
     assert key in str(error.value)
 
 
+def test_credentials_in_the_tracking_uri_are_refused_without_echoing_them():
+    with pytest.raises(ConfigError) as error:
+        load_configs(["+sweep=smoke", "tracking.uri=http://alice:s3cret@mlflow.example:5000"])
+    assert "MLFLOW_TRACKING_PASSWORD" in str(error.value) and "s3cret" not in str(error.value)
+
+
 def test_unknown_sweep_and_missing_sweep():
     with pytest.raises(HydraException, match="sweep"):
         load_configs(["+sweep=nope"])
@@ -120,12 +129,23 @@ def test_dataclasses_validate_when_built_directly():
     assert dataclasses.replace(ok, widths=[3]).widths == [3]
 
 
-@pytest.mark.parametrize("override,word", [
+CLI_CASES = [
     ("sweep.widths=[0]", "sweep.widths"),
     ("train.steps=0", "train.steps"),
     ("sweep.sparsities=[1.5]", "sweep.sparsities"),
     ("train.steps=abc", "train.steps"),
-])
+]
+SLOW_CLI_CASES = [(override, words[0]) for override, words in BAD_VALUES
+                  if override not in dict(CLI_CASES)] + [
+    ("sweep.widths=[two]", "sweep.widths"),
+    ("+sweep.nonsense=1", "nonsense"),
+    ("cluster.address=http://x", "cluster.address"),
+    ("aggregate.n_boot=10", "aggregate.n_boot"),
+]
+
+
+@pytest.mark.parametrize("override,word", [
+    *CLI_CASES, *[pytest.param(*case, marks=pytest.mark.slow) for case in SLOW_CLI_CASES]])
 def test_cli_rejects_bad_input_before_starting_anything(override, word, tmp_path):
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
     proc = subprocess.run(

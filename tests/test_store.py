@@ -89,3 +89,11 @@ def test_an_unwritable_folder_is_a_clear_error(tmp_path):
 def test_unknown_status_is_rejected(tmp_path):
     with TrialStore(tmp_path) as store, pytest.raises(ValueError, match="status"):
         store.write_rows("p", _rows(["a"], status="maybe"))
+
+
+def test_credentials_never_reach_logs_or_summaries():
+    from sfs.tracking import redact, ui_command
+
+    assert redact("http://alice:s3cret@mlflow.example:5000/x") == "http://***@mlflow.example:5000/x"
+    assert "s3cret" not in ui_command("https://alice:s3cret@host:443")
+    assert redact("sqlite:////abs/path/mlflow.db") == "sqlite:////abs/path/mlflow.db"

@@ -87,6 +87,10 @@ def test_cli_runs_a_sweep_and_prints_how_to_browse_it(tmp_path):
     assert f"mlflow ui --backend-store-uri {uri}" in output
     assert "smoke  8" in output  # planned models in the summary table
     assert pl.read_parquet(tmp_path / "smoke" / "trials.parquet").height == 8
+    import yaml
+
+    recorded = yaml.safe_load((tmp_path / "smoke" / "config.yaml").read_text())
+    assert recorded["train"]["steps"] == 100 and recorded["sweep"]["name"] == "smoke"
     report = tmp_path / "smoke" / "report" / "index.html"
     assert f"report in {report}" in output and report.exists()
     client, runs = _mlflow(tmp_path / "smoke", "smoke")

@@ -1,0 +1,87 @@
+"""Aggregation speed on a large synthetic store (run by hand, not a test).
+
+    python benchmarks/aggregate_store.py            # ~100,000 models
+    python benchmarks/aggregate_store.py --quick    # ~10,000 models
+
+Builds a results store with the real store code (one weights file per pack, parts
+consolidated) for a grid of n=20/40 features, 6 widths, 8 seeds and 500 curves per n, with
+losses from a known scaling law plus noise and random weights, then times
+``sfs.aggregate.aggregate`` (metrics, fits, universality) and the report separately, and
+prints one JSON line with the timings and the number of fits and pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sfs.aggregate import aggregate  # noqa: E402
+from sfs.launch import load_configs  # noqa: E402
+from sfs.plan import make_packs, plan_models  # noqa: E402
+from sfs.store import TrialStore  # noqa: E402
+
+
+def grid(out_dir: Path, quick: bool) -> list[str]:
+    sparsities = np.round(np.linspace(0.0, 0.98, 5 if quick else 25), 4).tolist()
+    return ["+sweep=smoke", f"paths.out_dir={out_dir}", "tracking=off",
+            "sweep.n_features=[20,40]", "sweep.widths=[2,3,4,6,8,10]",
+            f"sweep.sparsities=[{','.join(map(str, sparsities))}]",
+            "sweep.importances=[1.0,0.9,0.8,0.7]",
+            f"sweep.weight_decays=[{','.join(str(w / 100) for w in range(10))}]",
+            "sweep.seeds=[0,1,2,3,4,5,6,7]"]
+
+
+def build(out_dir: Path, quick: bool):
+    (cfg,) = load_configs(grid(out_dir, quick))
+    specs = plan_models(cfg)
+    rng = np.random.default_rng(0)
+    with TrialStore(out_dir / "smoke") as store:
+        for pack in make_packs("smoke", specs, 64):
+            k, shape = len(pack.models), pack.shape
+            W = rng.normal(size=(k, shape.n_features, shape.width)).astype(np.float32) / np.sqrt(shape.width)
+            path = store.write_weights(pack.pack_id, [s.model_id for s in pack.models], W=W,
+                                       b=np.zeros((k, shape.n_features), np.float32),
+                                       curve=np.zeros((k, 1)), curve_steps=np.array([shape.steps]))
+            losses = (0.01 + 0.5 * shape.width ** -0.9) * np.exp(0.05 * rng.normal(size=k))
+            store.write_rows(pack.pack_id, [
+                {**dataclasses.asdict(s), "model_id": s.model_id, "pack_id": pack.pack_id,
+                 "sweep": "smoke", "n_params": s.n_params, "loss": float(loss), "status": "ok",
+                 "weights_path": path, "weights_index": i, "finished_at": 1.0}
+                for i, (s, loss) in enumerate(zip(pack.models, losses))])
+        store.consolidate()
+    return cfg, len(specs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="~10,000 models instead of ~100,000")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        cfg, n_models = build(Path(tmp), args.quick)
+        built = time.perf_counter() - started
+        started = time.perf_counter()
+        result = aggregate(cfg, report=False)
+        tables = time.perf_counter() - started
+        from sfs.aggregate import load_models
+        from sfs.report import write_report
+
+        started = time.perf_counter()
+        write_report(cfg, result, load_models(result.sweep_dir, set(result.metrics["model_id"])))
+        report = time.perf_counter() - started
+    print(json.dumps({"models": n_models, "fits": result.fits.height,
+                      "pairs": result.pairs.height, "build_s": round(built, 1),
+                      "aggregate_s": round(tables, 1), "report_s": round(report, 1)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The same sweep on a simulated multi-node Ray cluster, and what an embedded Ray exposes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sfs.launch import load_configs
+from sfs.plan import ModelSpec, Pack
+from sfs.store import load_weights
+from sfs.sweep import run_sweep
+from sfs.training import train_pack
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def three_nodes():
+    """A head with no CPUs for trials and two workers declaring a custom 'accel' resource
+    (stand-ins for GPU nodes) plus one plain worker: trials asking for accel must land on
+    the two accel nodes, and only there."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    accel = [cluster.add_node(num_cpus=1, resources={"accel": 1}) for _ in range(2)]
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster, {node.node_id for node in accel}
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_packs_spread_over_nodes_and_match_a_single_process(three_nodes, tmp_path):
+    cluster, accel_nodes = three_nodes
+    (cfg,) = load_configs(["+sweep=smoke", f"paths.out_dir={tmp_path}", "sweep.pack_size=1",
+                           f"cluster.address={cluster.address}", "+cluster.resources_per_trial.accel=1",
+                           "tracking=off"])
+    summary = run_sweep([cfg])
+    assert summary.exit_code == 0
+    table = pl.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    nodes = set(table["node"])
+    assert nodes <= accel_nodes and len(nodes) == 2  # spread, and only where accel is
+    for row in table.iter_rows(named=True):
+        spec = ModelSpec.from_dict(row)
+        alone = train_pack(Pack("smoke", (spec,)), log_every=cfg.train.log_every).models[0]
+        stored = load_weights(tmp_path / "smoke", row)
+        np.testing.assert_allclose(stored["W"], alone.W, rtol=1e-5, atol=1e-6)
+        assert row["loss"] == pytest.approx(alone.loss, rel=1e-5)
+
+
+def test_missing_custom_resources_are_a_clear_error(three_nodes, tmp_path):
+    cluster, _ = three_nodes
+    proc = subprocess.run(
+        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={tmp_path}",
+         f"cluster.address={cluster.address}", "+cluster.resources_per_trial.tpu=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "cluster.resources_per_trial asks for 1.0 'tpu' per trial, but the cluster has 0" in proc.stderr
+
+
+def test_embedded_ray_exposes_no_dashboard_and_keeps_token_auth(tmp_path):
+    """Start Ray the way the launch does, in a fresh process, and list every listening TCP
+    socket of its processes. Ray 2.60 binds its core RPC servers to the node's interfaces
+    whatever it is asked (it resolves 127.0.0.1 to the node address), so what sfs controls
+    is checked: no dashboard or other HTTP server, only Ray's core processes listen, and
+    Ray's token authentication is on."""
+    script = """
+import json, os, psutil, ray
+from sfs.launch import load_configs
+from sfs.sweep import _start_ray
+(cfg,) = load_configs(["+sweep=smoke"])
+_start_ray(cfg)
+me = psutil.Process()
+listeners = []
+for proc in [me, *me.children(recursive=True)]:
+    try:
+        for conn in proc.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                listeners.append([proc.pid == me.pid, proc.name(), conn.laddr.port])
+    except psutil.NoSuchProcess:
+        pass
+print(json.dumps({"listeners": listeners, "auth": os.environ.get("RAY_AUTH_MODE")}))
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["auth"] == "token"
+    names = {name for _, name, _ in found["listeners"]}
+    assert "gcs_server" in names and "raylet" in names, names
+    ports = {port for _, _, port in found["listeners"]}
+    assert 8265 not in ports  # the dashboard's default port
+    ray_core = {"gcs_server", "raylet", "python", "python3"}
+    for is_driver, name, port in found["listeners"]:
+        # the driver's own listener is its Ray core worker; every other one is a Ray process
+        assert is_driver or name in ray_core or name.startswith("ray::"), (name, port)

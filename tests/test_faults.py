@@ -1,0 +1,153 @@
+"""Faults, each a test: failing, dying and diverging trials; interrupted drivers; MLflow.
+
+End to end through the real CLI, a real local Ray and real MLflow; the faults themselves
+are injected with ``SFS_INJECT_FAULTS`` (sfs.faults), the only test hook in the product.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sfs.launch import load_configs
+from sfs.plan import make_packs, plan_models
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _launch(out_dir, *extra, env=None, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={out_dir}", *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})}, **kwargs)
+
+
+def test_failing_dying_and_diverging_trials(tmp_path):
+    """Four packs of two: one raises every time (its models end failed, the command exits
+    non-zero naming them), one raises once and one's worker is killed mid-training (both
+    retried and stored ok), one holds a model that goes NaN (diverged; its pack-mate ok)."""
+    extra = ["sweep.pack_size=2", "cluster.max_retries=1", "train.steps=400", "aggregate.enabled=false"]
+    (cfg,) = load_configs(["+sweep=smoke", *extra])
+    packs = make_packs("smoke", plan_models(cfg), 2)
+    assert len(packs) == 4
+    failing, flaky, killed, nan = ([m.model_id for m in p.models] for p in packs)
+    faults = {"raise": failing[:1], "raise_once": flaky[:1], "kill_once": killed[:1], "nan": nan[:1]}
+    proc = _launch(tmp_path, *extra, env={"SFS_INJECT_FAULTS": json.dumps(faults)})
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, output
+    assert f"FAILED models: {', '.join(sorted(failing))}" in output or all(m in output for m in failing)
+    table = pl.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    status = dict(zip(table["model_id"], table["status"]))
+    assert len(status) == 8
+    assert [status[m] for m in failing] == ["failed", "failed"]
+    errors = table.filter(pl.col("status") == "failed")["error"].to_list()
+    assert all("injected fault: raise" in e for e in errors), errors
+    assert [status[m] for m in flaky + killed] == ["ok"] * 4
+    assert status[nan[0]] == "diverged" and status[nan[1]] == "ok"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'smoke' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+
+    # the next launch retrains only the failed models (here: the fault is gone)
+    again = _launch(tmp_path, *extra)
+    output, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, output
+    table = pl.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    assert table.height == 8 and set(table.filter(pl.col("model_id").is_in(failing))["status"]) == {"ok"}
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
+    grid = ["sweep.seeds=[0,1,2,3,4,5]", "sweep.pack_size=1", "train.steps=1500", "aggregate.enabled=false"]
+    proc = _launch(tmp_path, *grid)
+    parts = tmp_path / "smoke" / "parts"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
+        assert proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "run the same command again to resume" in output
+    assert "Traceback" not in output
+    stored = pl.read_parquet(tmp_path / "smoke" / "trials.parquet")  # consolidated on the way out
+    assert 2 <= stored.height < 24
+    client = MlflowClient(f"sqlite:///{tmp_path / 'smoke' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    assert all(r.info.status == "FINISHED" for r in client.search_runs([experiment]))
+
+    proc = _launch(tmp_path, *grid)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    table = pl.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    assert table.height == 24
+    kept = stored.join(table, on="model_id")
+    assert (kept["finished_at"] == kept["finished_at_right"]).all()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_mlflow_server_fails_before_training(tmp_path):
+    started = time.time()
+    proc = _launch(tmp_path, f"tracking.uri=http://127.0.0.1:{_free_port()}")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "cannot use MLflow at tracking.uri='http://127.0.0.1:" in output
+    assert not list((tmp_path / "smoke" / "weights").glob("*.npz"))
+    assert time.time() - started < 120
+
+
+def test_a_real_mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        uri = f"http://127.0.0.1:{port}"
+        proc = _launch(tmp_path / "runs", f"tracking.uri={uri}", "train.steps=100")
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output
+        assert f"open {uri}" in output
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+        table = pl.read_parquet(tmp_path / "runs" / "smoke" / "trials.parquet")
+        pack_runs = [r for r in runs if "sfs.pack_id" in r.data.tags]
+        assert {r.info.run_id for r in pack_runs} == set(table["mlflow_run_id"])
+        assert client.list_artifacts(pack_runs[0].info.run_id, "weights")
+        assert not (tmp_path / "runs" / "smoke" / "mlflow.db").exists()  # the server holds it all
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_corrupt_store_is_refused_through_the_cli(tmp_path):
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "trials.parquet").write_text("definitely not parquet")
+    proc = _launch(tmp_path)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "is not a readable parquet file" in output
+    assert (tmp_path / "smoke" / "trials.parquet").read_text() == "definitely not parquet"
