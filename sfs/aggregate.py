@@ -16,6 +16,9 @@ and writes, into each sweep folder:
 - ``universality_pairs.parquet``: every compared pair, for analyses of one's own;
 - ``headline.parquet``: for power-law features with weight decay, whether Liu et al.'s
   headline (strong: alpha ~ 1; weak: ~ width features represented) is reproduced;
+- for sweeps sized by parameter budgets (``sweep.param_budgets``, the aspect study,
+  ``sfs.aspect``): ``aspect_shapes``, ``aspect_spread``, ``aspect_iso_shapes``,
+  ``aspect_pairs`` and ``aspect_verdict`` (.parquet), and fits of L(n_params) per depth;
 - ``report/index.html`` with its plots (``sfs.report``).
 
 Fits run in parallel processes with one BLAS thread each (multithreaded BLAS makes small
@@ -31,7 +34,7 @@ import logging
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +63,9 @@ class Loaded:
 
     rows: pl.DataFrame  # planned models found in the store
     ok: pl.DataFrame  # status ok, in the order of ``W``
-    W: list[np.ndarray]  # (feature, hidden) per ok row
+    W: list[np.ndarray]  # (feature, hidden) per ok row: the bottleneck (W_in of deep models)
+    # represented features after each residual block (deep families; None for the others)
+    layer_represented: list[list[int] | None] | None = None
 
 
 @dataclass
@@ -74,6 +79,7 @@ class AggregateResult:
     n_planned: int
     n_missing: int  # planned, not in the store
     wall_s: float
+    aspect: dict[str, pl.DataFrame] = field(default_factory=dict)  # sfs.aspect tables, if sized by budget
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -85,16 +91,27 @@ def load_models(sweep_dir: Path, planned_ids: set[str]) -> Loaded:
     rows = table.filter(pl.col("model_id").is_in(list(planned_ids)))
     ok = rows.filter(pl.col("status") == "ok").sort("model_id")
     W: list[np.ndarray | None] = [None] * ok.height
+    layers: list[list[int] | None] = [None] * ok.height
     position = {model_id: i for i, model_id in enumerate(ok["model_id"].to_list())}
     for (path,), group in ok.group_by(["weights_path"]):
         with np.load(Path(sweep_dir) / path) as arrays:
             stored_ids = arrays["model_ids"]
             weights = arrays["W"]
-        for model_id, index in zip(group["model_id"].to_list(), group["weights_index"].to_list()):
+            blocks = {name: arrays[name] for name in ("A", "c", "B") if name in arrays.files}
+        indices = group["weights_index"].to_list()
+        per_layer = None
+        if blocks:  # features represented after each block, for this file's models at once
+            take = np.asarray(indices)
+            H = M.layer_feature_directions({"W": weights[take], **{k: v[take] for k, v in blocks.items()}})
+            per_layer = M.n_represented(H)  # (model, layer)
+        for k, (model_id, index) in enumerate(zip(group["model_id"].to_list(), indices)):
             if str(stored_ids[index]) != model_id:
                 raise RuntimeError(f"{path}[{index}] is not model {model_id}: store and weights disagree")
             W[position[model_id]] = weights[index]
-    return Loaded(rows, ok, W)  # type: ignore[arg-type]
+            if per_layer is not None:
+                layers[position[model_id]] = per_layer[k].tolist()
+    has_layers = any(layer is not None for layer in layers)
+    return Loaded(rows, ok, W, layers if has_layers else None)  # type: ignore[arg-type]
 
 
 # -- per-model quantities -----------------------------------------------------------------
@@ -121,7 +138,14 @@ def model_metrics(loaded: Loaded) -> pl.DataFrame:
         frob[index] = M.frobenius_sq(stack)
         dstar[index] = M.dims_per_feature(stack)
         dim_sum[index] = dims.sum(axis=1)
+    extra = []
+    if loaded.layer_represented is not None:  # after each block; depth 0: the bottleneck only
+        per_layer = [layers if layers is not None else [int(n_rep[i])]
+                     for i, layers in enumerate(loaded.layer_represented)]
+        extra = [pl.Series("layer_represented", per_layer, dtype=pl.List(pl.Int64)),
+                 pl.Series("min_layer_represented", [min(v) for v in per_layer], dtype=pl.Int64)]
     return ok.select(["model_id", *SPEC_KEYS, "n_params", "loss"]).with_columns(
+        *extra,
         pl.Series("n_represented", n_rep),
         (pl.Series(n_rep) / pl.col("n_features")).alias("frac_represented"),
         pl.Series("frobenius_sq", frob),
@@ -258,9 +282,11 @@ def curve_tasks(loaded: Loaded, options: AggregateConfig) -> list[CurveTask]:
     return tasks
 
 
-def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig):
+def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig,
+            per_depth_n_params: bool = False):
     """Fits (loss vs width per curve; loss vs parameter count across depths where the sweep
-    has several), compared pairs and universality cells, computed in parallel per curve."""
+    has several, and per depth when it is sized by parameter budgets), compared pairs and
+    universality cells, computed in parallel per curve."""
     workers = options.workers or os.cpu_count() or 1
     results: list[CurveResult] = _run_tasks(analyse_curve, curve_tasks(loaded, options), workers)
     fit_rows = [r.fit for r in results]
@@ -268,6 +294,10 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig):
                     g["loss"].to_list(), options)
                    for keys, g in metrics.group_by(DEPTH_CURVE_KEYS, maintain_order=True)
                    if g["depth"].n_unique() > 1]
+    if per_depth_n_params:  # L(N) of each shape family: the depth is fixed, N grows
+        depth_tasks += [(dict(zip(CURVE_KEYS, keys)), g["n_params"].to_list(), g["loss"].to_list(),
+                         options)
+                        for keys, g in metrics.group_by(CURVE_KEYS, maintain_order=True)]
     fit_rows += _run_tasks(_depth_fit, depth_tasks, workers)
     fits = pl.DataFrame(fit_rows, infer_schema_length=None) if fit_rows else pl.DataFrame()
     pair_frames = [pl.DataFrame(r.pairs).with_columns(**{k: pl.lit(v) for k, v in r.fit.items()
@@ -425,13 +455,23 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     log.info("%s: %d planned models, %d stored, %d ok", cfg.sweep.name, len(planned),
              loaded.rows.height, loaded.ok.height)
     metrics = model_metrics(loaded)
-    fits, pairs, universality = analyse(loaded, metrics, options)
+    budgets = cfg.sweep.param_budgets
+    fits, pairs, universality = analyse(loaded, metrics, options, per_depth_n_params=bool(budgets))
     headline = liu_headline(metrics, fits)
+    aspect_tables = {}
+    if budgets:
+        from sfs.aspect import analyse_aspect
+
+        rng = np.random.default_rng(derive_seed(options.seed, "aspect"))
+        aspect_tables = analyse_aspect(metrics, loaded.W, SPEC_KEYS, budgets, options.n_boot,
+                                       options.n_perm, options.ci, rng)
     for frame, name in ((metrics, "metrics"), (fits, "fits"), (universality, "universality"),
-                        (pairs, "universality_pairs"), (headline, "headline")):
+                        (pairs, "universality_pairs"), (headline, "headline"),
+                        *((frame, name) for name, frame in aspect_tables.items())):
         _write(frame, sweep_dir / f"{name}.parquet")
     result = AggregateResult(sweep_dir, metrics, fits, universality, pairs, headline, len(planned),
-                             len(planned) - loaded.rows.height, time.perf_counter() - started)
+                             len(planned) - loaded.rows.height, time.perf_counter() - started,
+                             aspect_tables)
     report_dir = None
     if report:
         from sfs.report import write_report
@@ -442,7 +482,8 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
 
         tracker = Tracker(cfg.tracking.uri or default_uri(sweep_dir),
                           cfg.tracking.experiment or cfg.sweep.name, sweep_dir)
-        tables = [sweep_dir / f"{name}.parquet" for name in ("metrics", "fits", "universality")]
+        tables = [sweep_dir / f"{name}.parquet"
+                  for name in ("metrics", "fits", "universality", "headline", *aspect_tables)]
         tracker.log_aggregate(sweep_dir, tables, report_dir)
     log.info("%s: aggregated %d models into %s in %.1f s", cfg.sweep.name, metrics.height,
              sweep_dir, time.perf_counter() - started)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from sfs.data import FeatureDist
 from sfs.models import FAMILIES
+from sfs.shapes import ShapeChoice, plan_shapes, shape_problems
 
 
 class ConfigError(ValueError):
@@ -215,6 +216,10 @@ class SweepConfig:
     n_features: list[int] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)
     depths: list[int] = field(default_factory=lambda: [0])
+    # Instead of widths: parameter budgets N. For each (family, n, depth, N) the planner picks
+    # the width whose parameter count is closest to N (sfs.shapes), within budget_tolerance.
+    param_budgets: list[int] = field(default_factory=list)
+    budget_tolerance: float = 0.1  # relative: |n_params - N| <= tolerance * N
     sparsities: list[float] = field(default_factory=list)
     importances: list[float] = field(default_factory=lambda: [1.0])  # I_i = r^i per value r
     feature_dists: list[str] = field(default_factory=lambda: ["uniform"])  # uniform | power:<a>
@@ -237,8 +242,17 @@ class SweepConfig:
                     f"known families {sorted(FAMILIES)}")
         _check_axis("sweep.n_features", self.n_features, lambda v: _is_int(v) and 1 <= v <= 1_000_000,
                     "integers in [1, 1000000]")
-        _check_axis("sweep.widths", self.widths, lambda v: _is_int(v) and 1 <= v <= 1_000_000,
-                    "integers in [1, 1000000]")
+        if self.param_budgets:
+            _require(not self.widths, "sweep.widths",
+                     "empty when sweep.param_budgets is set (the planner chooses the widths)",
+                     self.widths)
+            _check_axis("sweep.param_budgets", self.param_budgets,
+                        lambda v: _is_int(v) and 1 <= v <= 10**12, "integers in [1, 10^12]")
+            _require(_is_number(self.budget_tolerance) and 0 < self.budget_tolerance < 1,
+                     "sweep.budget_tolerance", "a number in (0, 1)", self.budget_tolerance)
+        else:
+            _check_axis("sweep.widths", self.widths, lambda v: _is_int(v) and 1 <= v <= 1_000_000,
+                        "integers in [1, 1000000]")
         _check_axis("sweep.depths", self.depths, lambda v: _is_int(v) and 0 <= v <= 1000,
                     "integers in [0, 1000]")
         _check_axis("sweep.sparsities", self.sparsities, lambda v: _is_number(v) and 0 <= v < 1,
@@ -255,6 +269,17 @@ class SweepConfig:
             max_depth = FAMILIES[family].max_depth
             _require(max(self.depths) <= max_depth, "sweep.depths",
                      f"at most {max_depth} for family {family!r}", self.depths)
+        if self.param_budgets:
+            problems = shape_problems(self.shapes(), self.budget_tolerance)
+            if problems:
+                raise ConfigError("sweep.param_budgets must be budgets some width meets within "
+                                  f"sweep.budget_tolerance={self.budget_tolerance}: "
+                                  + "; ".join(problems[:3])
+                                  + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+
+    def shapes(self) -> list[ShapeChoice]:
+        """The planner's (family, n, budget, depth) -> width choices (param_budgets only)."""
+        return plan_shapes(self.families, self.n_features, self.depths, self.param_budgets)
 
     @property
     def effective_seeds(self) -> list[int]:

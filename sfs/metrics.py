@@ -1,9 +1,13 @@
 """Per-model quantities computed from learned weights (see ../shared/SCIENCE.md).
 
-Weights are ``(..., feature, hidden)``: W[..., i, :] is feature i's direction.
+Weights are ``(..., feature, hidden)``: W[..., i, :] is feature i's direction. For the
+deep families, ``layer_feature_directions`` gives such a matrix per layer of the residual
+stream, to which every other function here applies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -81,3 +85,41 @@ def dims_per_feature(W: np.ndarray) -> np.ndarray:
     m = W.shape[-1]
     out = np.divide(m, fro, out=np.full_like(fro, np.nan), where=fro > 0)
     return out[()] if out.ndim == 0 else out
+
+
+def layer_feature_directions(params: Mapping[str, np.ndarray], family: str | None = None
+                             ) -> np.ndarray:
+    """Each layer's response to one feature: H_l[i] = h_l(e_i) - h_l(0), l = 0..depth.
+
+    params: a model's (or a pack's, with a leading model axis on every array) weights as
+    stored: W ``(..., feature, hidden)`` and, for the deep families, the residual blocks
+    A, B ``(..., depth, hidden, hidden)`` and c ``(..., depth, hidden)``. Returns
+    ``(..., depth + 1, feature, hidden)``; layer 0 is W itself, and a model without blocks
+    (relu_output, linear) has that layer only. The other metrics of this module apply to
+    each layer: e.g. ``n_represented(H)`` counts features per layer.
+
+    Subtracting h_l(0) removes what the blocks' biases c add to every input, so a feature
+    that no layer responds to has H_l[i] = 0. family (optional) checks that the arrays
+    match it, so a deep model's weights without blocks cannot pass as depth 0.
+    """
+    if family is not None:
+        from sfs.models import family_class  # lazily: the metrics need no torch
+
+        has_blocks = family_class(family).max_depth > 0
+        if has_blocks != ("A" in params):
+            raise ValueError(f"family {family!r} {'needs' if has_blocks else 'has no'} "
+                             f"residual blocks (A, c, B); got arrays {sorted(params)}")
+    W = _as_float(params["W"])
+    h = W  # (..., feature, hidden): h_0(e_i) = W_i, one row per probed feature
+    if "A" not in params:
+        return h[..., None, :, :]
+    A, c, B = (_as_float(params[name]) for name in ("A", "c", "B"))
+    zero = np.zeros_like(h[..., :1, :])  # (..., 1, hidden): h_l(0), 0 at layer 0
+    layers = [h - zero]
+    for layer in range(A.shape[-3]):
+        A_l, B_l = A[..., layer, :, :], B[..., layer, :, :]  # (..., hidden, hidden)
+        c_l = c[..., layer, None, :]  # (..., 1, hidden)
+        h = h + np.maximum(h @ A_l + c_l, 0.0) @ B_l
+        zero = zero + np.maximum(zero @ A_l + c_l, 0.0) @ B_l
+        layers.append(h - zero)
+    return np.stack(layers, axis=-3)

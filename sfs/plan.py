@@ -105,10 +105,15 @@ def plan_models(cfg: Config) -> list[ModelSpec]:
     """Every model of the sweep's grid, in a deterministic order."""
     sweep, train, data, model = cfg.sweep, cfg.train, cfg.data, cfg.model
     scale = sweep.scale
+    if sweep.param_budgets:  # the planner's width per (family, n, budget, depth)
+        shapes = [(s.family, s.n_features, s.width, s.depth) for s in sweep.shapes()]
+    else:
+        shapes = list(itertools.product(sweep.families, sweep.n_features, sweep.widths,
+                                        sweep.depths))
     specs = []
-    for family, n, width, depth, sparsity, importance, dist, wd, seed in itertools.product(
-        sweep.families, sweep.n_features, sweep.widths, sweep.depths, sweep.sparsities,
-        sweep.importances, sweep.feature_dists, sweep.weight_decays, sweep.effective_seeds,
+    for (family, n, width, depth), sparsity, importance, dist, wd, seed in itertools.product(
+        shapes, sweep.sparsities, sweep.importances, sweep.feature_dists, sweep.weight_decays,
+        sweep.effective_seeds,
     ):
         specs.append(ModelSpec(
             family=family, n_features=int(n), width=int(width), depth=int(depth),

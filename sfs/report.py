@@ -284,6 +284,10 @@ def write_report(cfg, result, loaded) -> Path:
         if not result.headline.is_empty():
             sections.append(("Liu et al. (2025) headline", [], _headline_table(result.headline)))
         sections.append(("Universality across seeds", _universality(plt, universality, out), ""))
+        if result.aspect:
+            from sfs.report_aspect import section
+
+            sections.append(section(plt, result.aspect, fits, out))
         sections.append(("Geometry", _gram_heatmaps(plt, metrics, loaded, out), ""))
     status = loaded.rows["status"].value_counts().sort("status")
     counts = ", ".join(f"{s}: {c}" for s, c in status.iter_rows())

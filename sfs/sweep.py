@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import yaml
 from ray import tune
 
 from sfs import faults
 from sfs.config import Config
 from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs, plan_models
-from sfs.store import DONE_STATUSES, TrialStore, atomic_write_bytes
+from sfs.shapes import format_shapes
+from sfs.store import DONE_STATUSES, StoreError, TrialStore, atomic_write_bytes
 from sfs.tracking import Tracker, default_uri, ui_command
 
 log = logging.getLogger(__name__)
@@ -128,10 +130,25 @@ def _row(spec: ModelSpec, pack: Pack, **values) -> dict:
 class PersistCallback(tune.Callback):
     """Runs in the driver: stores every pack as it finishes."""
 
-    def __init__(self, packs: dict[str, tuple[Part, Pack]]) -> None:
+    def __init__(self, packs: dict[str, tuple[Part, Pack]], interrupt: Interrupt | None = None) -> None:
         self.packs = packs
         self.started_ms: dict[str, int] = {}
         self.done = 0
+        self.interrupt = interrupt
+        self.store_error: StoreError | None = None  # the store became unwritable: stop
+
+    def _persist(self, part: Part, write) -> None:
+        """Run one store write; on a full disk or lost permission stop the sweep (what is
+        stored stays whole: every write is atomic) and keep the error for the driver."""
+        if self.store_error is not None:
+            return
+        try:
+            write()
+        except OSError as error:
+            self.store_error = _unwritable(part.store.dir / "weights", error)
+            log.error("%s", self.store_error)
+            if self.interrupt is not None:
+                self.interrupt.event.set()
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks for Tuner.restore, which sfs never uses (the store is
@@ -146,14 +163,19 @@ class PersistCallback(tune.Callback):
         if payload is None:
             return
         part, pack = self.packs[result["pack_id"]]
-        persist_pack(part, pack, pickle.loads(payload), self._started(trial))
+        self._persist(part, lambda: persist_pack(part, pack, pickle.loads(payload),
+                                                 self._started(trial)))
+        if self.store_error is not None:
+            return
         self.done += 1
         log.info("[%d/%d packs] %s", self.done, len(self.packs), _describe(pack))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         part, pack = self.packs[trial.config["sfs"]["pack_id"]]
         error = _trial_error(trial)
-        persist_failure(part, pack, error, self._started(trial))
+        self._persist(part, lambda: persist_failure(part, pack, error, self._started(trial)))
+        if self.store_error is not None:
+            return
         self.done += 1
         log.error("[%d/%d packs] FAILED %s: %s", self.done, len(self.packs), _describe(pack),
                   error.splitlines()[-1])
@@ -183,10 +205,13 @@ def _describe(pack: Pack) -> str:
 def persist_pack(part: Part, pack: Pack, result, started_ms: int) -> None:
     """Weights, then MLflow, then the store rows (the commit point)."""
     models = result.models
+    # every parameter of every model: W, b, and what the family adds (deep: W_out, A, c, B)
+    extra = {name: np.stack([m.extra[name] for m in models])
+             for name in models[0].extra}
     weights_path = part.store.write_weights(
         pack.pack_id, [m.model_id for m in models],
         W=np.stack([m.W for m in models]), b=np.stack([m.b for m in models]),
-        curve=np.stack([m.curve for m in models]), curve_steps=result.curve_steps)
+        curve=np.stack([m.curve for m in models]), curve_steps=result.curve_steps, **extra)
     run_id = (part.tracker.log_pack(pack, result, part.store.dir / weights_path, started_ms)
               if part.tracker else None)
     rows = [
@@ -216,6 +241,8 @@ def prepare_part(cfg: Config) -> Part:
         # the resolved config of the latest launch, for the record (validated: no secrets)
         atomic_write_bytes(sweep_dir / "config.yaml",
                            yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
+        if cfg.sweep.param_budgets:  # the planner explains its shapes, on screen and on disk
+            write_shapes(cfg, sweep_dir)
         table = store.consolidate()  # folds in parts a killed driver left behind
         tracker = None
         if cfg.tracking.enabled:
@@ -229,6 +256,15 @@ def prepare_part(cfg: Config) -> Part:
         store.close()
         raise
     return Part(cfg, store, tracker, planned, todo)
+
+
+def write_shapes(cfg: Config, sweep_dir: Path) -> None:
+    """Log the planner's (budget, depth) -> width table and store it as ``shapes.csv``."""
+    shapes = cfg.sweep.shapes()
+    log.info("%s: %s", cfg.sweep.name, format_shapes(shapes, cfg.sweep.budget_tolerance))
+    frame = pl.DataFrame([{**dataclasses.asdict(s), "rel_error": s.rel_error,
+                           "tolerance": cfg.sweep.budget_tolerance} for s in shapes])
+    atomic_write_bytes(sweep_dir / "shapes.csv", frame.write_csv().encode())
 
 
 class ClusterError(RuntimeError):
@@ -358,22 +394,13 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
         log.info("training %d models in %d packs, %d at a time (%s per trial)",
                  len(all_todo), len(items), slots, resources)
         interrupt = Interrupt()
+        persist = PersistCallback(by_id, interrupt)
         tune_dir = Path(lead.paths.out_dir) / ".tune"
         run_name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-        tuner = tune.Tuner(
-            tune.with_resources(run_pack_trial, resources),
-            param_space={"sfs": tune.grid_search(items)},
-            tune_config=tune.TuneConfig(
-                reuse_actors=True,  # one worker process per slot: Lightning imported once
-                max_concurrent_trials=lead.cluster.max_concurrent_trials,
-                trial_dirname_creator=lambda t: t.config["sfs"]["pack_id"],
-                trial_name_creator=lambda t: t.config["sfs"]["pack_id"]),
-            run_config=tune.RunConfig(
-                name=run_name, storage_path=str(tune_dir), verbose=0, stop=interrupt,
-                failure_config=tune.FailureConfig(max_failures=lead.cluster.max_retries),
-                callbacks=[PersistCallback(by_id)],
-            ),
-        )
+        try:
+            tuner = _make_tuner(lead, items, resources, interrupt, persist, tune_dir, run_name)
+        except OSError as error:  # Tune records its own state under paths.out_dir first
+            raise _unwritable(tune_dir, error) from error
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.getsignal(signal.SIGINT)
         if in_main_thread:  # signal handlers can only be set from the main thread
@@ -381,6 +408,8 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
             interrupt.previous = previous
         try:
             tuner.fit()
+        except OSError as error:
+            persist.store_error = persist.store_error or _unwritable(tune_dir, error)
         except Exception as error:  # e.g. Ray killing workers for memory while they start
             # Everything finished so far is already in the store; say what happened and let
             # the summary count what is missing (re-running resumes from there).
@@ -391,10 +420,36 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
         shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
+        if persist.store_error is not None:
+            raise persist.store_error
         return len(items), interrupt.event.is_set()
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _unwritable(folder: Path, error: OSError) -> StoreError:
+    return StoreError(f"cannot write the results store at {folder.parent}: "
+                      f"{error.strerror or error}. Every pack finished before this is stored; "
+                      "free space (or fix permissions) and run the same command again to resume")
+
+
+def _make_tuner(lead: Config, items: list, resources: dict, interrupt: Interrupt,
+                persist: PersistCallback, tune_dir: Path, run_name: str):
+    return tune.Tuner(
+        tune.with_resources(run_pack_trial, resources),
+        param_space={"sfs": tune.grid_search(items)},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,  # one worker process per slot: Lightning imported once
+            max_concurrent_trials=lead.cluster.max_concurrent_trials,
+            trial_dirname_creator=lambda t: t.config["sfs"]["pack_id"],
+            trial_name_creator=lambda t: t.config["sfs"]["pack_id"]),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=str(tune_dir), verbose=0, stop=interrupt,
+            failure_config=tune.FailureConfig(max_failures=lead.cluster.max_retries),
+            callbacks=[persist],
+        ),
+    )
 
 
 def _summarise(parts: list[Part], wall_s: float, n_packs: int, interrupted: bool) -> SweepSummary:

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ class ModelResult:
     status: str  # ok | diverged
     n_represented: int
     frobenius_sq: float
+    # parameters beyond W and b, by stored name (deep families: W_out (feature, hidden) when
+    # untied, A and B (depth, hidden, hidden), c (depth, hidden)); empty for one-layer models
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,8 +134,8 @@ def make_module(pack: Pack, log_every: int):
             self.steps_done = 0
 
         def configure_optimizers(self):
-            # Weight decay is applied by hand (per instance, on W only): AdamW's own is a
-            # scalar per parameter group and would also decay the bias.
+            # Weight decay is applied by hand (per instance, on the feature matrices only):
+            # AdamW's own is a scalar per parameter group and would also decay the bias.
             optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.spec.lr, weight_decay=0.0)
             spec = self.spec
             scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -171,15 +174,16 @@ def make_module(pack: Pack, log_every: int):
 
         @torch.no_grad()
         def _decay_weights(self, lr: float) -> None:
-            """Decoupled decay on W, per instance (Liu et al. 2025): gamma >= 0 shrinks every
-            row, W_i -= lr*gamma*W_i; gamma < 0 pulls rows toward unit norm,
+            """Decoupled decay per instance (Liu et al. 2025) on each feature matrix (W, and
+            W_out when untied; never biases or block weights): gamma >= 0 shrinks every row,
+            W_i -= lr*gamma*W_i; gamma < 0 pulls rows toward unit norm,
             W_i -= lr*gamma*(1/||W_i|| - 1)*W_i."""
-            W = self.model.W  # (instance, feature, hidden)
-            coef = self.decays  # (instance, 1, 1)
-            if self.has_signed_decay:
-                inv_norm = 1.0 / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (inst, feat, 1)
-                coef = torch.where(coef >= 0, coef, coef * (inv_norm - 1.0))
-            W.sub_(lr * coef * W)
+            for W in self.model.feature_matrices():  # (instance, feature, hidden)
+                coef = self.decays  # (instance, 1, 1)
+                if self.has_signed_decay:
+                    inv_norm = 1.0 / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (inst, feat, 1)
+                    coef = torch.where(coef >= 0, coef, coef * (inv_norm - 1.0))
+                W.sub_(lr * coef * W)
 
         def _log_point(self, step: int, losses: Tensor) -> None:
             index = self.curve_steps.index(step)
@@ -254,6 +258,8 @@ def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 
     losses = evaluate(module.model, pack, module.probs, module.importance)
     W = module.model.W.detach().cpu().numpy().astype(np.float32)  # (instance, feature, hidden)
     b = module.model.b_final.detach().cpu().numpy().astype(np.float32)
+    extra = {name: p.detach().cpu().numpy().astype(np.float32)  # (instance, ...)
+             for name, p in module.model.extra_parameters().items()}
     curve = module.curve.cpu().numpy()  # (n_logs, instance)
     represented = n_represented(W)
     frob = frobenius_sq(W)
@@ -267,6 +273,7 @@ def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 
             train_loss=float(logged[-1]) if len(logged) else float("nan"),
             curve=curve[:, k], status="ok" if finite else "diverged",
             n_represented=int(represented[k]), frobenius_sq=float(frob[k]),
+            extra={name: array[k] for name, array in extra.items()},
         ))
     return PackResult(
         pack_id=pack.pack_id, models=results, curve_steps=np.asarray(module.curve_steps),

@@ -35,9 +35,10 @@ def test_every_config_group_option_composes(group):
 
 def test_full_includes_every_sweep_with_the_users_overrides():
     cfgs = load_configs(["+sweep=full", "train.steps=1000", "sweep.scale=2"])
-    assert [c.sweep.name for c in cfgs] == ["tms", "scaling"]
+    assert [c.sweep.name for c in cfgs] == ["tms", "scaling", "aspect"]
     assert all(c.train.steps == 1000 and c.sweep.scale == 2 for c in cfgs)
-    tms, scaling = cfgs
+    tms, scaling, aspect = cfgs
+    assert aspect.sweep.param_budgets and aspect.sweep.families == ["deep_tied"]
     assert tms.model.init == "xavier_normal" and scaling.model.init == "normal"  # own settings
     assert scaling.data.max_magnitude == 2.0 and tms.data.max_magnitude == 1.0
 
@@ -84,13 +85,18 @@ BAD_VALUES = [
     ("cluster.address=not/an/address", ["cluster.address", "host:port"]),
     ("cluster.cpus_per_trial=0", ["cluster.cpus_per_trial"]),
     ("tracking.uri=ftp://x", ["tracking.uri"]),
+    ("sweep.param_budgets=[1000]", ["sweep.widths", "empty when sweep.param_budgets"]),
+    ("sweep.widths=[] sweep.param_budgets=[5]", ["sweep.param_budgets", "budget 5", "outside"]),
+    ("sweep.widths=[] sweep.param_budgets=[1000] sweep.budget_tolerance=2",
+     ["sweep.budget_tolerance", "(0, 1)"]),
+    ("sweep.families=[deep_tied] sweep.depths=[0,1,1]", ["sweep.depths", "duplicates"]),
 ]
 
 
 @pytest.mark.parametrize("override,words", BAD_VALUES)
 def test_bad_values_raise_one_clear_message(override, words):
     with pytest.raises(ConfigError) as error:
-        load_configs(["+sweep=smoke", override])
+        load_configs(["+sweep=smoke", *override.split()])
     for word in words:
         assert word in str(error.value)
 
@@ -149,7 +155,8 @@ SLOW_CLI_CASES = [(override, words[0]) for override, words in BAD_VALUES
 def test_cli_rejects_bad_input_before_starting_anything(override, word, tmp_path):
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
     proc = subprocess.run(
-        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={tmp_path}", override],
+        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={tmp_path}",
+         *override.split()],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
     )
     assert proc.returncode != 0

@@ -151,3 +151,57 @@ def test_corrupt_store_is_refused_through_the_cli(tmp_path):
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0 and "is not a readable parquet file" in output
     assert (tmp_path / "smoke" / "trials.parquet").read_text() == "definitely not parquet"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MB filesystem (tmpfs) that the test can fill: skipped where mounting is not
+    permitted (it needs root or CAP_SYS_ADMIN)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_sweep_clearly_and_the_rerun_resumes(small_disk):
+    """The disk fills up once the store is open: the launch stops with one clear message,
+    leaves no half-written file, and after space is freed the same command finishes."""
+    import threading
+
+    sweep_dir = small_disk / "smoke"
+    filler = small_disk / "filler"
+
+    def fill_once_store_opens():
+        deadline = time.time() + 120
+        while not (sweep_dir / "trials.parquet").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        with open(filler, "wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=fill_once_store_opens)
+    thread.start()
+    proc = _launch(small_disk, "tracking=off", "aggregate.enabled=false")
+    output, _ = proc.communicate(timeout=300)
+    thread.join()
+    assert proc.returncode != 0, output
+    assert "cannot write the results store" in output and "No space left on device" in output
+    assert "Traceback" not in output
+    assert not list(sweep_dir.rglob(".*.tmp-*"))  # nothing half-written
+    pl.read_parquet(sweep_dir / "trials.parquet")  # the store still reads
+
+    filler.unlink()
+    proc = _launch(small_disk, "tracking=off", "aggregate.enabled=false")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    table = pl.read_parquet(sweep_dir / "trials.parquet")
+    assert table.height == table["model_id"].n_unique() == 8
+    assert set(table["status"]) == {"ok"}

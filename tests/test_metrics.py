@@ -1,7 +1,7 @@
 """Per-model quantities on weight matrices with known answers."""
 
 import numpy as np
-
+import pytest
 from scipy.stats import ortho_group
 
 from sfs.metrics import (
@@ -9,6 +9,7 @@ from sfs.metrics import (
     feature_dimensionality,
     feature_norms,
     frobenius_sq,
+    layer_feature_directions,
     n_represented,
     superposition,
 )
@@ -104,3 +105,66 @@ def test_rotation_invariance():
     Q = ortho_group.rvs(5, random_state=2)
     for f in (superposition, feature_dimensionality, dims_per_feature):
         assert np.allclose(f(W @ Q), f(W))
+
+
+def _blocks(depth: int, m: int) -> dict:
+    return {"A": np.zeros((depth, m, m)), "c": np.zeros((depth, m)), "B": np.zeros((depth, m, m))}
+
+
+def test_layer_directions_of_a_one_layer_model_are_w():
+    W = np.arange(6.0).reshape(3, 2)
+    H = layer_feature_directions({"W": W, "b": np.zeros(3)}, "relu_output")
+    assert H.shape == (1, 3, 2) and np.array_equal(H[0], W)
+    H = layer_feature_directions({"W": W, **_blocks(0, 2)}, "deep")  # depth 0
+    assert H.shape == (1, 3, 2) and np.array_equal(H[0], W)
+
+
+def test_layer_directions_with_identity_blocks_stay_w():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((5, 3))
+    params = {"W": W, **_blocks(4, 3)}
+    params["A"] = rng.standard_normal((4, 3, 3))  # any A: B = 0 makes each block the identity
+    params["c"] = rng.standard_normal((4, 3))  # and h(0) removes what c adds
+    H = layer_feature_directions(params, "deep_tied")
+    assert H.shape == (5, 5, 3)
+    assert np.allclose(H, W[None])
+
+
+def test_layer_directions_of_a_doubling_block():
+    # A = B = I, c = 0: h + ReLU(h) doubles positive components, keeps negative ones
+    W = np.array([[1.0, -2.0], [0.5, 0.0], [-1.0, 3.0]])
+    params = {"W": W, "A": np.eye(2)[None], "c": np.zeros((1, 2)), "B": np.eye(2)[None]}
+    H = layer_feature_directions(params, "deep")
+    assert np.array_equal(H[0], W)
+    assert np.array_equal(H[1], np.array([[2.0, -2.0], [1.0, 0.0], [-1.0, 6.0]]))
+    two = {"W": W, "A": np.stack([np.eye(2)] * 2), "c": np.zeros((2, 2)),
+           "B": np.stack([np.eye(2)] * 2)}
+    assert np.array_equal(layer_feature_directions(two)[2],
+                          np.array([[4.0, -2.0], [2.0, 0.0], [-1.0, 12.0]]))
+    assert n_represented(H).tolist() == [2, 3]  # per layer: feature 1 passes 0.5 after layer 1
+
+
+def test_layer_directions_subtract_the_response_to_no_feature():
+    # c = 1, A = 0, B = I: every input gains ReLU(1) = 1 per dimension, so h(e_i) - h(0) = W_i
+    W = np.array([[1.0, 0.0], [0.0, -1.0]])
+    params = {"W": W, "A": np.zeros((1, 2, 2)), "c": np.ones((1, 2)), "B": np.eye(2)[None]}
+    assert np.array_equal(layer_feature_directions(params)[1], W)
+
+
+def test_layer_directions_are_batched_over_models():
+    rng = np.random.default_rng(3)
+    params = {"W": rng.standard_normal((4, 6, 3)), "A": rng.standard_normal((4, 2, 3, 3)),
+              "c": rng.standard_normal((4, 2, 3)), "B": rng.standard_normal((4, 2, 3, 3))}
+    H = layer_feature_directions(params, "deep")
+    assert H.shape == (4, 3, 6, 3)
+    for k in range(4):
+        one = layer_feature_directions({name: a[k] for name, a in params.items()}, "deep")
+        assert np.allclose(H[k], one)
+
+
+def test_layer_directions_refuse_arrays_of_another_family():
+    W = np.ones((3, 2))
+    with pytest.raises(ValueError, match="needs residual blocks"):
+        layer_feature_directions({"W": W}, "deep")
+    with pytest.raises(ValueError, match="has no residual blocks"):
+        layer_feature_directions({"W": W, **_blocks(1, 2)}, "relu_output")

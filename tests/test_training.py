@@ -1,5 +1,6 @@
 """Training one pack: packing invariance, the loss, the optimiser pieces, the TMS result."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -134,3 +135,99 @@ def test_linear_model_learns_the_top_features_without_superposition():
     norms = np.linalg.norm(model.W, axis=1)
     assert model.frobenius_sq == pytest.approx(2.0, abs=0.15)  # ||W||_F^2 ~ m
     assert norms[:2].min() > 0.9 and norms[2:].max() < 0.3  # the two most important features
+
+
+def test_a_packed_deep_model_equals_the_same_model_trained_alone():
+    base = dict(family="deep", n_features=6, width=3, depth=2, steps=60, batch_size=64,
+                lr=1e-2, eval_samples=512)
+    specs = [
+        tiny_spec(**base, sparsity=0.9, seed=0),
+        tiny_spec(**base, sparsity=0.5, seed=1, weight_decay=0.05, importance=0.7),
+        tiny_spec(**base, sparsity=0.0, seed=2, weight_decay=-0.1, feature_dist="power:1.0"),
+    ]
+    packed = _by_id(train_pack(Pack("t", tuple(specs)), log_every=20))
+    reordered = _by_id(train_pack(Pack("t", tuple(reversed(specs[1:]))), log_every=20))
+    for spec in specs:
+        alone = train_pack(Pack("t", (spec,)), log_every=20).models[0]
+        others = [packed[spec.model_id]] + ([reordered[spec.model_id]] if spec is not specs[0] else [])
+        for other in others:
+            np.testing.assert_allclose(other.W, alone.W, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(other.b, alone.b, rtol=1e-4, atol=1e-5)
+            assert sorted(other.extra) == ["A", "B", "W_out", "c"]
+            for name, array in alone.extra.items():
+                np.testing.assert_allclose(other.extra[name], array, rtol=1e-4, atol=1e-5,
+                                           err_msg=name)
+            np.testing.assert_allclose(other.curve, alone.curve, rtol=1e-4, atol=1e-6)
+            assert other.loss == pytest.approx(alone.loss, rel=1e-4)
+    first = packed[specs[0].model_id]
+    assert first.extra["A"].shape == (2, 3, 3) and first.extra["c"].shape == (2, 3)
+    assert np.abs(first.extra["B"]).max() > 0  # the blocks trained: not a vacuous comparison
+    assert not np.allclose(first.extra["B"], packed[specs[1].model_id].extra["B"])
+
+
+def test_tied_deep_model_at_depth_zero_trains_exactly_like_relu_output():
+    common = dict(steps=200, lr=1e-2, bias_init_std=0.1, eval_samples=1024)
+    specs = [tiny_spec(seed=0, **common), tiny_spec(seed=1, weight_decay=-0.2, **common)]
+    reference = train_pack(Pack("t", tuple(specs)), log_every=50).models
+    tied = train_pack(Pack("t", tuple(dataclasses.replace(s, family="deep_tied") for s in specs)),
+                      log_every=50).models
+    for one, other in zip(reference, tied):
+        np.testing.assert_array_equal(other.W, one.W)
+        np.testing.assert_array_equal(other.b, one.b)
+        np.testing.assert_array_equal(other.curve, one.curve)
+        assert other.loss == one.loss
+        assert other.extra["A"].shape == (0, 2, 2)  # depth 0: empty blocks, kept for the file
+    assert reference[0].extra == {}
+
+
+def test_weight_decay_acts_on_feature_matrices_not_blocks():
+    specs = (tiny_spec(family="deep", depth=1, weight_decay=0.5),
+             tiny_spec(family="deep", depth=1, weight_decay=-0.5, seed=1))
+    module = make_module(Pack("t", specs), log_every=10)
+    model = module.model
+    with torch.no_grad():
+        rows = torch.tensor([[[3.0, 4.0]] * 5, [[0.3, 0.4]] * 5])  # norms 5, 0.5
+        model.W.copy_(rows)
+        model.W_out.copy_(rows)
+        model.B.fill_(1.0)
+        model.c.fill_(1.0)
+    A, B, c, b = (t.detach().clone() for t in (model.A, model.B, model.c, model.b_final))
+    module._decay_weights(lr=0.1)
+    for W in (model.W, model.W_out):  # both embeddings follow Liu et al.'s rule
+        norms = W.norm(dim=-1)
+        assert torch.allclose(norms[0], torch.full((5,), 5 * (1 - 0.05)))
+        assert torch.allclose(norms[1], torch.full((5,), 0.5 * 1.05))
+    for before, after in ((A, model.A), (B, model.B), (c, model.c), (b, model.b_final)):
+        assert torch.equal(before, after)
+
+
+def test_persisted_weights_hold_every_parameter(tmp_path):
+    from sfs.store import TrialStore, load_weights
+    from sfs.sweep import Part, persist_pack
+
+    specs = (tiny_spec(family="deep", n_features=4, width=3, depth=2, steps=10, seed=0),
+             tiny_spec(family="deep", n_features=4, width=3, depth=2, steps=10, seed=1))
+    one_layer = (tiny_spec(steps=10, n_features=4, width=3),)
+    store = TrialStore(tmp_path).open_for_writing()
+    try:
+        part = Part(cfg=None, store=store, tracker=None, planned=[], todo=[])
+        results = {}
+        for pack in (Pack("t", specs), Pack("t", one_layer)):
+            results[pack.pack_id] = train_pack(pack, log_every=5)
+            persist_pack(part, pack, results[pack.pack_id], started_ms=0)
+        table = store.consolidate()
+    finally:
+        store.close()
+    trained = {m.model_id: m for r in results.values() for m in r.models}
+    for row in table.iter_rows(named=True):
+        arrays = load_weights(tmp_path, row)
+        model = trained[row["model_id"]]
+        if row["family"] == "deep":
+            assert sorted(arrays) == ["A", "B", "W", "W_out", "b", "c", "curve", "curve_steps"]
+            assert arrays["A"].shape == (2, 3, 3) and arrays["W_out"].shape == (4, 3)
+            for name, array in model.extra.items():
+                np.testing.assert_array_equal(arrays[name], array)
+            assert row["n_params"] == 2 * 4 * 3 + 4 + 2 * (2 * 9 + 3)
+        else:  # the one-layer families' files are unchanged
+            assert sorted(arrays) == ["W", "b", "curve", "curve_steps"]
+        np.testing.assert_array_equal(arrays["W"], model.W)
