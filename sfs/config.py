@@ -207,7 +207,7 @@ class SweepConfig:
     """The grid: the Cartesian product of the axes, or a list of other sweeps to include.
 
     ``scale`` grows a sweep for clusters: scale s trains s times as many seeds, each for s
-    times as many steps (warmup too).
+    times as many steps (warmup too) and, where ``scale_batch`` is set, at s times the batch.
     """
 
     name: str = ""  # empty: no sweep chosen (pass +sweep=NAME)
@@ -226,6 +226,7 @@ class SweepConfig:
     weight_decays: list[float] = field(default_factory=lambda: [0.0])  # < 0: Liu's norm-pull rule
     seeds: list[int] = field(default_factory=lambda: [0])
     scale: int = 1
+    scale_batch: bool = False  # sweep.scale also multiplies the batch size (scaling: Liu's budget)
     pack_size: int = 0  # models trained together in one trial; 0: automatic
 
     def __post_init__(self) -> None:

@@ -57,9 +57,18 @@ def liu_headline(metrics: pl.DataFrame, fits: pl.DataFrame) -> pl.DataFrame:
                     f"-{row['represented_per_width_max']:.2f}, outside {low}-{high}")
         if not reproduced:
             note += (f" (trained {budget}; Liu et al. train {LIU_BUDGET[0]} steps at batch "
-                     f"{LIU_BUDGET[1]}: raise the budget with sweep.scale or train.steps)")
+                     f"{LIU_BUDGET[1]}: {_scale_to_liu(key)}x this budget reaches theirs, e.g. "
+                     f"sweep.scale={_scale_to_liu(key)} on the scaling sweep, which scales steps "
+                     "and batch size together)")
         rows.append({**row, "reproduced": reproduced, "note": note.strip()})
     return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _scale_to_liu(key: dict) -> int:
+    """The smallest sweep.scale at which steps and batch size both reach the paper's (for a
+    sweep with sweep.scale_batch; steps only otherwise, which the note's reader can see)."""
+    steps, batch = LIU_BUDGET
+    return max(1, -(-steps // int(key["steps"])), -(-batch // int(key["batch_size"])))
 
 
 def _strong_verdict(row: dict) -> tuple[bool, str]:

@@ -128,6 +128,7 @@ def make_module(pack: Pack, log_every: int):
             self.curve_steps = [s for s in range(log_every, steps + 1, log_every)]
             if not self.curve_steps or self.curve_steps[-1] != steps:
                 self.curve_steps.append(steps)
+            self._chunks = self.chunks()
             self.sampler: sfs_data.PackedSampler | None = None
             self.curve: Tensor | None = None
             self.live = torch.ones(len(pack.models), dtype=torch.bool)  # host-side: not diverged
@@ -153,24 +154,35 @@ def make_module(pack: Pack, log_every: int):
                                     device=self.device)
             self._live_device = self.live.to(self.device)
 
-        def training_step(self, batch, batch_idx: int) -> None:
-            optimizer = self.optimizers()
+        def chunks(self) -> list[tuple[int, int]]:
+            """Lightning's batches: the optimizer steps [start, end) between two log points.
+
+            Tiny models make Lightning's per-batch bookkeeping (hooks, progress tracking,
+            the LightningOptimizer wrapper) a large share of a step; one batch per log
+            interval pays it once per interval instead of once per step (measured in
+            benchmarks/README.md)."""
+            return list(zip([0, *self.curve_steps[:-1]], self.curve_steps))
+
+        def training_step(self, batch: int, batch_idx: int) -> None:
+            optimizer = self.optimizers().optimizer  # the torch optimizer: no per-step wrapper
             scheduler = self.lr_schedulers()
-            x = self.sampler.sample()  # (instance, batch, feature)
-            losses = weighted_mse(x, self.model(x), self.importance)  # (instance,)
-            # Diverged instances are frozen out of the objective, so their NaNs never reach
-            # an optimizer step again; the rest of the pack trains on unaffected.
-            total = torch.where(self._live_device, losses, torch.zeros_like(losses)).sum()
-            optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(total)
-            if self.has_decay:
-                self._decay_weights(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
-            step = batch_idx + 1
-            self.steps_done = step
-            if step % self.log_every == 0 or step == self.spec.steps:
-                self._log_point(step, losses.detach())
+            start, end = self._chunks[batch_idx]
+            for _ in range(start, end):
+                x = self.sampler.sample()  # (instance, batch, feature)
+                losses = weighted_mse(x, self.model(x), self.importance)  # (instance,)
+                # Diverged instances are frozen out of the objective, so their NaNs never
+                # reach an optimizer step again; the rest of the pack trains on unaffected.
+                total = torch.where(self._live_device, losses, torch.zeros_like(losses)).sum()
+                optimizer.zero_grad(set_to_none=True)
+                # fp32 only (no precision plugin to route through): manual_backward would
+                # add nothing but per-step overhead
+                total.backward()
+                if self.has_decay:
+                    self._decay_weights(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                scheduler.step()
+            self.steps_done = end
+            self._log_point(end, losses.detach())
 
         @torch.no_grad()
         def _decay_weights(self, lr: float) -> None:
@@ -241,7 +253,7 @@ def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
-        max_steps=pack.shape.steps,
+        max_steps=-1,  # one epoch over the chunks of steps (PackModule.chunks)
         max_epochs=1,
         barebones=True,  # no logger, checkpointing, progress bar or summaries: we log ourselves
         enable_checkpointing=False,
@@ -253,7 +265,7 @@ def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 
         deterministic=False,
     )
     # One "batch" per optimizer step; the data itself is drawn on the device in training_step.
-    trainer.fit(module, train_dataloaders=range(pack.shape.steps))
+    trainer.fit(module, train_dataloaders=range(len(module._chunks)))
     module.to(device)
     losses = evaluate(module.model, pack, module.probs, module.importance)
     W = module.model.W.detach().cpu().numpy().astype(np.float32)  # (instance, feature, hidden)

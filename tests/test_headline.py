@@ -27,6 +27,7 @@ def test_strong_regime_reproduced_and_not():
     (row,) = liu_headline(*_tables(-1.0, lambda m: 990, (0.70, 0.76, 0.82))).iter_rows(named=True)
     assert not row["reproduced"]
     assert "does not overlap [1.0, 1.1]" in row["note"] and "8000 steps at batch 512" in row["note"]
+    assert "4x this budget" in row["note"] and "sweep.scale=4" in row["note"]  # 20000/8000, 2048/512
     (row,) = liu_headline(*_tables(-1.0, lambda m: 400, (0.98, 1.04, 1.12))).iter_rows(named=True)
     assert not row["reproduced"] and "phi_1/2 falls to 0.40" in row["note"]
 

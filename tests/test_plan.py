@@ -75,3 +75,13 @@ def test_pack_round_trips_through_a_dict():
     pack = Pack("s", (tiny_spec(), tiny_spec(seed=1)))
     assert Pack.from_dict(pack.to_dict()) == pack
     assert Pack.from_dict(pack.to_dict()).pack_id == pack.pack_id
+
+
+def test_scale_grows_seeds_steps_and_with_scale_batch_the_batch():
+    base = plan_models(load_configs(["+sweep=smoke"])[0])
+    scaled = plan_models(load_configs(["+sweep=smoke", "sweep.scale=3"])[0])
+    both = plan_models(load_configs(["+sweep=smoke", "sweep.scale=3", "sweep.scale_batch=true"])[0])
+    assert len(scaled) == len(both) == 3 * len(base)
+    assert {s.steps for s in scaled} == {3 * base[0].steps}
+    assert {s.batch_size for s in scaled} == {base[0].batch_size}
+    assert {s.batch_size for s in both} == {3 * base[0].batch_size}

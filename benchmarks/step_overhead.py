@@ -1,0 +1,84 @@
+"""Per-step cost of sfs's Lightning loop against a bare loop on the same pack (by hand).
+
+    python benchmarks/step_overhead.py            # n=20, m=5, 16 models, 2000 steps, 3 repeats
+    python benchmarks/step_overhead.py --n 1000 --m 50 --models 4 --steps 300 --batch 512
+
+Both train the very same packed model, data sampler, loss and AdamW on one torch thread, in
+this process, alternating repeats: ``sfs`` is ``sfs.training.train_pack`` (Lightning
+Trainer, diverged-model masking, per-model decay, curve logging, held-out evaluation);
+``bare`` is the loop with nothing else. Prints one JSON line with the median model-steps/s
+of each and their ratio ``sfs/bare``: what the orchestration costs per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sfs.plan import ModelSpec, Pack  # noqa: E402
+from sfs.training import build_model, pack_tensors, train_pack, weighted_mse  # noqa: E402
+from sfs import data as sfs_data  # noqa: E402
+
+
+def make_pack(n: int, m: int, models: int, steps: int, batch: int) -> Pack:
+    return Pack("bench", tuple(
+        ModelSpec("relu_output", n, m, 0, sparsity, 0.9, "uniform", 0.0, seed, steps, batch, 1e-3,
+                  "constant", 0, 0.05, 1.0, "xavier_normal", 0.0, 1_000_003, 4096)
+        for seed in range(models) for sparsity in (0.9,)))
+
+
+def bare_loop(pack: Pack) -> float:
+    """The same training with nothing around it; returns seconds."""
+    started = time.perf_counter()
+    model = build_model(pack)
+    probs, importance, _ = pack_tensors(pack)
+    spec = pack.shape
+    sampler = sfs_data.PackedSampler(probs, [sfs_data.derive_seed(s.seed, "data") for s in pack.models],
+                                     spec.batch_size, spec.max_magnitude, torch.device("cpu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
+    for _ in range(spec.steps):
+        x = sampler.sample()
+        loss = weighted_mse(x, model(x), importance).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--m", type=int, default=5)
+    parser.add_argument("--models", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    pack = make_pack(args.n, args.m, args.models, args.steps, args.batch)
+    train_pack(make_pack(args.n, args.m, 1, 20, args.batch))  # one-time imports and set-up
+    times: dict[str, list[float]] = {"sfs": [], "bare": []}
+    for _ in range(args.repeats):
+        times["bare"].append(bare_loop(pack))
+        started = time.perf_counter()
+        train_pack(pack, log_every=args.log_every)
+        times["sfs"].append(time.perf_counter() - started)
+    model_steps = args.models * args.steps
+    rate = {k: model_steps / statistics.median(v) for k, v in times.items()}
+    print(json.dumps({"n": args.n, "m": args.m, "models": args.models, "steps": args.steps,
+                      "batch": args.batch, "seconds": times,
+                      "model_steps_per_s": {k: round(v) for k, v in rate.items()},
+                      "sfs/bare": round(rate["sfs"] / rate["bare"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
