@@ -2,6 +2,7 @@
 
     python benchmarks/aggregate_store.py            # ~100,000 models
     python benchmarks/aggregate_store.py --quick    # ~10,000 models
+    python benchmarks/aggregate_store.py --store /tmp/agg   # keep the store, reuse it next time
 
 Builds a results store with the real store code (one weights file per pack, parts
 consolidated) for a grid of n=20/40 features, 6 widths, 8 seeds and 500 curves per n, with
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -64,10 +66,18 @@ def build(out_dir: Path, quick: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="~10,000 models instead of ~100,000")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="build the store here and keep it (reused when it exists)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
+        out_dir = args.store or Path(tmp)
         started = time.perf_counter()
-        cfg, n_models = build(Path(tmp), args.quick)
+        if (out_dir / "smoke" / "trials.parquet").exists():
+            (cfg,) = load_configs(grid(out_dir, args.quick))
+            n_models = len(plan_models(cfg))
+        else:
+            cfg, n_models = build(out_dir, args.quick)
         built = time.perf_counter() - started
         started = time.perf_counter()
         result = aggregate(cfg, report=False)

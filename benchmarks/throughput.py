@@ -13,8 +13,9 @@ size, learning rate) it times three ways of training them:
 - limit: a bare PyTorch loop, one torch thread, no Ray, Lightning or logging. Models of one
   shape are packed into one batched model (W ``(instance, n, m)``, b ``(instance, n)``,
   out = ReLU((x @ W) @ W^T + b), importance-weighted MSE, AdamW), as sfs packs them, and
-  the shapes are trained one after the other (``--limit-workers N`` spreads them over N
-  single-threaded processes instead).
+  the shapes are spread over ``--limit-workers`` single-threaded processes (default: as many
+  as the cores sfs gets, ``--cpus``, so that both use the same hardware; 1 trains them one
+  after the other in this process).
 - naive: what a typical user writes: one Ray Tune trial per model (``ray.init(num_cpus=2)``,
   no actor reuse), each running a default ``lightning.Trainer`` (progress bar, model
   summary, checkpointing all at their defaults) with an ``MLFlowLogger`` to a SQLite
@@ -451,8 +452,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="override every grid's steps")
     parser.add_argument("--cpus", type=int, default=2,
                         help="Ray CPUs of naive (ray.init(num_cpus=...)) and sfs (cluster.num_cpus)")
-    parser.add_argument("--limit-workers", type=int, default=1,
-                        help="processes for the limit loop (1 thread each); 1: in this process")
+    parser.add_argument("--limit-workers", type=int, default=None,
+                        help="processes for the limit loop (1 thread each; default: --cpus, the "
+                             "cores sfs gets, so both use the same hardware); 1: in this process")
     parser.add_argument("--sfs-aggregate", action="store_true",
                         help="keep sfs's end-of-launch aggregation in its timing")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per subprocess run")
@@ -465,6 +467,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--modes must be a comma-separated subset of {','.join(MODES)}, "
                      f"got {args.modes!r}")
     args.modes = modes
+    if args.limit_workers is None:
+        args.limit_workers = args.cpus
     if args.repeats < 1 or args.cpus < 1 or args.limit_workers < 1:
         parser.error("--repeats, --cpus and --limit-workers must be >= 1")
     if args.steps is not None and args.steps < 1:

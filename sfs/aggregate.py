@@ -452,11 +452,14 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
                                 f"(python -m sfs.launch +sweep={cfg.sweep.name} ...)")
     planned = {spec.model_id for spec in plan_models(cfg)}
     loaded = load_models(sweep_dir, planned)
-    log.info("%s: %d planned models, %d stored, %d ok", cfg.sweep.name, len(planned),
-             loaded.rows.height, loaded.ok.height)
+    log.info("%s: %d planned models, %d stored, %d ok (read in %.1f s)", cfg.sweep.name,
+             len(planned), loaded.rows.height, loaded.ok.height, time.perf_counter() - started)
     metrics = model_metrics(loaded)
     budgets = cfg.sweep.param_budgets
+    phase = time.perf_counter()
     fits, pairs, universality = analyse(loaded, metrics, options, per_depth_n_params=bool(budgets))
+    log.info("%s: %d fits, %d compared pairs in %.1f s", cfg.sweep.name, fits.height, pairs.height,
+             time.perf_counter() - phase)
     headline = liu_headline(metrics, fits)
     aspect_tables = {}
     if budgets:

@@ -222,6 +222,8 @@ def verdict(pairs: pl.DataFrame, shape_pairs: pl.DataFrame, keys: list[str],
 
     Reading, per row:
     - no iso-loss pairs of different shapes, or too few pairs: cannot tell;
+    - seeds of one shape not beating the label-permutation null in most pairs (the
+      reference itself shows no shared features): cannot tell;
     - cross-shape pairs significantly less alike: iso-loss models of different shape learn
       different features, against statement 2 (universality);
     - as alike as seeds, while the iso-loss shapes' bottlenecks hold different numbers of
@@ -264,6 +266,8 @@ def verdict(pairs: pl.DataFrame, shape_pairs: pl.DataFrame, keys: list[str],
                "jaccard_chance": entry.get("jaccard_chance", math.nan),
                "test": "one-sided Mann-Whitney U (cross-shape < same-shape Gram cosine)",
                "pvalue": entry.get("pvalue", math.nan),
+               # the reference must mean something: seeds of one shape beating the null
+               "same_shape_frac_beating_null": entry.get("same_beat_null", math.nan),
                "capacity_gap": entry["capacity_gap"], "capacity_differs": entry["capacity_differs"]}
         rows.append(row)
     if not rows:
@@ -284,7 +288,8 @@ def _compare_kinds(cross: pl.DataFrame, same: pl.DataFrame) -> dict:
                    jaccard_chance=float(cross["jaccard_chance"].mean()))
     if same.height:
         out.update(gram_same=float(same["gram_cosine"].mean()),
-                   jaccard_same=float(same["jaccard"].mean()))
+                   jaccard_same=float(same["jaccard"].mean()),
+                   same_beat_null=float((same["gram_pvalue"] < ALPHA).mean()))
     if cross.height >= MIN_PAIRS and same.height >= MIN_PAIRS:
         x, y = cross["gram_cosine"].to_numpy(), same["gram_cosine"].to_numpy()
         if np.ptp(np.concatenate([x, y])) > 0:
@@ -302,6 +307,12 @@ def _read(row: dict, alpha: float) -> tuple[str, str]:
         return "cannot tell", (f"too few pairs ({row['n_cross_shape_pairs']} cross-shape, "
                                f"{row['n_same_shape_pairs']} same-shape; need {MIN_PAIRS} each): "
                                "add seeds")
+    if not row["same_shape_frac_beating_null"] >= 0.5:
+        return "cannot tell", (
+            f"seeds of one shape share no more feature geometry than the label-permutation null "
+            f"in most pairs (Gram cosine {row['gram_same_shape']:.3f} vs null "
+            f"{row['gram_null']:.3f}; {row['same_shape_frac_beating_null']:.0%} of pairs beat "
+            "it), so 'as alike as seeds' would say nothing: train longer or add seeds")
     cosines = (f"Gram cosine {row['gram_cross_shape']:.3f} across shapes vs "
                f"{row['gram_same_shape']:.3f} across seeds (null {row['gram_null']:.3f}), "
                f"Holm p = {row['pvalue_holm']:.3g}")

@@ -172,7 +172,8 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
                     "so p-values lean optimistic.</p>")
         text.append(_table(verdict.sort("sparsity"), [
             "sparsity", "n_iso_shape_pairs", "n_cross_shape_pairs", "n_same_shape_pairs",
-            "gram_cross_shape", "gram_same_shape", "gram_null", "jaccard_cross_shape",
+            "gram_cross_shape", "gram_same_shape", "gram_null", "same_shape_frac_beating_null",
+            "jaccard_cross_shape",
             "jaccard_same_shape", "jaccard_chance", "pvalue_holm", "capacity_gap", "verdict",
             "reason"]))
     return TITLE, figures, "".join(text)

@@ -479,9 +479,37 @@ def compare_pair(W1: np.ndarray, W2: np.ndarray, *, n_perm: int = 200,
     })
 
 
+def _null_path(widths: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, n_perm: int) -> str:
+    """The cheapest way to the permutation nulls of these pairs, from a cost model fitted
+    to timings on one thread (n 20-100, widths 2-50; weights-vs-gram choices 2-5x apart):
+
+    - gram: gather every model's permuted Grams, ``(n_perm, n^2)``, then one matrix-vector
+      product per pair: k n_perm n^2 gathered + P n_perm n^2 multiply-adds;
+    - weights: gather every model's permuted W, then ||W_a^T P W_b||^2 per pair:
+      k n_perm n m gathered + P n_perm (n m_a m_b multiply-adds + 2 m_a m_b elementwise),
+      plus a Python-level matrix product per group of pairs;
+    - per_pair: one permutation at a time, for when neither fits in memory.
+    """
+    gather, madd, elementwise, group = 1.0, 0.15, 0.5, 20_000.0  # ns each
+    k, pairs = len(widths), len(a)
+    mm = (widths[a] * widths[b]).astype(float)
+    gram_ok = n_perm * n * n <= _CHUNK_ELEMENTS
+    weights_ok = mm.mean() <= _WEIGHTS_PATH_RATIO * n  # keeps its permuted copies small
+    if not (gram_ok or weights_ok):
+        return "per_pair"
+    gram_cost = k * n_perm * n * n * gather + pairs * n_perm * n * n * madd
+    n_groups = len(set(zip(b.tolist(), widths[a].tolist())))
+    weights_cost = (k * n_perm * n * widths.mean() * gather
+                    + n_perm * (n * mm.sum() * madd + 2 * mm.sum() * elementwise)
+                    + n_groups * group)
+    if gram_ok and (not weights_ok or gram_cost <= weights_cost):
+        return "gram"
+    return "weights"
+
+
 def compare_within(W: list[np.ndarray], pairs: np.ndarray, *, n_perm: int = 200,
-                   rng: np.random.Generator,
-                   threshold: float = REPRESENTED_NORM) -> dict[str, np.ndarray]:
+                   rng: np.random.Generator, threshold: float = REPRESENTED_NORM,
+                   path: str = "auto") -> dict[str, np.ndarray]:
     """:func:`compare_pairs` for many pairs among one set of models with the same n.
 
     W: k matrices ``(n, m_i)`` (widths may differ); pairs: ``(P, 2)`` indices into W.
@@ -508,7 +536,11 @@ def compare_within(W: list[np.ndarray], pairs: np.ndarray, *, n_perm: int = 200,
     perms = _draw_permutations((), n_perm, n, rng)  # (n_perm, n), shared by every pair
     null_inner = np.empty((len(pairs), n_perm))
     widths = np.array([w.shape[1] for w in W])
-    if np.mean(widths[a] * widths[b]) <= _WEIGHTS_PATH_RATIO * n:
+    if path == "auto":
+        path = _null_path(widths, a, b, n, n_perm) if len(pairs) else "gram"
+    if path not in ("weights", "gram", "per_pair"):
+        raise ValueError(f"path must be 'auto', 'weights', 'gram' or 'per_pair', got {path!r}")
+    if path == "weights":
         # narrow models: <G_a, P G_b P^T> = ||W_a^T P W_b||_F^2, with each model's permuted
         # copies P W_b laid side by side once, (n, n_perm * m_b)
         # (pairs that share b and the width of a: one matrix product for all of them)
@@ -525,7 +557,7 @@ def compare_within(W: list[np.ndarray], pairs: np.ndarray, *, n_perm: int = 200,
             M = np.square(left @ permuted[j]).reshape(len(rows), m_a, n_perm * m_b)
             # one axis at a time: summing (1, 3) in one call is several times slower
             null_inner[rows] = M.sum(axis=1).reshape(len(rows), n_perm, m_b).sum(axis=2)
-    elif n_perm * n * n <= _CHUNK_ELEMENTS:  # one model's permuted Grams at a time
+    elif path == "gram":  # one model's permuted Grams at a time
         # (P G P^T)_ij = G[p_i, p_j]: flat index p_i * n + p_j
         index = (perms[:, :, None] * n + perms[:, None, :]).reshape(n_perm, n * n)
         for model in np.unique(a):

@@ -121,10 +121,12 @@ def test_cross_shape_pairs_of_rotated_copies_score_one():
 
 # -- the verdict --------------------------------------------------------------------------
 
-def _pairs(sparsity: float, cross: list[float], same: list[float]) -> pl.DataFrame:
+def _pairs(sparsity: float, cross: list[float], same: list[float], pvalue: float = 0.01
+           ) -> pl.DataFrame:
     return pl.DataFrame({
         "sparsity": sparsity, "kind": ["cross_shape"] * len(cross) + ["same_shape"] * len(same),
-        "gram_cosine": cross + same, "null_mean": 0.2, "jaccard": 0.5, "jaccard_chance": 0.3})
+        "gram_cosine": cross + same, "gram_pvalue": pvalue, "null_mean": 0.2, "jaccard": 0.5,
+        "jaccard_chance": 0.3})
 
 
 def _shape_pairs(sparsity: float, rep_a: float, rep_b: float) -> pl.DataFrame:
@@ -143,17 +145,21 @@ def test_verdict_reads_synthetic_tables_with_known_answers():
     ])
     shape_pairs = pl.concat([_shape_pairs(0.0, 5, 5), _shape_pairs(0.5, 5, 12),
                              _shape_pairs(0.7, 5, 5), _shape_pairs(0.8, 5, 5)])
-    # sparsity 0.9: seeds compared, but no two shapes reached the same loss
-    pairs = pl.concat([pairs, _pairs(0.9, [], alike(6))])
+    # sparsity 0.9: seeds compared, but no two shapes reached the same loss;
+    # 0.95: iso-loss pairs, but seeds of one shape do not beat the permutation null
+    pairs = pl.concat([pairs, _pairs(0.9, [], alike(6)), _pairs(0.95, alike(8), alike(8), 0.4)])
+    shape_pairs = pl.concat([shape_pairs, _shape_pairs(0.95, 5, 12)])
     table = aspect.verdict(pairs, shape_pairs, KEYS).sort("sparsity")
     verdicts = dict(zip(table["sparsity"], table["verdict"]))
     assert verdicts == {0.0: "contradicts 2 (universality)",
                         0.5: "contradicts 1 (superposition complete)",
-                        0.7: "contradicts neither", 0.8: "cannot tell", 0.9: "cannot tell"}
+                        0.7: "contradicts neither", 0.8: "cannot tell", 0.9: "cannot tell",
+                        0.95: "cannot tell"}
     row = table.filter(pl.col("sparsity") == 0.0).row(0, named=True)
     assert row["pvalue_holm"] < 0.05 and row["pvalue_holm"] >= row["pvalue"]
     assert "Mann-Whitney" in row["test"]
     assert "no two shapes" in table.filter(pl.col("sparsity") == 0.9)["reason"][0]
+    assert "permutation null" in table.filter(pl.col("sparsity") == 0.95)["reason"][0]
 
 
 def test_holm_adjustment():

@@ -341,18 +341,20 @@ def test_compare_within_null_mean_is_the_exact_permutation_mean():
     assert np.allclose(out["null_mean"], exact, atol=4 * out["null_sd"].max() / np.sqrt(4000))
 
 
-@pytest.mark.parametrize("n,m,n_perm", [
-    (12, 3, 100),    # narrow models: the null from the weights
-    (6, 12, 100),    # wide models, small n: each model's permuted Grams gathered once
-    (300, 80, 60),   # wide models, large n: one permutation at a time per pair
+@pytest.mark.parametrize("n,m,n_perm,path", [
+    (12, 3, 100, "weights"),   # narrow models: the null from the weights
+    (12, 3, 100, "gram"),
+    (6, 12, 100, "gram"),      # wide models, small n: each model's permuted Grams gathered once
+    (300, 80, 60, "per_pair"),  # wide models, large n: one permutation at a time per pair
+    (300, 80, 60, "auto"),
 ])
-def test_compare_within_every_path_finds_a_rotated_copy_and_no_structure(n, m, n_perm):
+def test_compare_within_every_path_finds_a_rotated_copy_and_no_structure(n, m, n_perm, path):
     from sfs.universality import compare_pairs, compare_within
 
     rng = np.random.default_rng(7)
     W = [rng.normal(size=(n, m)) for _ in range(3)]
     W[2] = W[0] @ np.linalg.qr(rng.normal(size=(m, m)))[0]
-    out = compare_within(W, np.array([(0, 1), (0, 2)]), n_perm=n_perm, rng=rng)
+    out = compare_within(W, np.array([(0, 1), (0, 2)]), n_perm=n_perm, rng=rng, path=path)
     assert out["gram_cosine"][1] == pytest.approx(1.0)
     assert out["gram_pvalue"][1] == pytest.approx(1 / (n_perm + 1))
     reference = compare_pairs(W[0], W[1], n_perm=n_perm, rng=np.random.default_rng(0))
@@ -360,3 +362,17 @@ def test_compare_within_every_path_finds_a_rotated_copy_and_no_structure(n, m, n
     # independent random models: the observed cosine sits inside the permutation null
     assert out["gram_pvalue"][0] > 0.01
     assert abs(out["null_mean"][0] - float(reference["null_mean"])) < 5 * float(reference["null_sd"])
+
+
+def test_the_null_path_follows_the_cost_model():
+    from sfs.universality import _null_path
+
+    def choose(n, widths, seeds):
+        models = [(w, s) for w in widths for s in range(seeds)]
+        pairs = [(i, j) for i in range(len(models)) for j in range(i + 1, len(models))]
+        index = np.array(pairs)
+        return _null_path(np.array([w for w, _ in models]), index[:, 0], index[:, 1], n, 200)
+
+    assert choose(40, [5, 10, 20, 30], 8) == "gram"  # measured 4x faster than weights
+    assert choose(100, [5, 10, 20], 3) == "weights"  # measured 4.6x faster than gram
+    assert choose(1000, [200, 300], 2) == "per_pair"  # neither fits in memory
