@@ -96,7 +96,8 @@ def test_cli_runs_a_sweep_and_prints_how_to_browse_it(tmp_path):
     client, runs = _mlflow(tmp_path / "smoke", "smoke")
     (aggregate_run,) = [r for r in runs if r.data.tags.get("sfs.kind") == "aggregate"]
     logged = {a.path for a in client.list_artifacts(aggregate_run.info.run_id, "tables")}
-    assert logged == {f"tables/{t}.parquet" for t in ("metrics", "fits", "universality")}
+    assert logged == {f"tables/{t}.parquet" for t in ("metrics", "fits", "universality",
+                                                        "headline")}
     assert client.list_artifacts(aggregate_run.info.run_id, "report")
 
 
