@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py                     # both grids, 3 repeats (long: the naive
                                                         # tiny grid alone is 80 Ray trials a repeat)
-    python benchmarks/throughput.py --quick             # small grids: ~3 minutes on 2 idle cores
+    python benchmarks/throughput.py --quick             # the small tiny grid: under 3 minutes
     python benchmarks/throughput.py --grid tiny --repeats 5
     python benchmarks/throughput.py --grid large --naive-large
     python benchmarks/throughput.py --quick --grid tiny --steps 200 --repeats 1   # smoke check
@@ -443,7 +443,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="small grids (~3 minutes on 2 idle cores; start-up costs dominate)")
-    parser.add_argument("--grid", choices=("tiny", "large", "both"), default="both")
+    parser.add_argument("--grid", choices=("tiny", "large", "both"), default=None,
+                        help="default: both, or tiny with --quick (start-up costs dominate the "
+                             "quick grids: the large one adds minutes and tells nothing more)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode; the median counts")
     parser.add_argument("--naive-large", action="store_true",
                         help="also run the naive mode on the large grid (skipped by default)")
@@ -467,6 +469,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--modes must be a comma-separated subset of {','.join(MODES)}, "
                      f"got {args.modes!r}")
     args.modes = modes
+    if args.grid is None:
+        args.grid = "tiny" if args.quick else "both"
     if args.limit_workers is None:
         args.limit_workers = args.cpus
     if args.repeats < 1 or args.cpus < 1 or args.limit_workers < 1:
