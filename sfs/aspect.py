@@ -31,6 +31,8 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from sfs.metrics import cs_features_per_dimension
+
 log = logging.getLogger(__name__)
 
 # A comparison group: every spec field but the shape (width, depth) and the seed.
@@ -53,10 +55,10 @@ def nearest_budget(n_params: np.ndarray, budgets: list[int]) -> np.ndarray:
 def cs_capacity(n_features: int, width: int, sparsity: float) -> float:
     """Compressed-sensing estimate of the features a width-m layer holds:
     m * (-1 / ((1-S) ln(1-S))), capped at n (informative only for 1-S below ~0.3)."""
-    density = 1.0 - sparsity
-    if density >= 1.0:
+    ratio = cs_features_per_dimension(sparsity)
+    if math.isnan(ratio):  # dense: the estimate says nothing; a width holds its width
         return float(min(n_features, width))
-    return float(min(n_features, width * (-1.0 / (density * math.log(density)))))
+    return float(min(n_features, width * ratio))
 
 
 def _seed_mean_interval(values: np.ndarray, n_boot: int, ci: float,
@@ -90,7 +92,8 @@ def shape_summary(models: pl.DataFrame, keys: list[str], n_boot: int, ci: float,
                "n_represented": float(shape["n_represented"].mean()),
                "n_represented_sd": (float(shape["n_represented"].std()) if shape.height > 1
                                     else math.nan),
-               "cs_capacity": cs_capacity(int(shape["n_features"][0]), width, float(shape["sparsity"][0]))}
+               "cs_capacity": cs_capacity(int(shape["n_features"][0]), width,
+                                          float(shape["sparsity"][0]))}
         if has_layers:
             layers = np.array(shape["layer_represented"].to_list(), dtype=float)  # (seed, layer)
             row["layer_represented"] = layers.mean(axis=0).tolist()

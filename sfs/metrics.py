@@ -7,6 +7,8 @@ stream, to which every other function here applies.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 
 import numpy as np
@@ -123,3 +125,13 @@ def layer_feature_directions(params: Mapping[str, np.ndarray], family: str | Non
         zero = zero + np.maximum(zero @ A_l + c_l, 0.0) @ B_l
         layers.append(h - zero)
     return np.stack(layers, axis=-3)
+
+
+def cs_features_per_dimension(sparsity: float) -> float:
+    """Compressed-sensing estimate of the features one hidden dimension can hold,
+    n/m ~ -1 / ((1-S) ln(1-S)) (TMS; Katta 2024); NaN at S = 0, where it says nothing.
+    Informative only for 1-S below ~0.3 (its minimum, e, is at 1-S = 1/e)."""
+    density = 1.0 - sparsity
+    if density >= 1.0 or density <= 0.0:
+        return math.nan
+    return -1.0 / (density * math.log(density))

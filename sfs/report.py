@@ -43,10 +43,9 @@ def _plt():
 def cs_represented_bound(width: np.ndarray, n_features: int, sparsity: float) -> np.ndarray:
     """Compressed-sensing estimate of the fraction of features a width can hold:
     n/m ~ -1 / ((1-S) ln(1-S)), capped at 1; NaN where uninformative (S = 0)."""
-    density = 1.0 - sparsity
-    if density >= 1.0 or density <= 0.0:
-        return np.full(np.shape(width), np.nan)
-    ratio = -1.0 / (density * math.log(density))
+    from sfs.metrics import cs_features_per_dimension
+
+    ratio = cs_features_per_dimension(sparsity)
     return np.minimum(1.0, np.asarray(width, dtype=float) * ratio / n_features)
 
 

@@ -145,7 +145,7 @@ class PersistCallback(tune.Callback):
         try:
             write()
         except OSError as error:
-            self.store_error = _unwritable(part.store.dir / "weights", error)
+            self.store_error = _unwritable(part.store.dir, error)
             log.error("%s", self.store_error)
             if self.interrupt is not None:
                 self.interrupt.event.set()
@@ -400,7 +400,7 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
         try:
             tuner = _make_tuner(lead, items, resources, interrupt, persist, tune_dir, run_name)
         except OSError as error:  # Tune records its own state under paths.out_dir first
-            raise _unwritable(tune_dir, error) from error
+            raise _unwritable(tune_dir.parent, error) from error
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.getsignal(signal.SIGINT)
         if in_main_thread:  # signal handlers can only be set from the main thread
@@ -409,7 +409,7 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
         try:
             tuner.fit()
         except OSError as error:
-            persist.store_error = persist.store_error or _unwritable(tune_dir, error)
+            persist.store_error = persist.store_error or _unwritable(tune_dir.parent, error)
         except Exception as error:  # e.g. Ray killing workers for memory while they start
             # Everything finished so far is already in the store; say what happened and let
             # the summary count what is missing (re-running resumes from there).
@@ -429,7 +429,7 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
 
 
 def _unwritable(folder: Path, error: OSError) -> StoreError:
-    return StoreError(f"cannot write the results store at {folder.parent}: "
+    return StoreError(f"cannot write the results store at {folder}: "
                       f"{error.strerror or error}. Every pack finished before this is stored; "
                       "free space (or fix permissions) and run the same command again to resume")
 

@@ -168,3 +168,13 @@ def test_layer_directions_refuse_arrays_of_another_family():
         layer_feature_directions({"W": W}, "deep")
     with pytest.raises(ValueError, match="has no residual blocks"):
         layer_feature_directions({"W": W, **_blocks(1, 2)}, "relu_output")
+
+
+def test_compressed_sensing_estimate_known_values():
+    import math
+
+    from sfs.metrics import cs_features_per_dimension
+
+    assert cs_features_per_dimension(0.9) == pytest.approx(1 / (0.1 * math.log(10)))
+    assert cs_features_per_dimension(1 - 1 / math.e) == pytest.approx(math.e)  # its minimum
+    assert math.isnan(cs_features_per_dimension(0.0))
