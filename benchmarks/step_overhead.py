@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sfs.plan import ModelSpec, Pack  # noqa: E402
 from sfs.training import build_model, pack_tensors, train_pack, weighted_mse  # noqa: E402
 from sfs import data as sfs_data  # noqa: E402
+from sfs.spec import derive_seed  # noqa: E402
 
 
 def make_pack(n: int, m: int, models: int, steps: int, batch: int) -> Pack:
@@ -41,7 +42,7 @@ def bare_loop(pack: Pack) -> float:
     model = build_model(pack)
     probs, importance, _ = pack_tensors(pack)
     spec = pack.shape
-    sampler = sfs_data.PackedSampler(probs, [sfs_data.derive_seed(s.seed, "data") for s in pack.models],
+    sampler = sfs_data.PackedSampler(probs, [derive_seed(s.seed, "data") for s in pack.models],
                                      spec.batch_size, spec.max_magnitude, torch.device("cpu"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
     for _ in range(spec.steps):

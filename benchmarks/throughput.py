@@ -16,6 +16,9 @@ size, learning rate) it times three ways of training them:
   the shapes are spread over ``--limit-workers`` single-threaded processes (default: as many
   as the cores sfs gets, ``--cpus``, so that both use the same hardware; 1 trains them one
   after the other in this process).
+- limit_packed: the same bare loop on sfs's packs (sfs may split a shape to keep its slots
+  busy: 80 models in 5 shapes on 2 slots run as 10 packs of 8). limit has one pack per
+  shape, so sfs/limit credits sfs's scheduling; sfs/limit_packed is orchestration alone.
 - naive: what a typical user writes: one Ray Tune trial per model (``ray.init(num_cpus=2)``,
   no actor reuse), each running a default ``lightning.Trainer`` (progress bar, model
   summary, checkpointing all at their defaults) with an ``MLFlowLogger`` to a SQLite
@@ -28,10 +31,10 @@ size, learning rate) it times three ways of training them:
 Throughput is model-steps/s: models x steps / wall seconds, from the median of
 ``--repeats`` runs (the modes are interleaved per repeat so that background load drifts
 over all of them alike). For each grid it prints one JSON object with every timing and the
-ratios ``sfs/limit`` and ``sfs/naive`` (throughput of sfs over that of the other), then one
-line per grid (``tiny: sfs/limit=.. sfs/naive=..``) and, last, ``sfs/limit=<x>
-sfs/naive=<y>`` of the tiny grid (of the only grid run, with ``--grid large``); a ratio that
-was not measured prints as ``nan``.
+ratios ``sfs/limit``, ``sfs/limit_packed`` and ``sfs/naive`` (throughput of sfs over that of
+the other), then one line per grid (``tiny: sfs/limit=.. sfs/naive=.. sfs/limit_packed=..``)
+and, last, ``sfs/limit=<x> sfs/naive=<y>`` of the tiny grid (of the only grid run, with
+``--grid large``); a ratio that was not measured prints as ``nan``.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("limit", "naive", "sfs")
+MODES = ("limit", "limit_packed", "naive", "sfs")
 
 
 @dataclass(frozen=True)
@@ -171,12 +174,19 @@ def warm_up(grid: Grid) -> None:
         train_limit_shape(replace(grid, steps=2), width, grid.models()[:1])
 
 
-def run_limit(grid: Grid, workers: int) -> dict:
+def run_limit(grid: Grid, workers: int, pack_size: int | None = None) -> dict:
+    """One batched model per shape, or (pack_size) each shape split into near-equal packs
+    of at most pack_size, as sfs.plan.make_packs splits it."""
     by_width: dict[int, list[dict]] = {}
     for model in grid.models():
         by_width.setdefault(model["width"], []).append(model)
-    # Largest shapes first, as sfs schedules its packs, so N workers finish together.
-    shapes = sorted(by_width.items(), key=lambda item: item[0], reverse=True)
+    shapes = []
+    for width, models in by_width.items():
+        n_packs = 1 if pack_size is None else math.ceil(len(models) / pack_size)
+        size = math.ceil(len(models) / n_packs)
+        shapes += [(width, models[i:i + size]) for i in range(0, len(models), size)]
+    # Largest first, as sfs schedules its packs, so N workers finish together.
+    shapes.sort(key=lambda item: (len(item[1]), item[0]), reverse=True)
     if workers <= 1:
         threads = torch.get_num_threads()
         try:
@@ -341,7 +351,7 @@ def sfs_plan(grid: Grid, cpus: int) -> dict:
     slots = max(1, int(cpus // cfg.cluster.cpus_per_trial))
     size = cfg.sweep.pack_size or auto_pack_size(specs, slots)
     packs = make_packs(cfg.sweep.name, specs, size)
-    return {"pack_sizes": [len(p.models) for p in packs], "slots": slots}
+    return {"pack_size": size, "pack_sizes": [len(p.models) for p in packs], "slots": slots}
 
 
 def run_sfs(grid: Grid, cpus: int, workdir: Path, timeout: float, aggregate: bool) -> dict:
@@ -400,7 +410,7 @@ def benchmark_grid(grid: Grid, modes: list[str], args: argparse.Namespace, tmp: 
     report = {"grid": asdict(grid), "n_models": grid.n_models, "model_steps": grid.model_steps,
               "cpus": args.cpus, "limit_workers": args.limit_workers, "repeats": args.repeats,
               "sfs_aggregate": args.sfs_aggregate}
-    if "sfs" in modes:
+    if "sfs" in modes or "limit_packed" in modes:
         report["sfs_plan"] = sfs_plan(grid, args.cpus)
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for repeat in range(args.repeats):
@@ -408,6 +418,8 @@ def benchmark_grid(grid: Grid, modes: list[str], args: argparse.Namespace, tmp: 
             workdir = tmp / f"{grid.name}-{mode}-{repeat}"
             if mode == "limit":
                 run = run_limit(grid, args.limit_workers)
+            elif mode == "limit_packed":
+                run = run_limit(grid, args.limit_workers, report["sfs_plan"]["pack_size"])
             elif mode == "naive":
                 run = run_naive(grid, args.cpus, workdir, args.timeout)
             else:
@@ -419,7 +431,8 @@ def benchmark_grid(grid: Grid, modes: list[str], args: argparse.Namespace, tmp: 
                   f"{grid.model_steps / run['wall_s']:10.1f} model-steps/s", flush=True)
     for mode in MODES:
         report[mode] = summarise(runs[mode], grid.model_steps) if runs.get(mode) else None
-    report["ratios"] = {f"sfs/{other}": ratio(report, other) for other in ("limit", "naive")}
+    report["ratios"] = {f"sfs/{other}": ratio(report, other)
+                        for other in ("limit", "limit_packed", "naive")}
     return report
 
 
@@ -450,7 +463,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-large", action="store_true",
                         help="also run the naive mode on the large grid (skipped by default)")
     parser.add_argument("--modes", default=",".join(MODES),
-                        help="comma-separated subset of limit,naive,sfs (default: all)")
+                        help=f"comma-separated subset of {','.join(MODES)} (default: all)")
     parser.add_argument("--steps", type=int, default=None, help="override every grid's steps")
     parser.add_argument("--cpus", type=int, default=2,
                         help="Ray CPUs of naive (ray.init(num_cpus=...)) and sfs (cluster.num_cpus)")
@@ -507,7 +520,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     for name, report in reports.items():
-        print(f"{name}: {ratio_line(report)}")
+        packed = report["ratios"]["sfs/limit_packed"]
+        print(f"{name}: {ratio_line(report)} sfs/limit_packed="
+              f"{'nan' if packed is None else f'{packed:.3g}'}")
     print(ratio_line(reports.get("tiny") or next(iter(reports.values()))))
 
 

@@ -42,9 +42,9 @@ import polars as pl
 
 from sfs import metrics as M
 from sfs.config import AggregateConfig, Config
-from sfs.data import derive_seed
 from sfs.headline import liu_headline
 from sfs.plan import ModelSpec, plan_models
+from sfs.spec import derive_seed
 from sfs.store import TrialStore, atomic_write_bytes
 
 log = logging.getLogger(__name__)

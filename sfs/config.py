@@ -15,8 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from sfs.data import FeatureDist
-from sfs.models import FAMILIES
+from sfs.spec import FAMILIES, FeatureDist
 from sfs.shapes import ShapeChoice, plan_shapes, shape_problems
 
 
@@ -227,7 +226,7 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     scale: int = 1
     scale_batch: bool = False  # sweep.scale also multiplies the batch size (scaling: Liu's budget)
-    pack_size: int = 0  # models trained together in one trial; 0: automatic
+    pack_size: int = 0  # models trained together in one trial; 0: automatic (plan.auto_pack_size)
 
     def __post_init__(self) -> None:
         _require(_is_int(self.scale) and self.scale >= 1, "sweep.scale", "an integer >= 1", self.scale)

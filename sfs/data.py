@@ -16,43 +16,10 @@ A feature i fires with probability p_i; when it fires its value is uniform in
 
 from __future__ import annotations
 
-import hashlib
-import re
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-_POWER = re.compile(r"^power:(?P<a>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")
-
-
-@dataclass(frozen=True)
-class FeatureDist:
-    """Parsed feature distribution: ``uniform`` or ``power:<a>`` with exponent a >= 0."""
-
-    kind: str
-    exponent: float = 0.0
-
-    @classmethod
-    def parse(cls, text: str) -> FeatureDist:
-        if text == "uniform":
-            return cls("uniform")
-        match = _POWER.match(text)
-        if match is None:
-            raise ValueError(
-                f"feature distribution {text!r} is not 'uniform' or 'power:<a>' with a >= 0 "
-                "(e.g. 'power:1.2')"
-            )
-        return cls("power", float(match["a"]))
-
-
-def derive_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for one named random stream of one model (e.g. "data", "init").
-
-    Hash-derived so streams are independent of each other and of every other seed value.
-    """
-    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from sfs.spec import FeatureDist
 
 
 def feature_probabilities(n_features: int, sparsity: float, feature_dist: str) -> Tensor:

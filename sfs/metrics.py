@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from sfs import spec
+
 REPRESENTED_NORM = 0.5  # a feature is represented when ||W_i|| > 0.5
 
 
@@ -105,9 +107,7 @@ def layer_feature_directions(params: Mapping[str, np.ndarray], family: str | Non
     match it, so a deep model's weights without blocks cannot pass as depth 0.
     """
     if family is not None:
-        from sfs.models import family_class  # lazily: the metrics need no torch
-
-        has_blocks = family_class(family).max_depth > 0
+        has_blocks = spec.family(family).max_depth > 0
         if has_blocks != ("A" in params):
             raise ValueError(f"family {family!r} {'needs' if has_blocks else 'has no'} "
                              f"residual blocks (A, c, B); got arrays {sorted(params)}")

@@ -5,9 +5,10 @@ of models (Elhage et al. 2022). Instances never interact: each has its own param
 the packed loss is a sum of per-instance losses, so instance i's gradient (and its Adam
 state) is exactly what it would be if it were trained alone.
 
-Families register themselves in ``FAMILIES``; adding one means a subclass with ``n_params``
-and ``forward`` (and ``init_extra`` / ``extra_parameters`` / ``feature_matrices`` when it
-has parameters beyond W and b) and one registry line. ``deep`` / ``deep_tied`` add residual
+A family's name, depth limit and parameter count live in ``sfs.spec`` (torch-free, for the
+planner and the aggregator); adding one means an entry there, a subclass here with
+``forward`` (and ``init_extra`` / ``extra_parameters`` / ``feature_matrices`` when it has
+parameters beyond W and b) and one ``MODEL_CLASSES`` line. ``deep`` / ``deep_tied`` add residual
 MLP blocks, so shape can change at a fixed parameter budget.
 """
 
@@ -19,6 +20,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from sfs.spec import FAMILIES, Family
+
 
 class PackedToyModel(nn.Module):
     """Base class: W ``(instance, feature, hidden)`` and b ``(instance, feature)``.
@@ -27,12 +30,13 @@ class PackedToyModel(nn.Module):
     Subclasses define how a batch ``(instance, batch, feature)`` maps to reconstructions.
     """
 
-    max_depth: ClassVar[int] = 0
+    family: ClassVar[Family]  # name, depth limit, parameter count
 
     def __init__(self, n_instances: int, n_features: int, width: int, depth: int = 0) -> None:
         super().__init__()
-        if depth > self.max_depth:
-            raise ValueError(f"{type(self).__name__} supports depth <= {self.max_depth}, got {depth}")
+        if depth > self.family.max_depth:
+            raise ValueError(f"{type(self).__name__} supports depth <= {self.family.max_depth}, "
+                             f"got {depth}")
         self.n_instances = n_instances
         self.n_features = n_features
         self.width = width
@@ -42,8 +46,9 @@ class PackedToyModel(nn.Module):
 
     @classmethod
     def n_params(cls, n_features: int, width: int, depth: int = 0) -> int:
-        """Trainable parameters of one instance (W and b_final)."""
-        return n_features * width + n_features
+        """Trainable parameters of one instance, as ``sfs.spec`` counts them (the planner's
+        count; tests/test_models.py checks it against this module's parameters)."""
+        return cls.family.n_params(n_features, width, depth)
 
     @torch.no_grad()
     def init_instance(
@@ -99,6 +104,8 @@ class PackedToyModel(nn.Module):
 class ReLUOutputModel(PackedToyModel):
     """x' = ReLU(W W^T x + b): the model of Toy Models of Superposition (tied weights)."""
 
+    family = FAMILIES["relu_output"]
+
     def forward(self, x: Tensor) -> Tensor:
         h = self.hidden(x)  # (instance, batch, hidden)
         out = torch.baddbmm(self.b_final.unsqueeze(1), h, self.W.transpose(1, 2))
@@ -107,6 +114,8 @@ class ReLUOutputModel(PackedToyModel):
 
 class LinearModel(PackedToyModel):
     """x' = W W^T x + b: no nonlinearity, learns only the top-`width` features (PCA-like)."""
+
+    family = FAMILIES["linear"]
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.hidden(x)
@@ -126,7 +135,7 @@ class DeepModel(PackedToyModel):
     A[k, l][j, j'] maps dimension j to j'), c ``(instance, depth, hidden)``.
     """
 
-    max_depth: ClassVar[int] = 64
+    family = FAMILIES["deep"]
     tied: ClassVar[bool] = False
 
     def __init__(self, n_instances: int, n_features: int, width: int, depth: int = 0) -> None:
@@ -138,12 +147,6 @@ class DeepModel(PackedToyModel):
         self.A = nn.Parameter(torch.zeros(n_instances, depth, width, width))
         self.c = nn.Parameter(torch.zeros(n_instances, depth, width))
         self.B = nn.Parameter(torch.zeros(n_instances, depth, width, width))
-
-    @classmethod
-    def n_params(cls, n_features: int, width: int, depth: int = 0) -> int:
-        """W, b_final, (W_out,) and per block A, B (hidden x hidden) and c (hidden)."""
-        embeddings = (1 if cls.tied else 2) * n_features * width
-        return embeddings + n_features + depth * (2 * width * width + width)
 
     @torch.no_grad()
     def init_extra(self, k: int, generator: torch.Generator, scheme: str) -> None:
@@ -188,10 +191,11 @@ class DeepModel(PackedToyModel):
 class DeepTiedModel(DeepModel):
     """``DeepModel`` with W_out = W (tied embeddings); depth 0 is ``ReLUOutputModel``."""
 
+    family = FAMILIES["deep_tied"]
     tied: ClassVar[bool] = True
 
 
-FAMILIES: dict[str, type[PackedToyModel]] = {
+MODEL_CLASSES: dict[str, type[PackedToyModel]] = {
     "relu_output": ReLUOutputModel,
     "linear": LinearModel,
     "deep": DeepModel,
@@ -201,6 +205,6 @@ FAMILIES: dict[str, type[PackedToyModel]] = {
 
 def family_class(name: str) -> type[PackedToyModel]:
     try:
-        return FAMILIES[name]
+        return MODEL_CLASSES[name]
     except KeyError:
-        raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}") from None
+        raise ValueError(f"unknown model family {name!r}; known: {sorted(MODEL_CLASSES)}") from None

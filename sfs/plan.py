@@ -10,13 +10,14 @@ importance, feature distribution, weight decay and seed.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, fields
 
 from sfs.config import Config
-from sfs.models import family_class
+from sfs import spec
 
 # Fields a pack's models may differ in; every other field is shared by the pack.
 PER_MODEL_FIELDS = ("sparsity", "importance", "feature_dist", "weight_decay", "seed")
@@ -53,7 +54,7 @@ class ModelSpec:
 
     @property
     def n_params(self) -> int:
-        return family_class(self.family).n_params(self.n_features, self.width, self.depth)
+        return spec.family(self.family).n_params(self.n_features, self.width, self.depth)
 
     @property
     def pack_key(self) -> tuple:
@@ -89,9 +90,8 @@ class Pack:
 
     @property
     def cost(self) -> float:
-        """Relative training cost (multiply-adds), for scheduling the largest packs first."""
-        spec = self.shape
-        return float(len(self.models) * spec.steps * spec.batch_size * spec.n_params)
+        """Estimated seconds to train (``pack_seconds``), for scheduling the largest first."""
+        return pack_seconds(self.shape, len(self.models))
 
     def to_dict(self) -> dict:
         return {"sweep": self.sweep, "models": [asdict(m) for m in self.models]}
@@ -134,16 +134,62 @@ def plan_models(cfg: Config) -> list[ModelSpec]:
 _MAX_BATCH_ELEMENTS = 1 << 22
 _MAX_PACK = 64
 
+# Cost of one training step of a pack of k models on one CPU core: STEP_S + k * per-model
+# cost. Fitted to benchmarks/README.md's pack-size table (2026-11, one torch thread): n=20
+# k=1..32 gives 0.4 ms + k * 0.30-0.37 ms; n=1000 gives 2 ms + k * 11-15 ms. A model's cost is
+# per element of its (batch, feature) input (sampling, ReLU, loss: ~15 ns) plus the matmuls
+# (embedding ~0.15 ns per batch x feature x hidden, each residual block 2 x hidden^2).
+# Only ratios matter: they decide how many packs balance the slots against the per-step
+# and per-trial overhead that smaller packs pay more often.
+_STEP_S = 4e-4
+_ELEMENT_S = 15e-9
+_MATMUL_S = 0.15e-9
+_TRIAL_S = 0.3  # per pack: Trainer, evaluation, storing, Tune's hand-over (actors reused)
+
+
+def pack_seconds(shape: ModelSpec, n_models: int) -> float:
+    """Estimated wall seconds to train a pack of ``n_models`` models of ``shape``."""
+    per_model = shape.batch_size * (
+        _ELEMENT_S * shape.n_features
+        + _MATMUL_S * (shape.n_features * shape.width + 2 * shape.depth * shape.width ** 2))
+    return shape.steps * (_STEP_S + n_models * per_model) + _TRIAL_S
+
+
+def estimated_makespan(groups: list[tuple[ModelSpec, int]], pack_size: int, n_slots: int) -> float:
+    """Seconds until the last pack finishes when each (shape, count) group is split into
+    near-equal packs of at most ``pack_size`` and packs go largest first to the slot that
+    frees up first (as Tune hands them out)."""
+    times = []
+    for shape, count in groups:
+        n_packs = math.ceil(count / pack_size)
+        small, n_large = divmod(count, n_packs)  # n_large packs of small + 1, the rest of small
+        times += [pack_seconds(shape, small + 1)] * n_large
+        times += [pack_seconds(shape, small)] * (n_packs - n_large)
+    slots = [0.0] * max(1, min(n_slots, len(times)))
+    for t in sorted(times, reverse=True):
+        heapq.heapreplace(slots, slots[0] + t)
+    return max(slots)
+
 
 def auto_pack_size(specs: list[ModelSpec], n_slots: int) -> int:
-    """Large enough to amortise per-step overhead, small enough to give every trial slot
-    about two packs to work on (so the last packs finish together)."""
+    """The pack size whose packs the slots finish soonest (``estimated_makespan``).
+
+    Bigger packs amortise per-step and per-trial overhead; smaller ones let the slots share
+    the work evenly (80 models in 5 shapes of 16 on 2 slots: packs of 16 leave one slot
+    idle for the last; packs of 8 or 6 do not). Capped so a pack's batch stays near 16 MB.
+    """
     if not specs:
         return 1
-    per_slot = math.ceil(len(specs) / (2 * max(1, n_slots)))
+    counts: dict[tuple, int] = {}
+    shapes: dict[tuple, ModelSpec] = {}
+    for spec in specs:
+        counts[spec.pack_key] = counts.get(spec.pack_key, 0) + 1
+        shapes.setdefault(spec.pack_key, spec)
+    groups = [(shapes[key], count) for key, count in counts.items()]
     largest = max(s.batch_size * s.n_features for s in specs)
-    memory_cap = max(1, _MAX_BATCH_ELEMENTS // largest)
-    return max(1, min(per_slot, memory_cap, _MAX_PACK))
+    cap = max(1, min(_MAX_BATCH_ELEMENTS // largest, _MAX_PACK, max(counts.values())))
+    # ties go to the larger size: fewer packs, fewer MLflow runs and weights files
+    return min(range(cap, 0, -1), key=lambda size: estimated_makespan(groups, size, n_slots))
 
 
 def make_packs(sweep_name: str, specs: list[ModelSpec], pack_size: int) -> list[Pack]:

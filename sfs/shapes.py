@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sfs.models import family_class
+from sfs import spec
 
 MAX_WIDTH = 1_000_000
 
@@ -36,7 +36,7 @@ def width_for_budget(family: str, n_features: int, depth: int, budget: int) -> S
     n_params grows strictly with width, so a bisection finds the first width at or above
     the budget; the answer is it or the width below.
     """
-    count = family_class(family).n_params
+    count = spec.family(family).n_params
     low, high = 1, MAX_WIDTH
     while low < high:  # first width with count >= budget (or MAX_WIDTH)
         mid = (low + high) // 2

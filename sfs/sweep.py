@@ -17,6 +17,7 @@ import shutil
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class Part:
     planned: list[ModelSpec]
     todo: list[ModelSpec]
     packs: list[Pack] = field(default_factory=list)
+    stored_run_ids: set[str] = field(default_factory=set)  # MLflow runs the store refers to
 
     @property
     def name(self) -> str:
@@ -234,7 +236,8 @@ def persist_failure(part: Part, pack: Pack, error: str, started_ms: int) -> None
 
 
 def prepare_part(cfg: Config) -> Part:
-    """Open the store (refusing a corrupt one), connect MLflow, and find what is left."""
+    """Open the store (refusing a corrupt one) and find what is left to train. MLflow is
+    connected separately (``connect_trackers``): it can set up while Ray starts."""
     sweep_dir = Path(cfg.paths.out_dir) / cfg.sweep.name
     store = TrialStore(sweep_dir).open_for_writing()
     try:
@@ -244,18 +247,25 @@ def prepare_part(cfg: Config) -> Part:
         if cfg.sweep.param_budgets:  # the planner explains its shapes, on screen and on disk
             write_shapes(cfg, sweep_dir)
         table = store.consolidate()  # folds in parts a killed driver left behind
-        tracker = None
-        if cfg.tracking.enabled:
-            uri = cfg.tracking.uri or default_uri(sweep_dir)
-            tracker = Tracker(uri, cfg.tracking.experiment or cfg.sweep.name, sweep_dir)
-            tracker.tidy(set(table["mlflow_run_id"].drop_nulls().to_list()))
         planned = plan_models(cfg)
         done = set(table.filter(table["status"].is_in(DONE_STATUSES))["model_id"].to_list())
         todo = [spec for spec in planned if spec.model_id not in done]
     except BaseException:
         store.close()
         raise
-    return Part(cfg, store, tracker, planned, todo)
+    return Part(cfg, store, None, planned, todo,
+                stored_run_ids=set(table["mlflow_run_id"].drop_nulls().to_list()))
+
+
+def connect_trackers(parts: list[Part]) -> None:
+    """Connect each part to its MLflow experiment and tidy what a killed launch left there
+    (raises TrackingError). Creating a fresh SQLite store takes seconds (schema migrations)."""
+    for part in parts:
+        cfg = part.cfg
+        if cfg.tracking.enabled:
+            uri = cfg.tracking.uri or default_uri(part.store.dir)
+            part.tracker = Tracker(uri, cfg.tracking.experiment or cfg.sweep.name, part.store.dir)
+            part.tracker.tidy(part.stored_run_ids)
 
 
 def write_shapes(cfg: Config, sweep_dir: Path) -> None:
@@ -330,6 +340,8 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
         n_packs, interrupted = 0, False
         if any(part.todo for part in parts):
             n_packs, interrupted = _run_tune(parts)
+        else:
+            connect_trackers(parts)
         return _summarise(parts, time.perf_counter() - started, n_packs, interrupted)
     finally:
         for part in parts:
@@ -373,7 +385,21 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
     import ray
 
     lead = parts[0].cfg
-    started_ray = _start_ray(lead)
+    # MLflow sets up (imports, SQLite schema) in a thread while Ray starts its processes:
+    # ray.init mostly waits on them, so the two overlap instead of adding up (~2 s).
+    with ThreadPoolExecutor(1, thread_name_prefix="sfs-mlflow") as pool:
+        trackers = pool.submit(connect_trackers, parts)
+        try:
+            started_ray = _start_ray(lead)
+        except BaseException:
+            trackers.cancel()
+            raise
+        try:
+            trackers.result()  # TrackingError: before any training
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
     try:
         resources, slots = _trial_resources(lead)
         all_todo = [spec for part in parts for spec in part.todo]

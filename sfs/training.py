@@ -14,7 +14,6 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,37 +23,12 @@ from sfs import data as sfs_data
 from sfs.metrics import frobenius_sq, n_represented
 from sfs.models import PackedToyModel, family_class
 from sfs.plan import ModelSpec, Pack
+from sfs.results import ModelResult, PackResult
+from sfs.spec import derive_seed
 
 log = logging.getLogger(__name__)
 
 EVAL_CHUNK = 4096  # held-out samples per forward pass: bounds eval memory for wide models
-
-
-@dataclass
-class ModelResult:
-    model_id: str
-    W: np.ndarray  # (feature, hidden) float32
-    b: np.ndarray  # (feature,)
-    loss: float  # final loss on the fixed held-out batch
-    train_loss: float  # last logged training loss
-    curve: np.ndarray  # (n_logs,) training loss at curve_steps
-    status: str  # ok | diverged
-    n_represented: int
-    frobenius_sq: float
-    # parameters beyond W and b, by stored name (deep families: W_out (feature, hidden) when
-    # untied, A and B (depth, hidden, hidden), c (depth, hidden)); empty for one-layer models
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
-class PackResult:
-    pack_id: str
-    models: list[ModelResult]
-    curve_steps: np.ndarray  # (n_logs,)
-    device: str
-    wall_s: float  # training + evaluation of the whole pack
-    steps_done: int
-    node: str | None = None  # the Ray node that trained it (set by the trial)
 
 
 def lr_factor(step: int, steps: int, schedule: str, warmup_steps: int, final_ratio: float) -> float:
@@ -74,7 +48,7 @@ def build_model(pack: Pack) -> PackedToyModel:
     shape = pack.shape
     model = family_class(shape.family)(len(pack.models), shape.n_features, shape.width, shape.depth)
     for k, spec in enumerate(pack.models):
-        generator = torch.Generator().manual_seed(sfs_data.derive_seed(spec.seed, "init"))
+        generator = torch.Generator().manual_seed(derive_seed(spec.seed, "init"))
         model.init_instance(k, generator, spec.init, spec.bias_init_std)
     return model
 
@@ -147,7 +121,7 @@ def make_module(pack: Pack, log_every: int):
             return [optimizer], [scheduler]
 
         def on_train_start(self) -> None:
-            seeds = [sfs_data.derive_seed(s.seed, "data") for s in self.pack.models]
+            seeds = [derive_seed(s.seed, "data") for s in self.pack.models]
             self.sampler = sfs_data.PackedSampler(
                 self.probs, seeds, self.spec.batch_size, self.spec.max_magnitude, self.device)
             self.curve = torch.full((len(self.curve_steps), len(self.pack.models)), float("nan"),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sfs import data
+from sfs import data, spec
 
 
 def test_uniform_probabilities_and_importance():
@@ -24,7 +24,7 @@ def test_power_law_probabilities_keep_the_mean_rate():
 @pytest.mark.parametrize("text", ["zipf", "power:", "power:-1", "power:abc", "Uniform"])
 def test_bad_feature_distributions_are_rejected(text):
     with pytest.raises(ValueError, match="power:<a>"):
-        data.FeatureDist.parse(text)
+        spec.FeatureDist.parse(text)
 
 
 def test_sampler_firing_rate_and_magnitudes_match_the_config():
@@ -62,8 +62,8 @@ def test_a_models_stream_does_not_depend_on_its_pack_mates():
 
 
 def test_derived_seeds_are_stable_and_distinct():
-    assert data.derive_seed(0, "data") == data.derive_seed(0, "data")
-    seeds = {data.derive_seed(s, stream) for s in range(100) for stream in ("data", "init")}
+    assert spec.derive_seed(0, "data") == spec.derive_seed(0, "data")
+    seeds = {spec.derive_seed(s, stream) for s in range(100) for stream in ("data", "init")}
     assert len(seeds) == 200
     assert all(0 <= s < 2**63 for s in seeds)
 

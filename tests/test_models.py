@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from sfs.models import FAMILIES, DeepModel, DeepTiedModel, ReLUOutputModel, family_class
+from sfs import spec
+from sfs.models import MODEL_CLASSES, DeepModel, DeepTiedModel, ReLUOutputModel, family_class
 
 
 def _init(family: str, n_instances: int, n: int, m: int, depth: int, seed: int = 0,
@@ -27,15 +28,21 @@ SHAPES = [(5, 2, 0), (20, 5, 1), (7, 3, 4), (40, 10, 2)]
 
 
 @pytest.mark.parametrize("family, n, m, depth", [
-    (family, n, m, depth) for family in sorted(FAMILIES) for n, m, depth in SHAPES
-    if depth <= FAMILIES[family].max_depth
+    (family, n, m, depth) for family in sorted(spec.FAMILIES) for n, m, depth in SHAPES
+    if depth <= spec.FAMILIES[family].max_depth
 ])
 def test_analytic_parameter_count_matches_the_module(family, n, m, depth):
-    cls = family_class(family)
-    model = cls(3, n, m, depth)  # 3 instances
+    # The planner counts with sfs.spec (no torch); the module is what trains.
+    model = family_class(family)(3, n, m, depth)  # 3 instances
     counted = sum(p.numel() for p in model.parameters())
     assert counted % 3 == 0
-    assert cls.n_params(n, m, depth) == counted // 3
+    assert spec.family(family).n_params(n, m, depth) == counted // 3
+
+
+def test_every_family_has_a_module_and_the_module_names_its_family():
+    assert sorted(MODEL_CLASSES) == sorted(spec.FAMILIES)
+    for name, cls in MODEL_CLASSES.items():
+        assert cls.family is spec.FAMILIES[name]
 
 
 def test_deep_parameter_count_formula():
@@ -49,8 +56,8 @@ def test_deep_parameter_count_formula():
 def test_depth_is_bounded_per_family():
     with pytest.raises(ValueError, match="depth <= 0"):
         family_class("relu_output")(1, 5, 2, depth=1)
-    assert DeepModel.max_depth >= 64 and DeepTiedModel.max_depth >= 64
-    DeepModel(1, 5, 2, depth=DeepModel.max_depth)  # the bound itself is allowed
+    assert DeepModel.family.max_depth >= 64 and DeepTiedModel.family.max_depth >= 64
+    DeepModel(1, 5, 2, depth=DeepModel.family.max_depth)  # the bound itself is allowed
 
 
 @pytest.mark.parametrize("scheme", ["xavier_normal", "normal"])

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from sfs.launch import load_configs
-from sfs.plan import PER_MODEL_FIELDS, ModelSpec, Pack, auto_pack_size, make_packs, plan_models
+from sfs.plan import (PER_MODEL_FIELDS, ModelSpec, Pack, auto_pack_size, estimated_makespan,
+                      make_packs, pack_seconds, plan_models)
 
 from conftest import tiny_spec
 
@@ -65,10 +66,38 @@ def test_packs_cover_every_model_once_and_share_shape(pack_size):
 
 def test_auto_pack_size_balances_slots_and_memory():
     small = [tiny_spec(seed=s) for s in range(100)]
-    assert auto_pack_size(small, n_slots=2) == 25  # two packs per slot
-    assert auto_pack_size(small, n_slots=1000) == 1
+    assert auto_pack_size(small, n_slots=1000) == 1  # a slot per model: no reason to wait
     wide = [tiny_spec(seed=s, n_features=100_000, batch_size=1024) for s in range(100)]
     assert auto_pack_size(wide, n_slots=1) == 1  # a pack's batch must stay ~16 MB
+    one_slot = [tiny_spec(seed=s, steps=2000) for s in range(40)]
+    assert auto_pack_size(one_slot, n_slots=1) == 40  # nothing to balance: one big pack
+
+
+def test_auto_pack_size_splits_shapes_when_whole_shapes_leave_a_slot_idle():
+    # 5 shapes x 16 models on 2 slots: one pack per shape runs in 3 rounds, one slot idle in
+    # the last; halves (8 models) run in 5 rounds of half the time: 2.5 rounds' worth.
+    grid = [tiny_spec(n_features=20, width=m, seed=s, steps=2000, batch_size=1024)
+            for m in (2, 4, 6, 8, 10) for s in range(16)]
+    groups = [(tiny_spec(n_features=20, width=m, steps=2000, batch_size=1024), 16)
+              for m in (2, 4, 6, 8, 10)]
+    size = auto_pack_size(grid, n_slots=2)
+    assert {len(p.models) for p in make_packs("s", grid, size)} == {8}
+    whole, chosen = estimated_makespan(groups, 16, 2), estimated_makespan(groups, size, 2)
+    assert chosen < 0.95 * whole
+
+
+def test_estimated_makespan_schedules_largest_first_on_the_freest_slot():
+    shape = tiny_spec(steps=1000)
+    one = pack_seconds(shape, 1)
+    assert estimated_makespan([(shape, 4)], 1, n_slots=2) == pytest.approx(2 * one)
+    assert estimated_makespan([(shape, 3)], 1, n_slots=2) == pytest.approx(2 * one)  # 2 + 1
+    assert estimated_makespan([(shape, 4)], 1, n_slots=8) == pytest.approx(one)
+    assert estimated_makespan([(shape, 4)], 4, n_slots=2) == pytest.approx(pack_seconds(shape, 4))
+    # a pack of k costs less than k packs of one (per-step overhead is paid once) ...
+    assert pack_seconds(shape, 4) < 4 * one
+    # ... and, once a model's own work outweighs that overhead, more than two alone
+    busy = tiny_spec(n_features=20, batch_size=1024, steps=100_000)
+    assert pack_seconds(busy, 4) > 2 * pack_seconds(busy, 1)
 
 
 def test_pack_round_trips_through_a_dict():
