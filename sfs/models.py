@@ -136,7 +136,6 @@ class DeepModel(PackedToyModel):
     """
 
     family = FAMILIES["deep"]
-    tied: ClassVar[bool] = False
 
     def __init__(self, n_instances: int, n_features: int, width: int, depth: int = 0) -> None:
         super().__init__(n_instances, n_features, width, depth)
@@ -147,6 +146,11 @@ class DeepModel(PackedToyModel):
         self.A = nn.Parameter(torch.zeros(n_instances, depth, width, width))
         self.c = nn.Parameter(torch.zeros(n_instances, depth, width))
         self.B = nn.Parameter(torch.zeros(n_instances, depth, width, width))
+
+    @property
+    def tied(self) -> bool:
+        """W_out is W (deep_tied), as the family says."""
+        return not self.family.untied_output
 
     @torch.no_grad()
     def init_extra(self, k: int, generator: torch.Generator, scheme: str) -> None:
@@ -192,7 +196,6 @@ class DeepTiedModel(DeepModel):
     """``DeepModel`` with W_out = W (tied embeddings); depth 0 is ``ReLUOutputModel``."""
 
     family = FAMILIES["deep_tied"]
-    tied: ClassVar[bool] = True
 
 
 MODEL_CLASSES: dict[str, type[PackedToyModel]] = {

@@ -135,10 +135,11 @@ _MAX_BATCH_ELEMENTS = 1 << 22
 _MAX_PACK = 64
 
 # Cost of one training step of a pack of k models on one CPU core: STEP_S + k * per-model
-# cost. Fitted to benchmarks/README.md's pack-size table (2026-11, one torch thread): n=20
-# k=1..32 gives 0.4 ms + k * 0.30-0.37 ms; n=1000 gives 2 ms + k * 11-15 ms. A model's cost is
-# per element of its (batch, feature) input (sampling, ReLU, loss: ~15 ns) plus the matmuls
-# (embedding ~0.15 ns per batch x feature x hidden, each residual block 2 x hidden^2).
+# cost. Fitted to benchmarks/pack_cost.py (table in benchmarks/README.md; one torch thread):
+# n=20 k=1..32 gives 0.4 ms + k * 0.30-0.37 ms; n=1000 k=1..8 gives 11-15 ms per model.
+# A model's cost is per element of its (batch, feature) input (sampling, ReLU, loss: ~15 ns)
+# plus the matmuls (embedding ~0.15 ns per batch x feature x hidden, each residual block
+# 2 x hidden^2).
 # Only ratios matter: they decide how many packs balance the slots against the per-step
 # and per-trial overhead that smaller packs pay more often.
 _STEP_S = 4e-4
