@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from sfs.spec import FAMILIES, Family
+from sfs.spec import FAMILIES, Family, family
 
 
 class PackedToyModel(nn.Module):
@@ -207,7 +207,4 @@ MODEL_CLASSES: dict[str, type[PackedToyModel]] = {
 
 
 def family_class(name: str) -> type[PackedToyModel]:
-    try:
-        return MODEL_CLASSES[name]
-    except KeyError:
-        raise ValueError(f"unknown model family {name!r}; known: {sorted(MODEL_CLASSES)}") from None
+    return MODEL_CLASSES[family(name).name]  # family(): the unknown-name error, in one place
