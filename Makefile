@@ -9,7 +9,7 @@ ARGS ?=
 # A GPU is detected by its driver or device nodes, never by nvcc (CPU-only machines may have it).
 HAS_GPU := $(shell { nvidia-smi -L >/dev/null 2>&1 || ls /dev/nvidia[0-9]* >/dev/null 2>&1; } && echo yes)
 
-.PHONY: setup setup-test run test test-fast clean
+.PHONY: setup setup-test run test test-fast lint clean
 
 setup: $(VENV)/.sfs-setup
 
@@ -39,12 +39,17 @@ $(VENV)/.sfs-setup-test: $(VENV)/.sfs-setup
 run: setup
 	$(PY) -m sfs.launch +sweep=full $(ARGS)
 
-# Every test, the slow end-to-end ones included (plain `pytest` skips those: `make test-fast`).
-test: setup-test
-	$(PY) -m pytest -m "slow or not slow" $(ARGS)
+# Lint (ruff), the architecture's import contracts (import-linter), then every test tier:
+# unit, integration and end-to-end (plain `pytest`, i.e. `make test-fast`, runs the unit tier).
+test: setup-test lint
+	$(PY) -m pytest -o addopts="-ra" $(ARGS)
 
 test-fast: setup-test
 	$(PY) -m pytest $(ARGS)
+
+lint: setup-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache

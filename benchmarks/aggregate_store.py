@@ -27,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sfs.aggregate import aggregate  # noqa: E402
-from sfs.launch import load_configs  # noqa: E402
+from sfs.config.compose import load_configs  # noqa: E402
 from sfs.plan import make_packs, plan_models  # noqa: E402
-from sfs.store import TrialStore  # noqa: E402
+from sfs.storage.store import TrialStore  # noqa: E402
 
 
 def grid(out_dir: Path, quick: bool) -> list[str]:
@@ -83,7 +83,7 @@ def main() -> None:
         result = aggregate(cfg, report=False)
         tables = time.perf_counter() - started
         from sfs.aggregate import load_models
-        from sfs.report import write_report
+        from sfs.report.page import write_report
 
         started = time.perf_counter()
         write_report(cfg, result, load_models(result.sweep_dir, set(result.metrics["model_id"])))

@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from step_overhead import make_pack  # noqa: E402
+
 from sfs.plan import pack_seconds  # noqa: E402
-from sfs.training import train_pack  # noqa: E402
+from sfs.training.loop import train_pack  # noqa: E402
 
 SHAPES = [(20, 2, 1024, 300), (20, 10, 1024, 300), (1000, 10, 512, 40), (1000, 100, 512, 40)]
 SIZES = (1, 2, 4, 8, 16, 32)

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sfs.core.spec import derive_seed  # noqa: E402
 from sfs.plan import ModelSpec, Pack  # noqa: E402
-from sfs.training import build_model, pack_tensors, train_pack, weighted_mse  # noqa: E402
-from sfs import data as sfs_data  # noqa: E402
-from sfs.spec import derive_seed  # noqa: E402
+from sfs.training import data as sfs_data  # noqa: E402
+from sfs.training.loop import build_model, pack_tensors, train_pack, weighted_mse  # noqa: E402
 
 
 def make_pack(n: int, m: int, models: int, steps: int, batch: int) -> Pack:

@@ -114,7 +114,7 @@ QUICK_GRIDS = {
 
 
 # ---------------------------------------------------------------------------------------
-# Shared by limit and naive: the data and initialisation sfs uses (sfs.data, sfs.models).
+# Shared by limit and naive: the data and initialisation sfs uses (sfs.training.data, sfs.training.models).
 
 
 def sparse_batch(uniform: torch.Tensor, probs: torch.Tensor, max_magnitude: float) -> torch.Tensor:
@@ -340,7 +340,7 @@ def sfs_plan(grid: Grid, cpus: int) -> dict:
     """What sfs will do with the grid: checks the overrides give exactly the grid's models,
     and records sfs's packing (for reading the numbers)."""
     sys.path.insert(0, str(ROOT))
-    from sfs.launch import load_configs
+    from sfs.config.compose import load_configs
     from sfs.plan import auto_pack_size, make_packs, plan_models
 
     (cfg,) = load_configs(sfs_overrides(grid, cpus, Path(tempfile.gettempdir()), False))

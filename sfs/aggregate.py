@@ -6,20 +6,20 @@ takes the same config and overrides as the launch, reads the store (no Ray, no t
 and writes, into each sweep folder:
 
 - ``metrics.parquet``: one row per model of the plan that trained ok: its spec, loss and
-  the quantities of ``sfs.metrics`` (represented features, D*, superposition, ...);
+  the quantities of ``sfs.core.metrics`` (represented features, D*, superposition, ...);
 - ``fits.parquet``: L(width) = E + A width^-alpha (or the pure power law) per curve, i.e.
-  per spec without width and seed, with bootstrap intervals over seeds (``sfs.fit``); and
+  per spec without width and seed, with bootstrap intervals over seeds (``sfs.analysis.fit``); and
   L(n_params) across depths where the sweep varies depth;
 - ``universality.parquet``: per spec and width, how alike different seeds' features are
-  (``sfs.universality``), with intervals from resampling seeds; and per pair of widths,
+  (``sfs.analysis.universality``), with intervals from resampling seeds; and per pair of widths,
   the same between widths, next to how far apart their losses are;
 - ``universality_pairs.parquet``: every compared pair, for analyses of one's own;
 - ``headline.parquet``: for power-law features with weight decay, whether Liu et al.'s
   headline (strong: alpha ~ 1; weak: ~ width features represented) is reproduced;
 - for sweeps sized by parameter budgets (``sweep.param_budgets``, the aspect study,
-  ``sfs.aspect``): ``aspect_shapes``, ``aspect_spread``, ``aspect_iso_shapes``,
+  ``sfs.analysis.aspect``): ``aspect_shapes``, ``aspect_spread``, ``aspect_iso_shapes``,
   ``aspect_pairs`` and ``aspect_verdict`` (.parquet), and fits of L(n_params) per depth;
-- ``report/index.html`` with its plots (``sfs.report``).
+- ``report/index.html`` with its plots (``sfs.report.page``).
 
 Fits run in parallel processes with one BLAS thread each (multithreaded BLAS makes small
 SciPy fits 25-150x slower).
@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sfs import metrics as M
+from sfs.analysis.headline import liu_headline
 from sfs.config import AggregateConfig, Config
-from sfs.headline import liu_headline
+from sfs.core import metrics as M
+from sfs.core.spec import derive_seed
 from sfs.plan import ModelSpec, plan_models
-from sfs.spec import derive_seed
-from sfs.store import TrialStore, atomic_write_bytes
+from sfs.storage.store import TrialStore, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class AggregateResult:
     n_planned: int
     n_missing: int  # planned, not in the store
     wall_s: float
-    aspect: dict[str, pl.DataFrame] = field(default_factory=dict)  # sfs.aspect tables, if sized by budget
+    aspect: dict[str, pl.DataFrame] = field(default_factory=dict)  # sfs.analysis.aspect tables, if sized by budget
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def load_models(sweep_dir: Path, planned_ids: set[str]) -> Loaded:
 # -- per-model quantities -----------------------------------------------------------------
 
 def model_metrics(loaded: Loaded) -> pl.DataFrame:
-    """One row per ok model: its spec, loss, and the quantities of ``sfs.metrics``,
+    """One row per ok model: its spec, loss, and the quantities of ``sfs.core.metrics``,
     computed in one vectorised pass per weight shape."""
     ok = loaded.ok
     n_rep = np.zeros(ok.height, dtype=np.int64)
@@ -125,7 +125,7 @@ def model_metrics(loaded: Loaded) -> pl.DataFrame:
     by_shape: dict[tuple, list[int]] = {}
     for i, W in enumerate(loaded.W):
         by_shape.setdefault(W.shape, []).append(i)
-    for shape, index in by_shape.items():
+    for index in by_shape.values():
         stack = np.stack([loaded.W[i] for i in index]).astype(np.float64)  # (models, feature, hidden)
         represented = M.feature_norms(stack) > M.REPRESENTED_NORM  # (models, feature)
         dims = M.feature_dimensionality(stack)
@@ -188,14 +188,14 @@ def _limit_blas() -> None:
     import scipy.stats  # noqa: F401
     from threadpoolctl import threadpool_limits
 
-    import sfs.fit  # noqa: F401
-    import sfs.universality  # noqa: F401
+    import sfs.analysis.fit  # noqa: F401
+    import sfs.analysis.universality  # noqa: F401
 
     threadpool_limits(1)
 
 
 def _fit_row(keys: dict, x_name: str, x, loss, options: AggregateConfig) -> dict:
-    from sfs.fit import fit_scaling
+    from sfs.analysis.fit import fit_scaling
 
     rng_seed = derive_seed(options.seed, json.dumps(keys, sort_keys=True) + x_name)
     result = fit_scaling(np.asarray(x, dtype=float), np.asarray(loss, dtype=float),
@@ -222,7 +222,7 @@ def curve_pairs(widths: list[int], seeds: list[int]) -> list[tuple[str, int, int
 
 def analyse_curve(task: CurveTask) -> CurveResult:
     """Fit loss vs width, and compare every pair of the curve's models."""
-    from sfs.universality import compare_within
+    from sfs.analysis.universality import compare_within
 
     options = task.options
     fit = _fit_row(task.keys, "width", task.widths, task.losses, options)
@@ -463,7 +463,7 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     headline = liu_headline(metrics, fits)
     aspect_tables = {}
     if budgets:
-        from sfs.aspect import analyse_aspect
+        from sfs.analysis.aspect import analyse_aspect
 
         rng = np.random.default_rng(derive_seed(options.seed, "aspect"))
         aspect_tables = analyse_aspect(metrics, loaded.W, SPEC_KEYS, budgets, options.n_boot,
@@ -477,11 +477,11 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
                              aspect_tables)
     report_dir = None
     if report:
-        from sfs.report import write_report
+        from sfs.report.page import write_report
 
         report_dir = write_report(cfg, result, loaded).parent
     if cfg.tracking.enabled:
-        from sfs.tracking import Tracker, default_uri
+        from sfs.storage.tracking import Tracker, default_uri
 
         tracker = Tracker(cfg.tracking.uri or default_uri(sweep_dir),
                           cfg.tracking.experiment or cfg.sweep.name, sweep_dir)
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from sfs.config import ConfigError
-    from sfs.launch import load_configs
+    from sfs.config.compose import load_configs
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:

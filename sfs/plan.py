@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from sfs.config import Config
-from sfs import spec
+from sfs.core import spec as families
 
 # Fields a pack's models may differ in; every other field is shared by the pack.
 PER_MODEL_FIELDS = ("sparsity", "importance", "feature_dist", "weight_decay", "seed")
@@ -54,7 +54,7 @@ class ModelSpec:
 
     @property
     def n_params(self) -> int:
-        return spec.family(self.family).n_params(self.n_features, self.width, self.depth)
+        return families.family(self.family).n_params(self.n_features, self.width, self.depth)
 
     @property
     def pack_key(self) -> tuple:

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from sfs.aggregate import aggregate, seed_bootstrap_mean
-from sfs.launch import load_configs
+from sfs.config.compose import load_configs
 from sfs.plan import Pack, plan_models
-from sfs.store import TrialStore
+from sfs.storage.store import TrialStore
 
 REPO = Path(__file__).resolve().parent.parent
 WIDTHS = [4, 8, 16, 32, 64]

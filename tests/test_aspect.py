@@ -7,12 +7,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sfs import aspect
+from sfs.analysis import aspect
 from sfs.config import ConfigError
-from sfs.launch import load_configs
-from sfs.models import family_class
+from sfs.config.compose import load_configs
+from sfs.core.shapes import plan_shapes, shape_problems, width_for_budget
 from sfs.plan import plan_models
-from sfs.shapes import plan_shapes, shape_problems, width_for_budget
+from sfs.training.models import family_class
 
 KEYS = ["sparsity"]
 

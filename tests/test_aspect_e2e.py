@@ -5,11 +5,11 @@ import polars as pl
 import pytest
 
 from sfs.aggregate import aggregate
-from sfs.launch import load_configs
-from sfs.models import family_class
-from sfs.sweep import run_sweep
+from sfs.config.compose import load_configs
+from sfs.sweep.runner import run_sweep
+from sfs.training.models import family_class
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 TINY = ["+sweep=aspect", "sweep.n_features=[12]", "sweep.param_budgets=[60,120]",
         "sweep.depths=[0,1]", "sweep.sparsities=[0.0,0.9]", "sweep.seeds=[0,1,2]",

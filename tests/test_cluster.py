@@ -10,13 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sfs.launch import load_configs
+from sfs.config.compose import load_configs
 from sfs.plan import ModelSpec, Pack
-from sfs.store import load_weights
-from sfs.sweep import run_sweep
-from sfs.training import train_pack
+from sfs.storage.store import load_weights
+from sfs.sweep.runner import run_sweep
+from sfs.training.loop import train_pack
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -75,10 +75,10 @@ def test_embedded_ray_exposes_no_dashboard_and_keeps_token_auth(tmp_path):
     Ray's token authentication is on."""
     script = """
 import json, os, psutil, ray
-from sfs.launch import load_configs
-from sfs.sweep import _start_ray
+from sfs.config.compose import load_configs
+from sfs.sweep.cluster import start_ray
 (cfg,) = load_configs(["+sweep=smoke"])
-_start_ray(cfg)
+start_ray(cfg)
 me = psutil.Process()
 listeners = []
 for proc in [me, *me.children(recursive=True)]:

@@ -11,7 +11,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from sfs.config import Config, ConfigError, SweepConfig
-from sfs.launch import CONF_DIR, available_sweeps, load_configs
+from sfs.config.compose import CONF_DIR, available_sweeps, load_configs
 from sfs.plan import plan_models
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,7 +151,7 @@ SLOW_CLI_CASES = [(override, words[0]) for override, words in BAD_VALUES
 
 
 @pytest.mark.parametrize("override,word", [
-    *CLI_CASES, *[pytest.param(*case, marks=pytest.mark.slow) for case in SLOW_CLI_CASES]])
+    *CLI_CASES, *[pytest.param(*case, marks=pytest.mark.integration) for case in SLOW_CLI_CASES]])
 def test_cli_rejects_bad_input_before_starting_anything(override, word, tmp_path):
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
     proc = subprocess.run(

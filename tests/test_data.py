@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sfs import data, spec
+from sfs.core import spec
+from sfs.training import data
 
 
 def test_uniform_probabilities_and_importance():

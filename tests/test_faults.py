@@ -1,7 +1,7 @@
 """Faults, each a test: failing, dying and diverging trials; interrupted drivers; MLflow.
 
 End to end through the real CLI, a real local Ray and real MLflow; the faults themselves
-are injected with ``SFS_INJECT_FAULTS`` (sfs.faults), the only test hook in the product.
+are injected with ``SFS_INJECT_FAULTS`` (sfs.core.faults), the only test hook in the product.
 """
 
 import json
@@ -17,10 +17,10 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sfs.launch import load_configs
+from sfs.config.compose import load_configs
 from sfs.plan import make_packs, plan_models
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -1,4 +1,4 @@
-"""Scaling-law fits (sfs.fit) against known truth on synthetic data.
+"""Scaling-law fits (sfs.analysis.fit) against known truth on synthetic data.
 
 Every dataset comes from its own seeded numpy Generator, and every fit_scaling call passes
 rng_seed, so each test is deterministic: a failure is a real change, never bad luck. The
@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from sfs.fit import (
+from sfs.analysis.fit import (
     FORMS,
     FitResult,
     fit_form,
@@ -305,7 +305,7 @@ def _direct_pieces(d, w, P, delta):
     """Objective, minus its gradient, the Gauss-Newton Hessian with Huber's curvature and the
     least-squares Gauss-Newton diagonal of the saturating model at one internal P = (b,
     alpha, eta), model by model, for weights w (n,): the textbook formulas."""
-    from sfs.fit import _huber
+    from sfs.analysis.fit import _huber
 
     b, alpha, eta = P
     u = d.uw[d.group]
@@ -323,8 +323,17 @@ def _direct_pieces(d, w, P, delta):
 def test_solver_pieces_match_a_direct_computation(layout):
     """_evaluate (the vectorised objective, gradient and Gauss-Newton pieces the LM uses) is
     the weighted Huber objective of the model, in both data layouts."""
-    from sfs.fit import (_Model, _bootstrap_counts, _bootstrap_weights, _evaluate, _prepare,
-                         _resample_draws, _resample_rows, _threshold, _weighted_rows)
+    from sfs.analysis.fit import (
+        _bootstrap_counts,
+        _bootstrap_weights,
+        _evaluate,
+        _Model,
+        _prepare,
+        _resample_draws,
+        _resample_rows,
+        _threshold,
+        _weighted_rows,
+    )
 
     x, loss = make_data(8, E=0.01, seeds=6)
     loss[4] *= 3.0  # an outlier: some residuals beyond the threshold
@@ -352,7 +361,7 @@ def test_solver_pieces_match_a_direct_computation(layout):
 
 
 def test_quantiles_match_numpy_exactly():
-    from sfs.fit import _quantiles
+    from sfs.analysis.fit import _quantiles
 
     rng = np.random.default_rng(0)
     for n in (1, 2, 3, 10, 999, 1000):
@@ -371,7 +380,7 @@ def test_quantiles_match_numpy_exactly():
 def test_point_fits_match_scipy(seed, E):
     """fit_scaling's point fits (every start of the four fits as rows of one LM run) are the
     scipy multi-start estimator: the same optimum, to 1e-6, at no higher objective."""
-    from sfs.fit import _objective, _point_fits, _prepare, _scipy_fit, _threshold
+    from sfs.analysis.fit import _objective, _point_fits, _prepare, _scipy_fit, _threshold
 
     x, loss = make_data(seed, E=E)
     if seed == 42:
@@ -393,7 +402,7 @@ def test_point_fits_match_scipy(seed, E):
 def _reference_intervals(x, loss, n_boot, rng_seed, ci=0.95):
     """fit_scaling's bootstrap done the plain way: the same resamples as weights, every fit
     a scipy multi-start fit of the weighted objective, the held-out choice per resample."""
-    from sfs.fit import _bootstrap_weights, _predict, _prepare, _sat_wins, _scipy_fit, _threshold
+    from sfs.analysis.fit import _bootstrap_weights, _predict, _prepare, _sat_wins, _scipy_fit, _threshold
 
     d = _prepare(np.asarray(x, float), np.asarray(loss, float))
     delta = _threshold(d)

@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from sfs.headline import liu_headline
+from sfs.analysis.headline import liu_headline
 
 KEYS = {"family": "relu_output", "n_features": 1000, "depth": 0, "sparsity": 0.999,
         "importance": 1.0, "feature_dist": "power:1.0", "steps": 8000, "batch_size": 512}

@@ -13,18 +13,19 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_driver_and_aggregation_modules_import_no_torch():
-    loaded = _modules_after("import sfs.launch, sfs.sweep, sfs.aggregate, sfs.report")
-    assert "sfs.sweep" in loaded and "sfs.aggregate" in loaded
+    loaded = _modules_after("import sfs.launch, sfs.sweep.runner, sfs.aggregate, sfs.report.page")
+    assert "sfs.sweep.runner" in loaded and "sfs.aggregate" in loaded
     assert not {"torch", "lightning"} & loaded  # ~1.3 s and ~3 s per process start
 
 
 def test_a_pack_result_unpickles_without_torch(tmp_path):
-    from sfs.results import ModelResult, PackResult
     import pickle
+
+    from sfs.core.results import ModelResult, PackResult
 
     model = ModelResult("m", np.zeros((3, 2), np.float32), np.zeros(3, np.float32), 0.1, 0.1,
                         np.zeros(2), "ok", 1, 0.5)
     path = tmp_path / "result.pkl"
     path.write_bytes(pickle.dumps(PackResult("p", [model], np.arange(2), "cpu", 1.0, 10)))
     loaded = _modules_after(f"import pickle; pickle.loads(open({str(path)!r}, 'rb').read())")
-    assert "sfs.results" in loaded and "torch" not in loaded
+    assert "sfs.core.results" in loaded and "torch" not in loaded

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from sfs.metrics import (
+from sfs.core.metrics import (
     dims_per_feature,
     feature_dimensionality,
     feature_norms,
@@ -173,7 +173,7 @@ def test_layer_directions_refuse_arrays_of_another_family():
 def test_compressed_sensing_estimate_known_values():
     import math
 
-    from sfs.metrics import cs_features_per_dimension
+    from sfs.core.metrics import cs_features_per_dimension
 
     assert cs_features_per_dimension(0.9) == pytest.approx(1 / (0.1 * math.log(10)))
     assert cs_features_per_dimension(1 - 1 / math.e) == pytest.approx(math.e)  # its minimum

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from sfs import spec
-from sfs.models import MODEL_CLASSES, DeepModel, DeepTiedModel, ReLUOutputModel, family_class
+from sfs.core import spec
+from sfs.training.models import MODEL_CLASSES, DeepModel, DeepTiedModel, ReLUOutputModel, family_class
 
 
 def _init(family: str, n_instances: int, n: int, m: int, depth: int, seed: int = 0,
@@ -32,7 +32,7 @@ SHAPES = [(5, 2, 0), (20, 5, 1), (7, 3, 4), (40, 10, 2)]
     if depth <= spec.FAMILIES[family].max_depth
 ])
 def test_analytic_parameter_count_matches_the_module(family, n, m, depth):
-    # The planner counts with sfs.spec (no torch); the module is what trains.
+    # The planner counts with sfs.core.spec (no torch); the module is what trains.
     model = family_class(family)(3, n, m, depth)  # 3 instances
     counted = sum(p.numel() for p in model.parameters())
     assert counted % 3 == 0

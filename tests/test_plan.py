@@ -5,12 +5,19 @@ import subprocess
 import sys
 
 import pytest
-
-from sfs.launch import load_configs
-from sfs.plan import (PER_MODEL_FIELDS, ModelSpec, Pack, auto_pack_size, estimated_makespan,
-                      make_packs, pack_seconds, plan_models)
-
 from conftest import tiny_spec
+
+from sfs.config.compose import load_configs
+from sfs.plan import (
+    PER_MODEL_FIELDS,
+    ModelSpec,
+    Pack,
+    auto_pack_size,
+    estimated_makespan,
+    make_packs,
+    pack_seconds,
+    plan_models,
+)
 
 
 def test_model_id_is_stable_across_processes():

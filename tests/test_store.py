@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sfs.store import TRIAL_SCHEMA, StoreError, TrialStore, load_weights
+from sfs.storage.store import TRIAL_SCHEMA, StoreError, TrialStore, load_weights
 
 
 def _rows(ids, status="ok", t=1.0):
@@ -92,7 +92,7 @@ def test_unknown_status_is_rejected(tmp_path):
 
 
 def test_credentials_never_reach_logs_or_summaries():
-    from sfs.tracking import redact, ui_command
+    from sfs.storage.tracking import redact, ui_command
 
     assert redact("http://alice:s3cret@mlflow.example:5000/x") == "http://***@mlflow.example:5000/x"
     assert "s3cret" not in ui_command("https://alice:s3cret@host:443")

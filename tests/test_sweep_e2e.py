@@ -12,12 +12,12 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sfs.launch import load_configs
+from sfs.config.compose import load_configs
 from sfs.plan import plan_models
-from sfs.store import TRIAL_SCHEMA, load_weights
-from sfs.sweep import run_sweep
+from sfs.storage.store import TRIAL_SCHEMA, load_weights
+from sfs.sweep.runner import run_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = ["model_id", "sweep", "family", "n_features", "width", "depth", "n_params", "sparsity",
             "importance", "feature_dist", "weight_decay", "seed", "steps", "loss", "n_represented",

@@ -6,12 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from sfs import data
-from sfs.plan import Pack
-from sfs.training import build_model, evaluate, lr_factor, make_module, pack_tensors, train_pack
-
 from conftest import tiny_spec
+
+from sfs.plan import Pack
+from sfs.training.loop import build_model, evaluate, lr_factor, make_module, pack_tensors, train_pack
 
 
 def _by_id(result):
@@ -91,7 +89,7 @@ def test_a_diverging_model_leaves_its_pack_mates_untouched():
     specs = (tiny_spec(seed=0), tiny_spec(seed=1, sparsity=0.5))
     alone = train_pack(Pack("t", (specs[1],)), log_every=20).models[0]
     pack = Pack("t", specs)
-    import sfs.training as training
+    import sfs.training.loop as training
 
     original = training.build_model
 
@@ -202,8 +200,8 @@ def test_weight_decay_acts_on_feature_matrices_not_blocks():
 
 
 def test_persisted_weights_hold_every_parameter(tmp_path):
-    from sfs.store import TrialStore, load_weights
-    from sfs.sweep import Part, persist_pack
+    from sfs.storage.store import TrialStore, load_weights
+    from sfs.sweep.persist import Part, persist_pack
 
     specs = (tiny_spec(family="deep", n_features=4, width=3, depth=2, steps=10, seed=0),
              tiny_spec(family="deep", n_features=4, width=3, depth=2, steps=10, seed=1))

@@ -1,11 +1,11 @@
-"""Cross-model comparisons with known answers (sfs.universality)."""
+"""Cross-model comparisons with known answers (sfs.analysis.universality)."""
 
 import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from sfs import universality as U
-from sfs.universality import (
+from sfs.analysis import universality as U
+from sfs.analysis.universality import (
     PairComparison,
     bootstrap_mean_ci,
     compare_pair,
@@ -312,7 +312,7 @@ def test_compare_pairs_chunks_and_empty_batches(monkeypatch):
 # ---- compare_within: shared Grams and permutations for the pairs of one set of models ----
 
 def test_compare_within_agrees_with_compare_pairs():
-    from sfs.universality import compare_pairs, compare_within
+    from sfs.analysis.universality import compare_pairs, compare_within
 
     rng = np.random.default_rng(3)
     W = [rng.normal(size=(12, m)) for m in (2, 3, 3, 5)]
@@ -331,7 +331,7 @@ def test_compare_within_agrees_with_compare_pairs():
 
 
 def test_compare_within_null_mean_is_the_exact_permutation_mean():
-    from sfs.universality import compare_within, gram, gram_cosine_null_mean
+    from sfs.analysis.universality import compare_within, gram, gram_cosine_null_mean
 
     rng = np.random.default_rng(5)
     W = [rng.normal(size=(20, 4)) for _ in range(4)]
@@ -349,7 +349,7 @@ def test_compare_within_null_mean_is_the_exact_permutation_mean():
     (300, 80, 60, "auto"),
 ])
 def test_compare_within_every_path_finds_a_rotated_copy_and_no_structure(n, m, n_perm, path):
-    from sfs.universality import compare_pairs, compare_within
+    from sfs.analysis.universality import compare_pairs, compare_within
 
     rng = np.random.default_rng(7)
     W = [rng.normal(size=(n, m)) for _ in range(3)]
@@ -365,7 +365,7 @@ def test_compare_within_every_path_finds_a_rotated_copy_and_no_structure(n, m, n
 
 
 def test_the_null_path_follows_the_cost_model():
-    from sfs.universality import _null_path
+    from sfs.analysis.universality import _null_path
 
     def choose(n, widths, seeds):
         models = [(w, s) for w in widths for s in range(seeds)]

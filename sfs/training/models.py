@@ -5,7 +5,7 @@ of models (Elhage et al. 2022). Instances never interact: each has its own param
 the packed loss is a sum of per-instance losses, so instance i's gradient (and its Adam
 state) is exactly what it would be if it were trained alone.
 
-A family's name, depth limit and parameter count live in ``sfs.spec`` (torch-free, for the
+A family's name, depth limit and parameter count live in ``sfs.core.spec`` (torch-free, for the
 planner and the aggregator); adding one means an entry there, a subclass here with
 ``forward`` (and ``init_extra`` / ``extra_parameters`` / ``feature_matrices`` when it has
 parameters beyond W and b) and one ``MODEL_CLASSES`` line. ``deep`` / ``deep_tied`` add residual
@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from sfs.spec import FAMILIES, Family, family
+from sfs.core.spec import FAMILIES, Family, family
 
 
 class PackedToyModel(nn.Module):
@@ -46,7 +46,7 @@ class PackedToyModel(nn.Module):
 
     @classmethod
     def n_params(cls, n_features: int, width: int, depth: int = 0) -> int:
-        """Trainable parameters of one instance, as ``sfs.spec`` counts them (the planner's
+        """Trainable parameters of one instance, as ``sfs.core.spec`` counts them (the planner's
         count; tests/test_models.py checks it against this module's parameters)."""
         return cls.family.n_params(n_features, width, depth)
 

@@ -8,12 +8,11 @@ stream, to which every other function here applies.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping
 
 import numpy as np
 
-from sfs import spec
+from sfs.core import spec
 
 REPRESENTED_NORM = 0.5  # a feature is represented when ||W_i|| > 0.5
 

@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from sfs.metrics import cs_features_per_dimension
+from sfs.core.metrics import cs_features_per_dimension
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def iso_loss_pairs(models: pl.DataFrame, W: list[np.ndarray], shape_pairs: pl.Da
     ``cross_shape``: the two shapes of an iso-loss shape pair, one model each, same seed
     (same data stream); ``same_shape``: every two seeds of a shape that is in an iso-loss
     pair (the reference at that loss). models: rows aligned with W (``(feature, width)``)."""
-    from sfs.universality import compare_within
+    from sfs.analysis.universality import compare_within
 
     if shape_pairs.is_empty():
         return pl.DataFrame()

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import hypergeom
 
-from .metrics import REPRESENTED_NORM, feature_norms
+from sfs.core.metrics import REPRESENTED_NORM, feature_norms
 
 logger = logging.getLogger(__name__)
 

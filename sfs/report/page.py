@@ -11,39 +11,24 @@ from __future__ import annotations
 
 import html
 import logging
-import math
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from sfs.report.common import MAX_PANELS, Figure, html_table, pyplot
+
 log = logging.getLogger(__name__)
 
-MAX_PANELS = 12
 AXES_SHOWN = ("family", "n_features", "depth", "sparsity", "importance", "feature_dist",
               "weight_decay", "steps", "batch_size", "lr")
-
-
-@dataclass
-class Figure:
-    file: str
-    caption: str
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def cs_represented_bound(width: np.ndarray, n_features: int, sparsity: float) -> np.ndarray:
     """Compressed-sensing estimate of the fraction of features a width can hold:
     n/m ~ -1 / ((1-S) ln(1-S)), capped at 1; NaN where uninformative (S = 0)."""
-    from sfs.metrics import cs_features_per_dimension
+    from sfs.core.metrics import cs_features_per_dimension
 
     ratio = cs_features_per_dimension(sparsity)
     return np.minimum(1.0, np.asarray(width, dtype=float) * ratio / n_features)
@@ -221,54 +206,41 @@ def _gram_heatmaps(plt, metrics: pl.DataFrame, loaded, out: Path) -> list[Figure
         "(interference)."))]
 
 
+def _with_interval(column: str, digits: str) -> Callable[[dict], str]:
+    """A fitted value with its bootstrap interval, or nothing where there is no fit."""
+    def cell(row: dict) -> str:
+        if row.get("form") == "none" or row.get(column) is None:
+            return ""
+        return (f"{row[column]:{digits}} [{row[column + '_lo']:{digits}}, "
+                f"{row[column + '_hi']:{digits}}]")
+    return cell
+
+
 def _fits_table(fits: pl.DataFrame) -> str:
     if fits.is_empty():
         return "<p>No fits.</p>"
     keys = _varying(fits, AXES_SHOWN)
     columns = ["x", *keys, "form", "alpha", "E", "A", "n_points", "n_seeds", "heldout_rel_err", "warning"]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for row in fits.sort(["x", *keys]).iter_rows(named=True):
-        cells = []
-        for c in columns:
-            value = row.get(c)
-            if c == "alpha" and row["form"] != "none":
-                value = f"{row['alpha']:.3f} [{row['alpha_lo']:.3f}, {row['alpha_hi']:.3f}]"
-            elif c in ("E", "A") and row["form"] != "none":
-                value = f"{row[c]:.3g} [{row[c + '_lo']:.3g}, {row[c + '_hi']:.3g}]"
-            elif isinstance(value, float):
-                value = "" if math.isnan(value) else f"{value:.3g}"
-            cells.append(f"<td>{html.escape('' if value is None else str(value))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return html_table(fits.sort(["x", *keys]), columns, {
+        "alpha": _with_interval("alpha", ".3f"), "E": _with_interval("E", ".3g"),
+        "A": _with_interval("A", ".3g")})
 
 
 def _headline_table(headline: pl.DataFrame) -> str:
-    """The verdicts: computed from the fits and metrics by sfs.headline, never by hand."""
+    """The verdicts: computed from the fits and metrics by sfs.analysis.headline, never by hand."""
     columns = ["regime", "weight_decay", "feature_dist", "widths", "phi_half_min",
                "represented_per_width_min", "represented_per_width_max", "alpha", "reproduced", "note"]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for row in headline.iter_rows(named=True):
-        cells = []
-        for c in columns:
-            value = row[c]
-            if c == "alpha":
-                value = ("no fit" if value is None else
-                         f"{value:.3f} [{row['alpha_lo']:.3f}, {row['alpha_hi']:.3f}]")
-            elif isinstance(value, float):
-                value = f"{value:.3g}"
-            cells.append(f"<td>{html.escape(str(value))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+    alpha = _with_interval("alpha", ".3f")
+    table = html_table(headline, columns, {"alpha": lambda row: alpha(row) or "no fit"})
     return ("<p>Strong superposition (weight decay &lt; 0) should give phi_1/2 ~ 1 and a loss "
             "exponent alpha in [1.0, 1.1]; weak superposition (weight decay &gt; 0) about "
             "`width` represented features. Verdicts computed from fits.parquet and "
-            f"metrics.parquet.</p><table><tr>{head}</tr>{''.join(body)}</table>")
+            f"metrics.parquet.</p>{table}")
 
 
 def write_report(cfg, result, loaded) -> Path:
     """Write ``<sweep>/report/index.html`` and its PNGs; returns the HTML path."""
-    plt = _plt()
+    plt = pyplot()
     out = result.sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     metrics, fits, universality = result.metrics, result.fits, result.universality
@@ -284,7 +256,7 @@ def write_report(cfg, result, loaded) -> Path:
             sections.append(("Liu et al. (2025) headline", [], _headline_table(result.headline)))
         sections.append(("Universality across seeds", _universality(plt, universality, out), ""))
         if result.aspect:
-            from sfs.report_aspect import section
+            from sfs.report.aspect import section
 
             sections.append(section(plt, result.aspect, fits, out))
         sections.append(("Geometry", _gram_heatmaps(plt, metrics, loaded, out), ""))

@@ -2,9 +2,9 @@
 
 Validating a config, planning a sweep and aggregating its results need a family's parameter
 count and depth limit, a feature distribution's parsed form and the seed of a named random
-stream; none of them trains. They import this module rather than ``sfs.models`` and
-``sfs.data``, which import torch (~1.3 s at every start of the sweep driver and of each
-aggregation worker). ``sfs.models`` builds its modules from these entries, and
+stream; none of them trains. They import this module rather than ``sfs.training.models`` and
+``sfs.training.data``, which import torch (~1.3 s at every start of the sweep driver and of each
+aggregation worker). ``sfs.training.models`` builds its modules from these entries, and
 tests/test_models.py checks every count here against the parameters a module really has.
 """
 

@@ -1,6 +1,6 @@
 """The report's "Superposition vs universality" section (sweeps sized by parameter budget).
 
-Plots and tables of ``sfs.aspect``'s output: loss vs parameter count per depth with the
+Plots and tables of ``sfs.analysis.aspect``'s output: loss vs parameter count per depth with the
 fitted L(N), the spread of loss across shapes at each budget, features represented per shape
 (bottleneck and thinnest layer) against the compressed-sensing estimate, iso-loss
 cross-shape similarity against same-shape seed pairs, and the verdict table.
@@ -9,13 +9,12 @@ cross-shape similarity against same-shape seed pairs, and the verdict table.
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from sfs.report import MAX_PANELS, Figure
+from sfs.report.common import MAX_PANELS, Figure, html_table
 
 TITLE = "Superposition vs universality (equal parameters, different shapes)"
 
@@ -69,7 +68,7 @@ def _loss_vs_budget(plt, shapes: pl.DataFrame, fits: pl.DataFrame, out: Path) ->
 
 
 def _capacity(plt, shapes: pl.DataFrame, out: Path) -> list[Figure]:
-    from sfs.aspect import cs_capacity
+    from sfs.analysis.aspect import cs_capacity
 
     figures = []
     for sparsity, group in _per_sparsity(shapes):
@@ -124,20 +123,6 @@ def _iso_loss(plt, pairs: pl.DataFrame, out: Path) -> list[Figure]:
         f"permutation null means (grey dotted). {pairs.height} pairs."))]
 
 
-def _table(frame: pl.DataFrame, columns: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
-    for row in frame.iter_rows(named=True):
-        cells = []
-        for c in columns:
-            value = row.get(c)
-            if isinstance(value, float):
-                value = "" if math.isnan(value) else f"{value:.3g}"
-            cells.append(f"<td>{html.escape('' if value is None else str(value))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
 def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
             ) -> tuple[str, list[Figure], str]:
     shapes = tables.get("aspect_shapes", pl.DataFrame())
@@ -158,19 +143,19 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
         text.append("<p>Spread = largest minus smallest shape mean loss at one budget (interval "
                     "from resampling seeds within shapes); Kruskal-Wallis p-value of equal loss "
                     "across shapes; seed_sd = pooled seed-to-seed SD.</p>")
-        text.append(_table(spread, ["sparsity", "param_budget", "n_shapes", "loss_mean",
+        text.append(html_table(spread, ["sparsity", "param_budget", "n_shapes", "loss_mean",
                                     "spread [95% CI]", "rel_spread", "seed_sd", "kruskal_pvalue"]))
     text.append("<h3>Verdict</h3>")
     if verdict.is_empty():
         text.append("<p>No pairs to judge.</p>")
     else:
         text.append("<p>Computed from aspect_pairs.parquet and aspect_iso_shapes.parquet "
-                    "(sfs.aspect.verdict), never by hand. Statement 1: superposition across one "
+                    "(sfs.analysis.aspect.verdict), never by hand. Statement 1: superposition across one "
                     "layer is the complete story; statement 2: models reaching the same loss "
                     "learn the same features. Test: " + html.escape(str(verdict["test"][0]))
                     + ", Holm-corrected over rows; pairs sharing a model are not independent, "
                     "so p-values lean optimistic.</p>")
-        text.append(_table(verdict.sort("sparsity"), [
+        text.append(html_table(verdict.sort("sparsity"), [
             "sparsity", "n_iso_shape_pairs", "n_cross_shape_pairs", "n_same_shape_pairs",
             "gram_cross_shape", "gram_same_shape", "gram_null", "same_shape_frac_beating_null",
             "jaccard_cross_shape",

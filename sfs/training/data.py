@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sfs.spec import FeatureDist
+from sfs.core.spec import FeatureDist
 
 
 def feature_probabilities(n_features: int, sparsity: float, feature_dist: str) -> Tensor:

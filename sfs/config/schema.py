@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from sfs.spec import FAMILIES, FeatureDist
-from sfs.shapes import ShapeChoice, plan_shapes, shape_problems
+from sfs.core.shapes import ShapeChoice, plan_shapes, shape_problems
+from sfs.core.spec import FAMILIES, FeatureDist
 
 
 class ConfigError(ValueError):
@@ -216,7 +216,7 @@ class SweepConfig:
     widths: list[int] = field(default_factory=list)
     depths: list[int] = field(default_factory=lambda: [0])
     # Instead of widths: parameter budgets N. For each (family, n, depth, N) the planner picks
-    # the width whose parameter count is closest to N (sfs.shapes), within budget_tolerance.
+    # the width whose parameter count is closest to N (sfs.core.shapes), within budget_tolerance.
     param_budgets: list[int] = field(default_factory=list)
     budget_tolerance: float = 0.1  # relative: |n_params - N| <= tolerance * N
     sparsities: list[float] = field(default_factory=list)

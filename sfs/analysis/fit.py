@@ -53,7 +53,7 @@ Why this way (see ../shared/SCIENCE.md, "Fitting scaling laws"):
 
 Usage::
 
-    from sfs.fit import fit_scaling
+    from sfs.analysis.fit import fit_scaling
     res = fit_scaling(df["width"].to_numpy(), df["loss"].to_numpy())
     res.form, res.alpha, (res.alpha_lo, res.alpha_hi), res.warning
 """

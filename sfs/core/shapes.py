@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sfs import spec
+from sfs.core import spec
+from sfs.core.text import text_table
 
 MAX_WIDTH = 1_000_000
 
@@ -80,8 +81,7 @@ def format_shapes(shapes: list[ShapeChoice], tolerance: float) -> str:
     header = ("family", "n_features", "budget", "depth", "width", "n_params", "off budget")
     rows = [header] + [(s.family, s.n_features, s.param_budget, s.depth, s.width, s.n_params,
                         f"{s.rel_error:+.1%}") for s in shapes]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = [f"shapes: for each budget and depth, the width whose parameter count is closest "
              f"to the budget (tolerance +-{tolerance:.0%})"]
-    lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    lines += text_table(rows)
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """What a trained pack hands back to the sweep driver: numpy arrays and numbers only.
 
 A trial pickles a ``PackResult``; the driver unpickles it, which imports the module that
-defines the class. Defined here, away from ``sfs.training``, that costs the driver no torch
+defines the class. Defined here, away from ``sfs.training.loop``, that costs the driver no torch
 and no Lightning.
 """
 

@@ -5,7 +5,7 @@ loop keeps per-step work on the device: losses for the curve go into a prealloca
 tensor, and the host looks at them (one sync) only every ``log_every`` steps, to catch
 models whose loss went NaN/inf.
 
-Run by hand:  python -c "from sfs.training import demo; demo()"
+Run by hand:  python -c "from sfs.training.loop import demo; demo()"
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sfs import data as sfs_data
-from sfs.metrics import frobenius_sq, n_represented
-from sfs.models import PackedToyModel, family_class
+from sfs.core.metrics import frobenius_sq, n_represented
+from sfs.core.results import ModelResult, PackResult
+from sfs.core.spec import derive_seed
 from sfs.plan import ModelSpec, Pack
-from sfs.results import ModelResult, PackResult
-from sfs.spec import derive_seed
+from sfs.training import data as sfs_data
+from sfs.training.models import PackedToyModel, family_class
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 
                start_as_nan: frozenset[str] = frozenset()) -> PackResult:
     """Train every model of the pack together, evaluate each on the held-out batch.
 
-    start_as_nan: ids of models whose weights start as NaN (fault injection, sfs.faults)."""
+    start_as_nan: ids of models whose weights start as NaN (fault injection, sfs.core.faults)."""
     pl = _lightning()
     _quiet_lightning()
     device = torch.device(device)

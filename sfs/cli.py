@@ -1,0 +1,65 @@
+"""The ``sfs`` command: run a sweep, aggregate a stored one, or browse its MLflow runs.
+
+    sfs run +sweep=NAME [overrides]         # = python -m sfs.launch +sweep=NAME [overrides]
+    sfs aggregate +sweep=NAME [overrides]   # = python -m sfs.aggregate ...
+    sfs ui SWEEP_DIR [--port 5000]          # MLflow's UI of one sweep folder, on 127.0.0.1
+
+Overrides are Hydra's, exactly as for ``python -m sfs.launch``; the configs ship inside the
+package, so every command works from any directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def ui(argv: list[str]) -> int:
+    """Serve the MLflow UI of one sweep folder on 127.0.0.1 (until Ctrl-C)."""
+    parser = argparse.ArgumentParser(prog="sfs ui", description=ui.__doc__)
+    parser.add_argument("sweep_dir", type=Path, help="a sweep folder, e.g. runs/smoke")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    database = args.sweep_dir.expanduser().absolute() / "mlflow.db"
+    if not database.exists():
+        print(f"sfs: no MLflow store at {database}: pass a sweep folder (e.g. runs/smoke) of a "
+              "sweep run with tracking=sqlite", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{database}",
+               "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"sfs: MLflow UI of {args.sweep_dir} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
+          flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(f"usage:\n{USAGE}")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        from sfs import launch
+
+        sys.argv = ["sfs run", *rest]  # Hydra reads the overrides from the command line
+        launch.main()
+        return 0
+    if command == "aggregate":
+        from sfs import aggregate
+
+        return aggregate.main(rest)
+    if command == "ui":
+        return ui(rest)
+    print(f"sfs: unknown command {command!r}\nusage:\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Ray for a sweep: start an embedded Ray or join a cluster, and size each trial.
+
+``start_ray`` starts Ray here (``cluster.address`` null) or joins a running cluster;
+``trial_resources`` turns ``cluster.*`` into the resources each trial asks for and the
+number of trials that fit at once. Errors are ``ClusterError``s with one clear message,
+raised before any training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from sfs.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class ClusterError(RuntimeError):
+    """Ray cannot be started or joined as configured; raised before any training."""
+
+
+def start_ray(cfg: Config) -> bool:
+    """Start or join Ray; returns whether this process started it (and must stop it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    cluster = cfg.cluster
+    if cluster.address is None:
+        # No dashboard. Ray 2.60 resolves 127.0.0.1 to the node's address and binds its RPC
+        # servers to every interface; its token authentication (on unless disabled) guards them.
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            log.warning("RAY_AUTH_MODE=disabled: the embedded Ray's RPC ports accept anyone on "
+                        "this machine's networks; unset it to keep token authentication on")
+        ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
+                 logging_level=logging.WARNING,
+                 configure_logging=True)
+    else:
+        try:
+            ray.init(address=cluster.address, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ClusterError(f"cannot join the Ray cluster at cluster.address={cluster.address!r}: "
+                               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                               ) from error
+    return True
+
+
+def trial_resources(cfg: Config) -> tuple[dict, int]:
+    """Resources per trial and how many trials fit on the cluster at once."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus = cfg.cluster.cpus_per_trial
+    gpus = cfg.cluster.gpus_per_trial
+    if gpus is None:  # toy models are tiny: several packs share one GPU
+        gpus = 0.25 if total.get("GPU", 0) > 0 else 0.0
+    slots = int(total.get("CPU", 1) // cpus)
+    if gpus > 0:
+        slots = min(slots, int(total.get("GPU", 0) // gpus))
+    for name, amount in cfg.cluster.resources_per_trial.items():
+        if total.get(name, 0) < amount:
+            raise ClusterError(f"cluster.resources_per_trial asks for {amount} {name!r} per trial, "
+                               f"but the cluster has {total.get(name, 0)}")
+        slots = min(slots, int(total[name] // amount))
+    return {"cpu": cpus, "gpu": gpus, **cfg.cluster.resources_per_trial}, max(1, slots)

@@ -1,0 +1,209 @@
+"""Persistence in the driver: each finished pack goes to weights, MLflow, then the store.
+
+Workers only train and hand their results back through ``tune.report``; the driver's
+``PersistCallback`` writes weights, MLflow and the store rows (the commit point) as each
+pack finishes, so a long sweep holds no results in memory and loses nothing finished when
+it dies. ``prepare_part`` opens a sweep's store and finds what is left to train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import yaml
+from ray import tune
+
+from sfs.config import Config
+from sfs.core.shapes import format_shapes
+from sfs.plan import ModelSpec, Pack, plan_models
+from sfs.storage.store import DONE_STATUSES, StoreError, TrialStore, atomic_write_bytes
+from sfs.storage.tracking import Tracker, default_uri
+from sfs.training.worker import PAYLOAD_KEY
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Part:
+    """One sweep of the launch: its config, store, tracker and what is left to train."""
+
+    cfg: Config
+    store: TrialStore
+    tracker: Tracker | None
+    planned: list[ModelSpec]
+    todo: list[ModelSpec]
+    packs: list[Pack] = field(default_factory=list)
+    stored_run_ids: set[str] = field(default_factory=set)  # MLflow runs the store refers to
+
+    @property
+    def name(self) -> str:
+        return self.cfg.sweep.name
+
+
+def _row(spec: ModelSpec, pack: Pack, **values) -> dict:
+    return {**dataclasses.asdict(spec), "model_id": spec.model_id, "pack_id": pack.pack_id,
+            "sweep": pack.sweep, "n_params": spec.n_params, "pack_size": len(pack.models),
+            "finished_at": time.time(), **values}
+
+
+class PersistCallback(tune.Callback):
+    """Runs in the driver: stores every pack as it finishes."""
+
+    def __init__(self, packs: dict[str, tuple[Part, Pack]], stop: threading.Event | None = None) -> None:
+        self.packs = packs
+        self.started_ms: dict[str, int] = {}
+        self.done = 0
+        self.stop = stop  # set when the store becomes unwritable: the sweep stops
+        self.store_error: StoreError | None = None  # the store became unwritable: stop
+
+    def _persist(self, part: Part, write) -> None:
+        """Run one store write; on a full disk or lost permission stop the sweep (what is
+        stored stays whole: every write is atomic) and keep the error for the driver."""
+        if self.store_error is not None:
+            return
+        try:
+            write()
+        except OSError as error:
+            self.store_error = unwritable(part.store.dir, error)
+            log.error("%s", self.store_error)
+            if self.stop is not None:
+                self.stop.set()
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks for Tuner.restore, which sfs never uses (the store is
+        # the record); the open store and the MLflow client must not be pickled.
+        return {}
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.started_ms[trial.trial_id] = int(time.time() * 1000)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        payload = result.pop(PAYLOAD_KEY, None)  # Tune keeps every result: drop the bulk
+        if payload is None:
+            return
+        part, pack = self.packs[result["pack_id"]]
+        self._persist(part, lambda: persist_pack(part, pack, pickle.loads(payload),
+                                                 self._started(trial)))
+        if self.store_error is not None:
+            return
+        self.done += 1
+        log.info("[%d/%d packs] %s", self.done, len(self.packs), _describe(pack))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        part, pack = self.packs[trial.config["sfs"]["pack_id"]]
+        error = _trial_error(trial)
+        self._persist(part, lambda: persist_failure(part, pack, error, self._started(trial)))
+        if self.store_error is not None:
+            return
+        self.done += 1
+        log.error("[%d/%d packs] FAILED %s: %s", self.done, len(self.packs), _describe(pack),
+                  error.splitlines()[-1])
+
+    def _started(self, trial) -> int:
+        return self.started_ms.get(trial.trial_id, int(time.time() * 1000))
+
+
+def _trial_error(trial) -> str:
+    """The trial's last error text. Tune writes it to the trial's local folder before calling
+    back and syncs it to ``trial.get_error()``'s storage later, so read the local file first."""
+    local = trial.error_file
+    if local and os.path.exists(local):
+        with open(local) as f:
+            text = f.read().strip()
+        if text:
+            return text
+    return (trial.get_error() or "unknown error").strip()
+
+
+def _describe(pack: Pack) -> str:
+    s = pack.shape
+    return (f"{pack.sweep}: {s.family} n={s.n_features} m={s.width} depth={s.depth}, "
+            f"{len(pack.models)} models")
+
+
+def persist_pack(part: Part, pack: Pack, result, started_ms: int) -> None:
+    """Weights, then MLflow, then the store rows (the commit point)."""
+    models = result.models
+    # every parameter of every model: W, b, and what the family adds (deep: W_out, A, c, B)
+    extra = {name: np.stack([m.extra[name] for m in models])
+             for name in models[0].extra}
+    weights_path = part.store.write_weights(
+        pack.pack_id, [m.model_id for m in models],
+        W=np.stack([m.W for m in models]), b=np.stack([m.b for m in models]),
+        curve=np.stack([m.curve for m in models]), curve_steps=result.curve_steps, **extra)
+    run_id = (part.tracker.log_pack(pack, result, part.store.dir / weights_path, started_ms)
+              if part.tracker else None)
+    rows = [
+        _row(spec, pack, loss=model.loss, train_loss=model.train_loss,
+             n_represented=model.n_represented, frobenius_sq=model.frobenius_sq,
+             status=model.status, error=None, wall_s=result.wall_s, device=result.device,
+             node=result.node,
+             mlflow_run_id=run_id, weights_path=weights_path, weights_index=index)
+        for index, (spec, model) in enumerate(zip(pack.models, models))
+    ]
+    part.store.write_rows(pack.pack_id, rows)
+
+
+def persist_failure(part: Part, pack: Pack, error: str, started_ms: int) -> None:
+    run_id = part.tracker.log_failed_pack(pack, error, started_ms) if part.tracker else None
+    short = error[-2000:]
+    part.store.write_rows(pack.pack_id, [
+        _row(spec, pack, status="failed", error=short, mlflow_run_id=run_id) for spec in pack.models
+    ])
+
+
+def prepare_part(cfg: Config) -> Part:
+    """Open the store (refusing a corrupt one) and find what is left to train. MLflow is
+    connected separately (``connect_trackers``): it can set up while Ray starts."""
+    sweep_dir = Path(cfg.paths.out_dir) / cfg.sweep.name
+    store = TrialStore(sweep_dir).open_for_writing()
+    try:
+        # the resolved config of the latest launch, for the record (validated: no secrets)
+        atomic_write_bytes(sweep_dir / "config.yaml",
+                           yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False).encode())
+        if cfg.sweep.param_budgets:  # the planner explains its shapes, on screen and on disk
+            write_shapes(cfg, sweep_dir)
+        table = store.consolidate()  # folds in parts a killed driver left behind
+        planned = plan_models(cfg)
+        done = set(table.filter(table["status"].is_in(DONE_STATUSES))["model_id"].to_list())
+        todo = [spec for spec in planned if spec.model_id not in done]
+    except BaseException:
+        store.close()
+        raise
+    return Part(cfg, store, None, planned, todo,
+                stored_run_ids=set(table["mlflow_run_id"].drop_nulls().to_list()))
+
+
+def connect_trackers(parts: list[Part]) -> None:
+    """Connect each part to its MLflow experiment and tidy what a killed launch left there
+    (raises TrackingError). Creating a fresh SQLite store takes seconds (schema migrations)."""
+    for part in parts:
+        cfg = part.cfg
+        if cfg.tracking.enabled:
+            uri = cfg.tracking.uri or default_uri(part.store.dir)
+            part.tracker = Tracker(uri, cfg.tracking.experiment or cfg.sweep.name, part.store.dir)
+            part.tracker.tidy(part.stored_run_ids)
+
+
+def write_shapes(cfg: Config, sweep_dir: Path) -> None:
+    """Log the planner's (budget, depth) -> width table and store it as ``shapes.csv``."""
+    shapes = cfg.sweep.shapes()
+    log.info("%s: %s", cfg.sweep.name, format_shapes(shapes, cfg.sweep.budget_tolerance))
+    frame = pl.DataFrame([{**dataclasses.asdict(s), "rel_error": s.rel_error,
+                           "tolerance": cfg.sweep.budget_tolerance} for s in shapes])
+    atomic_write_bytes(sweep_dir / "shapes.csv", frame.write_csv().encode())
+
+
+def unwritable(folder: Path, error: OSError) -> StoreError:
+    return StoreError(f"cannot write the results store at {folder}: "
+                      f"{error.strerror or error}. Every pack finished before this is stored; "
+                      "free space (or fix permissions) and run the same command again to resume")

@@ -1,0 +1,177 @@
+"""Run a sweep: plan what is missing, fan its packs out as Ray Tune trials, store each.
+
+``run_sweep(configs)`` is the launch's whole training stage: open every sweep's store
+(``persist.prepare_part``), start Ray (``cluster``) while MLflow sets up, hand Tune one
+trial per pack (``sfs.training.worker.run_pack_trial``), let ``persist.PersistCallback``
+store each finished pack, and read back the summary (``summary``). Ctrl-C stops it cleanly
+(``Interrupt``); re-running the same command trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ray import tune
+
+from sfs.config import Config
+from sfs.core import faults
+from sfs.plan import Pack, auto_pack_size, make_packs
+from sfs.sweep.cluster import start_ray, trial_resources
+from sfs.sweep.persist import Part, PersistCallback, connect_trackers, prepare_part, unwritable
+from sfs.sweep.summary import SweepSummary, summarise
+from sfs.training.worker import WorkerOptions, run_pack_trial
+
+log = logging.getLogger(__name__)
+
+
+def run_sweep(cfgs: list[Config]) -> SweepSummary:
+    """Train everything the configs plan that is not stored yet; return the summary."""
+    started = time.perf_counter()
+    parts: list[Part] = []
+    try:
+        for cfg in cfgs:
+            parts.append(prepare_part(cfg))
+        for part in parts:
+            log.info("%s: %d models planned, %d already stored, %d to train", part.name,
+                     len(part.planned), len(part.planned) - len(part.todo), len(part.todo))
+        n_packs, interrupted = 0, False
+        if any(part.todo for part in parts):
+            n_packs, interrupted = _run_tune(parts)
+        else:
+            connect_trackers(parts)
+        return summarise(parts, time.perf_counter() - started, n_packs, interrupted)
+    finally:
+        for part in parts:
+            part.store.consolidate()
+            part.store.close()
+
+
+class Interrupt(tune.Stopper):
+    """Ctrl-C (SIGINT) stops the sweep cleanly: Tune ends every trial, finished packs are
+    already stored, the summary says how to resume. A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.previous = signal.default_int_handler
+
+    def on_sigint(self, signum, frame) -> None:
+        log.warning("interrupted: stopping the sweep; every finished pack is stored, packs in "
+                    "flight are dropped (Ctrl-C again to stop at once)")
+        self.event.set()
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.event.is_set()
+
+    def __getstate__(self) -> dict:  # pickled with the Tuner's state: nothing to keep
+        return {}
+
+    def __setstate__(self, state) -> None:
+        self.__init__()
+
+
+def _run_tune(parts: list[Part]) -> tuple[int, bool]:
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial files
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we log progress
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (Interrupt) says how sfs resumes
+    # Tune's result grid looks for the per-trial files we switched off; nothing is missing.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    import ray
+
+    lead = parts[0].cfg
+    # MLflow sets up (imports, SQLite schema) in a thread while Ray starts its processes:
+    # ray.init mostly waits on them, so the two overlap instead of adding up (~2 s).
+    with ThreadPoolExecutor(1, thread_name_prefix="sfs-mlflow") as pool:
+        trackers = pool.submit(connect_trackers, parts)
+        try:
+            started_ray = start_ray(lead)
+        except BaseException:
+            trackers.cancel()
+            raise
+        try:
+            trackers.result()  # TrackingError: before any training
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
+    try:
+        resources, slots = trial_resources(lead)
+        all_todo = [spec for part in parts for spec in part.todo]
+        injected = faults.from_environment()
+        if injected:
+            log.warning("fault injection on (%s): %s", faults.ENV, injected["ids"])
+        by_id: dict[str, tuple[Part, Pack]] = {}
+        items = []
+        for part in parts:
+            size = part.cfg.sweep.pack_size or auto_pack_size(all_todo, slots)
+            part.packs = make_packs(part.name, part.todo, size)
+            options = WorkerOptions(log_every=part.cfg.train.log_every,
+                                    device=part.cfg.train.device,
+                                    torch_threads=part.cfg.train.torch_threads, faults=injected)
+            for pack in part.packs:
+                by_id[pack.pack_id] = (part, pack)
+                items.append({"pack_id": pack.pack_id, "pack": pack.to_dict(), "options": options})
+        items.sort(key=lambda item: by_id[item["pack_id"]][1].cost, reverse=True)  # largest first
+        log.info("training %d models in %d packs, %d at a time (%s per trial)",
+                 len(all_todo), len(items), slots, resources)
+        interrupt = Interrupt()
+        persist = PersistCallback(by_id, interrupt.event)
+        tune_dir = Path(lead.paths.out_dir) / ".tune"
+        run_name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        try:
+            tuner = _make_tuner(lead, items, resources, interrupt, persist, tune_dir, run_name)
+        except OSError as error:  # Tune records its own state under paths.out_dir first
+            raise unwritable(tune_dir.parent, error) from error
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT)
+        if in_main_thread:  # signal handlers can only be set from the main thread
+            signal.signal(signal.SIGINT, interrupt.on_sigint)
+            interrupt.previous = previous
+        try:
+            tuner.fit()
+        except OSError as error:
+            persist.store_error = persist.store_error or unwritable(tune_dir.parent, error)
+        except Exception as error:  # e.g. Ray killing workers for memory while they start
+            # Everything finished so far is already in the store; say what happened and let
+            # the summary count what is missing (re-running resumes from there).
+            log.error("Ray Tune stopped early: %s: %s", type(error).__name__,
+                      str(error).splitlines()[0] if str(error) else "")
+            log.warning("the traceback of the stop", exc_info=True)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
+        shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
+        if persist.store_error is not None:
+            raise persist.store_error
+        return len(items), interrupt.event.is_set()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _make_tuner(lead: Config, items: list, resources: dict, interrupt: Interrupt,
+                persist: PersistCallback, tune_dir: Path, run_name: str):
+    return tune.Tuner(
+        tune.with_resources(run_pack_trial, resources),
+        param_space={"sfs": tune.grid_search(items)},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,  # one worker process per slot: Lightning imported once
+            max_concurrent_trials=lead.cluster.max_concurrent_trials,
+            trial_dirname_creator=lambda t: t.config["sfs"]["pack_id"],
+            trial_name_creator=lambda t: t.config["sfs"]["pack_id"]),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=str(tune_dir), verbose=0, stop=interrupt,
+            failure_config=tune.FailureConfig(max_failures=lead.cluster.max_retries),
+            callbacks=[persist],
+        ),
+    )

@@ -1,0 +1,66 @@
+"""The Ray Tune trainable that runs on workers: train one pack, report its results once.
+
+The driver passes each trial its pack and a ``WorkerOptions``; the trial trains on the device
+Ray gave it (``trial_device``) and hands back a pickled ``PackResult`` under
+``PAYLOAD_KEY`` in a single ``tune.report``. Torch is imported inside the trial, so the
+driver, which only needs a reference to ``run_pack_trial``, never loads it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+
+from ray import tune
+
+from sfs.plan import Pack
+
+PAYLOAD_KEY = "sfs_payload"  # the pickled PackResult inside a trial's single report
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What every trial of one sweep needs besides its pack (from ``train`` and the faults)."""
+
+    log_every: int  # training-loss curve resolution, in steps
+    device: str  # auto | cpu | cuda (``trial_device``)
+    torch_threads: int
+    faults: dict | None = None  # ``sfs.core.faults.from_environment()``; None: none injected
+
+
+def trial_device(option: str):
+    """The device a trial trains on: the accelerator Ray assigned to it, else the CPU.
+
+    Never ``torch.cuda.is_available()``: a trial that was not given a GPU must not take one.
+    """
+    import torch
+
+    if option == "cpu":
+        return torch.device("cpu")
+    import ray
+
+    assigned = ray.get_gpu_ids() if ray.is_initialized() else []
+    if option == "cuda" or assigned:
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but this trial sees no CUDA device")
+        return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU
+    return torch.device("cpu")
+
+
+def run_pack_trial(config: dict) -> None:
+    """Ray Tune function trainable: train one pack, report its results once."""
+    import ray
+    import torch
+
+    from sfs.core import faults
+    from sfs.training.loop import train_pack
+
+    item = config["sfs"]
+    options: WorkerOptions = item["options"]
+    torch.set_num_threads(options.torch_threads)
+    pack = Pack.from_dict(item["pack"])
+    start_as_nan = faults.before_training(options.faults, pack)
+    result = train_pack(pack, trial_device(options.device), options.log_every, start_as_nan)
+    result.node = ray.get_runtime_context().get_node_id()
+    tune.report({"pack_id": pack.pack_id, "n_models": len(pack.models),
+                 "pack_wall_s": result.wall_s, PAYLOAD_KEY: pickle.dumps(result)})
