@@ -14,5 +14,9 @@ shift
 : "${RAY_ADDRESS:=http://127.0.0.1:8265}"
 : "${SFS_OUT_DIR:=/home/ubuntu/sfs-runs}"
 cd "$(dirname "$0")/.."
+# The entrypoint runs in a shell on the head with the PATH `ray start` had, where `python`
+# is not the cluster's environment: name the interpreter that ray_cluster.yaml installed sfs
+# into. It imports sfs from the uploaded working directory (this checkout).
 exec ray job submit --address "$RAY_ADDRESS" --working-dir . \
-  -- python -m sfs.launch "+sweep=$sweep" cluster=remote "paths.out_dir=$SFS_OUT_DIR" "$@"
+  -- /home/ubuntu/sfs/.venv/bin/python -m sfs.launch "+sweep=$sweep" cluster=remote \
+  "paths.out_dir=$SFS_OUT_DIR" "$@"

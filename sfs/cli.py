@@ -11,7 +11,7 @@ package, so every command works from any directory.
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -25,25 +25,33 @@ def ui(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
     database = args.sweep_dir.expanduser().absolute() / "mlflow.db"
-    if not database.exists():
+    if not database.is_file():
         print(f"sfs: no MLflow store at {database}: pass a sweep folder (e.g. runs/smoke) of a "
               "sweep run with tracking=sqlite", file=sys.stderr)
         return 2
+    # One user on this machine: one server process (MLflow's default is 4), and none of
+    # MLflow's background job runner (server-side jobs; it also delays the stop by ~30 s).
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{database}",
-               "--host", "127.0.0.1", "--port", str(args.port)]
+               "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     print(f"sfs: MLflow UI of {args.sweep_dir} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
           flush=True)
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 130
+    # Become the server rather than wait on it: Ctrl-C, `kill` or a closed terminal then
+    # reach MLflow itself, which stops its workers; a parent killed while waiting would
+    # leave the server running, orphaned, on the port.
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+    return 0  # not reached
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
+        print(f"usage:\n{USAGE}", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(f"usage:\n{USAGE}")
-        return 0 if argv else 2
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
         from sfs import launch

@@ -23,7 +23,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sfs.config import Config, ConfigError
-from sfs.config.compose import expand_sweeps, to_config, without_sweep_choice
+from sfs.config.compose import CONF_DIR, expand_sweeps, to_config, without_sweep_choice
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ def launch(cfgs: list[Config], overrides: list[str]) -> int:
     return code
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+# The configs by absolute path: a relative one would be looked up as the module `sfs.conf`
+# when `sfs run` (sfs.cli), not `python -m sfs.launch`, calls this, and that is no module.
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(composed: DictConfig) -> None:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig

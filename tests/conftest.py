@@ -1,40 +1,75 @@
-"""Shared fixtures: real configs composed from conf/, a real local Ray, tiny model specs."""
+"""Shared fixtures: tiny model specs, a real local Ray (configs come from sfs/conf through
+``sfs.config.compose.load_configs``, which every test calls directly)."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Callable
 
 import pytest
 
 from sfs.plan import ModelSpec
 
+# A small, fast model: 5 features, width 2, 200 steps. ``make_spec`` overrides any field.
+TINY_SPEC = ModelSpec(
+    family="relu_output", n_features=5, width=2, depth=0, sparsity=0.9, importance=0.9,
+    feature_dist="uniform", weight_decay=0.0, seed=0, steps=200, batch_size=128, lr=1e-3,
+    lr_schedule="constant", warmup_steps=0, final_lr_ratio=0.05, max_magnitude=1.0,
+    init="xavier_normal", bias_init_std=0.0, eval_seed=7, eval_samples=2048,
+)
 
-def tiny_spec(**changes) -> ModelSpec:
-    """A small, fast model spec; override any field."""
-    base = ModelSpec(
-        family="relu_output", n_features=5, width=2, depth=0, sparsity=0.9, importance=0.9,
-        feature_dist="uniform", weight_decay=0.0, seed=0, steps=200, batch_size=128, lr=1e-3,
-        lr_schedule="constant", warmup_steps=0, final_lr_ratio=0.05, max_magnitude=1.0,
-        init="xavier_normal", bias_init_std=0.0, eval_seed=7, eval_samples=2048,
-    )
-    return dataclasses.replace(base, **changes)
+
+@pytest.fixture
+def make_spec() -> Callable[..., ModelSpec]:
+    """A factory of small, fast model specs: ``make_spec(seed=1, steps=100)``."""
+
+    def make(**changes) -> ModelSpec:
+        return dataclasses.replace(TINY_SPEC, **changes)
+
+    return make
+
+
+def _local_ray():
+    """A real embedded Ray with 2 CPUs and the launch's worker setup, started on first use;
+    a test that needs another cluster shuts it down, the next use restarts it."""
+    import ray
+
+    from sfs.training.worker_setup import WORKER_RUNTIME_ENV
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                 runtime_env=WORKER_RUNTIME_ENV)
+    return ray
 
 
 @pytest.fixture
 def local_ray():
-    """A real embedded Ray with 2 CPUs, shared by the in-process end-to-end tests (started
-    on first use; a test that needs another cluster shuts it down, the next use restarts it)."""
-    import ray
+    """The shared embedded Ray (``_local_ray``), for one in-process end-to-end test."""
+    yield _local_ray()
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
+
+@pytest.fixture(scope="module")
+def module_local_ray():
+    """The shared embedded Ray (``_local_ray``), for a module-scoped fixture."""
+    yield _local_ray()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Train in-process on one thread, as each trial does (``train.torch_threads``): the toy
+    models gain nothing from more, and on a shared 2-core machine torch's spinning worker
+    threads make every step many times slower. (Collection has imported the test modules,
+    so torch is loaded here if any test uses it.)"""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_ray_at_the_end():
     yield
-    import ray
-
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")  # a run that never imported Ray has nothing to stop
+    if ray is not None and ray.is_initialized():
         ray.shutdown()

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sfs.aggregate import aggregate, seed_bootstrap_mean
+from sfs.aggregate import aggregate
 from sfs.config.compose import load_configs
 from sfs.plan import Pack, plan_models
 from sfs.storage.store import TrialStore
@@ -60,9 +60,9 @@ def build_store(out_dir: Path, alpha: float = 1.0, E: float = 0.0, noise: float 
 
 def test_aggregate_recovers_a_known_exponent_and_known_universality(tmp_path):
     cfg, specs = build_store(tmp_path, alpha=0.8, E=0.002)
-    result = aggregate(cfg)
+    result = aggregate(cfg, report=False)  # the report has its own test
     sweep_dir = tmp_path / "smoke"
-    for name in ("metrics", "fits", "universality", "universality_pairs"):
+    for name in ("metrics", "fits", "universality", "universality_pairs", "universality_control"):
         assert (sweep_dir / f"{name}.parquet").exists()
     assert result.metrics.height == len(specs)
     fits = result.fits.filter(pl.col("x") == "width")
@@ -78,10 +78,38 @@ def test_aggregate_recovers_a_known_exponent_and_known_universality(tmp_path):
     assert (random["gram_cosine"] < 0.9).all()
     assert (random["gram_cosine_lo"] <= random["null_mean"] + 3 * random["null_sd"]).all()
     assert cross["n_pairs"].to_list() == [6] * cross.height  # 4 seeds -> 6 pairs per cell
-    # cross-width pairs: same features at S=0.5 whatever the width
+    assert (cross["rel_loss_gap"] == 0).all()  # one width: both sides are the same models
+    # cross-width pairs: same features at S=0.5 whatever the width and seed
     width_pairs = result.universality.filter((pl.col("kind") == "cross_width") & (pl.col("sparsity") == 0.5))
     assert width_pairs.height == 10 and np.allclose(width_pairs["gram_cosine"], 1.0)
-    assert (width_pairs["n_pairs"] == 4).all()  # one pair per seed: the same data
+    assert (width_pairs["n_pairs"] == 12).all()  # 4 seeds -> 4 x 3 pairs of different seeds
+    assert set(result.universality["kind"]) == {"cross_seed", "cross_width"}  # no control cells
+
+
+def test_compared_pairs_of_different_kinds_never_share_a_seed_and_the_control_always_does(tmp_path):
+    """The de-confounding rule, on the written table: cross_seed and cross_width pairs are
+    models of two different seeds (they differ in the width only); the same-seed pairs
+    across widths are the control, kept apart and summarised against them."""
+    cfg, _ = build_store(tmp_path)
+    aggregate(cfg, report=False)
+    pairs = pl.read_parquet(tmp_path / "smoke" / "universality_pairs.parquet")
+    assert set(pairs["kind"]) == {"cross_seed", "cross_width", "cross_width_same_seed"}
+    compared = pairs.filter(pl.col("kind").is_in(["cross_seed", "cross_width"]))
+    assert compared.filter(pl.col("seed") == pl.col("seed_b")).is_empty()
+    assert compared.filter(pl.col("model_id") == pl.col("model_id_b")).is_empty()
+    control = pairs.filter(pl.col("kind") == "cross_width_same_seed")
+    assert (control["seed"] == control["seed_b"]).all() and (control["width"] < control["width_b"]).all()
+    assert (pairs.filter(pl.col("kind") == "cross_width")["width"]
+            < pairs.filter(pl.col("kind") == "cross_width")["width_b"]).all()
+    # 2 curves x 10 width pairs: one seed (4 pairs) vs different seeds (12 pairs)
+    summary = pl.read_parquet(tmp_path / "smoke" / "universality_control.parquet")
+    assert summary.height == 20
+    assert (summary["n_pairs_same_seed"] == 4).all() and (summary["n_pairs_different_seed"] == 12).all()
+    shared = summary.filter(pl.col("sparsity") == 0.5)  # every model holds the same features
+    assert np.allclose(shared["gram_cosine_same_seed"], 1.0)
+    assert np.allclose(shared["gram_cosine_different_seed"], 1.0)
+    assert np.allclose(shared["gram_cosine_same_minus_different"], 0.0, atol=1e-12)
+    assert np.allclose(shared["gram_cosine_same_minus_different_lo"], 0.0, atol=1e-12)
 
 
 def test_report_shows_every_plot_with_a_caption(tmp_path):
@@ -113,34 +141,7 @@ def test_aggregate_uses_only_the_planned_models(tmp_path):
     assert set(result.metrics["sparsity"]) == {0.5}
 
 
-def test_seed_bootstrap_of_pair_values():
-    rng = np.random.default_rng(0)
-    seeds = [(0, 1), (0, 2), (1, 2)]
-    a, b = np.array([s for s, _ in seeds]), np.array([t for _, t in seeds])
-    mean, lo, hi = seed_bootstrap_mean(np.array([0.5, 0.5, 0.5]), a, b, 500, 0.95, rng)
-    assert (mean, lo, hi) == (0.5, 0.5, 0.5)
-    mean, lo, hi = seed_bootstrap_mean(np.array([0.2, 0.4, 0.9]), a, b, 500, 0.95, rng)
-    assert mean == pytest.approx(0.5) and 0.2 <= lo < mean < hi <= 0.9
-    # a draw of seeds {0, 0, 1} has only the pair (0, 1): its mean is 0.2; {0, 0, 0} has none
-    paired = seed_bootstrap_mean(np.array([0.1, 0.2, 0.3]), np.arange(3), np.arange(3), 500, 0.95, rng)
-    assert paired[0] == pytest.approx(0.2) and 0.1 <= paired[1] < paired[2] <= 0.3
-
-
-def test_seed_bootstrap_covers_the_mean_of_independent_seeds():
-    """Cross-seed cells: 5 seeds, pair value = (z_a + z_b) / 2 with z ~ N(0, 1) per seed.
-    The seed bootstrap's 90% interval should cover the true mean 0 about 90% of the time
-    (a pair bootstrap would under-cover, since pairs share seeds)."""
-    rng = np.random.default_rng(1)
-    pairs = [(a, b) for a in range(5) for b in range(a + 1, 5)]
-    a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-    covered = 0
-    for _ in range(300):
-        z = rng.normal(size=5)
-        _, lo, hi = seed_bootstrap_mean((z[a] + z[b]) / 2, a, b, 400, 0.9, rng)
-        covered += lo <= 0 <= hi
-    assert 0.75 <= covered / 300 <= 0.97
-
-
+@pytest.mark.integration  # a subprocess: ~15 s on 2 shared cores
 def test_aggregate_cli_on_an_existing_store(tmp_path):
     build_store(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "sfs.aggregate", *GRID, f"paths.out_dir={tmp_path}"],

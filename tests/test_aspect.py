@@ -1,5 +1,5 @@
-"""The aspect study: shapes at a parameter budget, iso-loss pairs and the verdict logic,
-on hand-built tables and weights with known answers."""
+"""The aspect study's shapes: widths at a parameter budget, losses and their spread, on
+hand-built tables with known answers (the verdict: test_aspect_stats, test_aspect_controls)."""
 
 import math
 
@@ -82,86 +82,3 @@ def test_loss_spread_tells_equal_shapes_from_different_ones():
     assert s["kruskal_pvalue"][0] > 0.3 and a["kruskal_pvalue"][0] < 0.05
     assert a["spread"][0] == pytest.approx(1.0)
     assert a["spread_lo"][0] <= 1.0 <= a["spread_hi"][0]
-
-
-def test_iso_loss_shape_pairs_need_losses_within_seed_spread():
-    rng = np.random.default_rng(0)
-    models = _models({(100, 0): [1.0, 1.2, 0.8], (100, 2): [1.05, 1.25, 0.85],
-                      (300, 0): [0.5, 0.52, 0.48]})
-    summary = aspect.shape_summary(models, KEYS, 200, 0.95, rng)
-    pairs = aspect.iso_loss_shape_pairs(summary, KEYS)
-    assert pairs.height == 1
-    assert (pairs["depth_a"][0], pairs["depth_b"][0]) == (0, 2)
-
-
-def test_cross_shape_pairs_of_rotated_copies_score_one():
-    """Shape B's bottleneck is shape A's rotated into a wider space: the Gram matrices are
-    equal, so every cross-shape pair (same seed) has cosine 1."""
-    rng = np.random.default_rng(1)
-    n, seeds = 12, 4
-    W, rows = [], []
-    for seed in range(seeds):
-        Wa = rng.normal(size=(n, 3))
-        Q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
-        Wb = np.hstack([Wa, np.zeros((n, 2))]) @ Q
-        for depth, w in ((0, Wa), (2, Wb)):
-            W.append(w)
-            rows.append({"sparsity": 0.9, "param_budget": 100, "depth": depth, "width": w.shape[1],
-                         "seed": seed, "loss": 1.0, "n_represented": 5})
-    models = pl.DataFrame(rows)
-    shape_pairs = pl.DataFrame([{"sparsity": 0.9, "param_budget_a": 100, "depth_a": 0,
-                                 "param_budget_b": 100, "depth_b": 2}])
-    pairs = aspect.iso_loss_pairs(models, W, shape_pairs, KEYS, n_perm=50, rng=rng)
-    cross = pairs.filter(pl.col("kind") == "cross_shape")
-    assert cross.height == seeds
-    assert np.allclose(cross["gram_cosine"].to_numpy(), 1.0)
-    assert (cross["seed"] == cross["seed_b"]).all()
-    assert pairs.filter(pl.col("kind") == "same_shape").height == 2 * seeds * (seeds - 1) // 2
-
-
-# -- the verdict --------------------------------------------------------------------------
-
-def _pairs(sparsity: float, cross: list[float], same: list[float], pvalue: float = 0.01
-           ) -> pl.DataFrame:
-    return pl.DataFrame({
-        "sparsity": sparsity, "kind": ["cross_shape"] * len(cross) + ["same_shape"] * len(same),
-        "gram_cosine": cross + same, "gram_pvalue": pvalue, "null_mean": 0.2, "jaccard": 0.5,
-        "jaccard_chance": 0.3})
-
-
-def _shape_pairs(sparsity: float, rep_a: float, rep_b: float) -> pl.DataFrame:
-    return pl.DataFrame([{"sparsity": sparsity, "n_represented_a": rep_a, "n_represented_b": rep_b,
-                          "n_represented_sd_a": 0.5, "n_represented_sd_b": 0.5}])
-
-
-def test_verdict_reads_synthetic_tables_with_known_answers():
-    rng = np.random.default_rng(2)
-    alike = lambda k: (0.9 + 0.01 * rng.normal(size=k)).tolist()  # noqa: E731
-    pairs = pl.concat([
-        _pairs(0.0, (0.3 + 0.01 * rng.normal(size=8)).tolist(), alike(8)),  # different features
-        _pairs(0.5, alike(8), alike(8)),  # alike, capacities differ
-        _pairs(0.7, alike(8), alike(8)),  # alike, same capacity
-        _pairs(0.8, alike(2), alike(2)),  # too few pairs
-    ])
-    shape_pairs = pl.concat([_shape_pairs(0.0, 5, 5), _shape_pairs(0.5, 5, 12),
-                             _shape_pairs(0.7, 5, 5), _shape_pairs(0.8, 5, 5)])
-    # sparsity 0.9: seeds compared, but no two shapes reached the same loss;
-    # 0.95: iso-loss pairs, but seeds of one shape do not beat the permutation null
-    pairs = pl.concat([pairs, _pairs(0.9, [], alike(6)), _pairs(0.95, alike(8), alike(8), 0.4)])
-    shape_pairs = pl.concat([shape_pairs, _shape_pairs(0.95, 5, 12)])
-    table = aspect.verdict(pairs, shape_pairs, KEYS).sort("sparsity")
-    verdicts = dict(zip(table["sparsity"], table["verdict"]))
-    assert verdicts == {0.0: "contradicts 2 (universality)",
-                        0.5: "contradicts 1 (superposition complete)",
-                        0.7: "contradicts neither", 0.8: "cannot tell", 0.9: "cannot tell",
-                        0.95: "cannot tell"}
-    row = table.filter(pl.col("sparsity") == 0.0).row(0, named=True)
-    assert row["pvalue_holm"] < 0.05 and row["pvalue_holm"] >= row["pvalue"]
-    assert "Mann-Whitney" in row["test"]
-    assert "no two shapes" in table.filter(pl.col("sparsity") == 0.9)["reason"][0]
-    assert "permutation null" in table.filter(pl.col("sparsity") == 0.95)["reason"][0]
-
-
-def test_holm_adjustment():
-    assert aspect._holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan],
-                                                                        nan_ok=True)

@@ -1,5 +1,5 @@
 """The aspect study end to end, on a tiny grid: planner -> deep models -> store -> the
-"Superposition vs universality" tables and report section."""
+"Superposition vs universality" tables and report section (one sweep, several checks)."""
 
 import polars as pl
 import pytest
@@ -11,16 +11,26 @@ from sfs.training.models import family_class
 
 pytestmark = pytest.mark.e2e
 
+SPARSITIES, BUDGETS = (0.0, 0.9), (60, 120)
 TINY = ["+sweep=aspect", "sweep.n_features=[12]", "sweep.param_budgets=[60,120]",
         "sweep.depths=[0,1]", "sweep.sparsities=[0.0,0.9]", "sweep.seeds=[0,1,2]",
         "sweep.budget_tolerance=0.25", "train.steps=300", "train.warmup_steps=20",
         "train.batch_size=256", "tracking=off", "aggregate.n_boot=200", "aggregate.n_perm=50"]
+VERDICTS = {"premise fails", "contradicts 1 (superposition complete)",
+            "contradicts 2 (universality)", "contradicts neither", "cannot tell"}
 
 
-def test_a_tiny_aspect_sweep_plans_trains_and_judges(local_ray, tmp_path):
-    (cfg,) = load_configs([*TINY, f"paths.out_dir={tmp_path}"])
+@pytest.fixture(scope="module")
+def tiny_aspect(module_local_ray, tmp_path_factory):
+    """The tiny aspect sweep, trained and aggregated once: (config, sweep folder, result)."""
+    out_dir = tmp_path_factory.mktemp("aspect_e2e")
+    (cfg,) = load_configs([*TINY, f"paths.out_dir={out_dir}"])
     assert run_sweep([cfg]).exit_code == 0
-    sweep_dir = tmp_path / "aspect"
+    return cfg, out_dir / "aspect", aggregate(cfg)
+
+
+def test_a_tiny_aspect_sweep_plans_and_trains_every_shape(tiny_aspect):
+    _, sweep_dir, _ = tiny_aspect
     shapes = pl.read_csv(sweep_dir / "shapes.csv")
     assert shapes.height == 4  # 2 budgets x 2 depths
     assert (shapes["rel_error"].abs() <= 0.25).all()
@@ -30,19 +40,33 @@ def test_a_tiny_aspect_sweep_plans_trains_and_judges(local_ray, tmp_path):
     table = pl.read_parquet(sweep_dir / "trials.parquet")
     assert table.height == 4 * 2 * 3 and set(table["status"]) == {"ok"}
 
-    result = aggregate(cfg)
-    metrics = result.metrics
-    deep = metrics.filter(pl.col("depth") == 1)
+
+def test_the_aggregation_writes_the_aspect_tables_fits_and_report(tiny_aspect):
+    _, sweep_dir, result = tiny_aspect
+    deep = result.metrics.filter(pl.col("depth") == 1)
     assert deep["layer_represented"].list.len().unique().to_list() == [2]  # bottleneck + 1 block
     for name in ("aspect_shapes", "aspect_spread", "aspect_verdict"):
         assert (sweep_dir / f"{name}.parquet").exists(), name
-    verdict = pl.read_parquet(sweep_dir / "aspect_verdict.parquet")
-    assert set(verdict["sparsity"]) <= {0.0, 0.9}
-    assert set(verdict["verdict"]) <= {"contradicts 1 (superposition complete)",
-                                       "contradicts 2 (universality)", "contradicts neither",
-                                       "cannot tell"}
-    fits = result.fits
-    assert fits.filter((pl.col("x") == "n_params") & (pl.col("depth") >= 0)).height == 4
+    assert result.fits.filter((pl.col("x") == "n_params") & (pl.col("depth") >= 0)).height == 4
     page = (sweep_dir / "report" / "index.html").read_text()
     assert "Superposition vs universality" in page and "Verdict" in page
     assert "aspect_loss_vs_N_S0.png" in page
+
+
+def test_the_verdict_judges_every_sparsity_with_a_known_label_and_a_reason(tiny_aspect):
+    _, sweep_dir, _ = tiny_aspect
+    verdict = pl.read_parquet(sweep_dir / "aspect_verdict.parquet")
+    assert verdict.height > 0
+    assert {"sparsity", "verdict", "reason"} <= set(verdict.columns)
+    assert set(verdict["sparsity"]) == set(SPARSITIES)
+    assert set(verdict["verdict"]) <= VERDICTS, verdict["verdict"].to_list()
+    assert all(reason for reason in verdict["reason"])
+
+
+def test_the_verdict_has_one_row_per_sparsity_and_parameter_budget(tiny_aspect):
+    _, sweep_dir, _ = tiny_aspect
+    verdict = pl.read_parquet(sweep_dir / "aspect_verdict.parquet")
+    assert {"sparsity", "param_budget", "verdict", "reason"} <= set(verdict.columns)
+    groups = sorted(zip(verdict["sparsity"], verdict["param_budget"]))
+    assert groups == sorted((s, b) for s in SPARSITIES for b in BUDGETS)  # each once
+    assert set(verdict["verdict"]) <= VERDICTS, verdict["verdict"].to_list()

@@ -13,6 +13,7 @@ import pytest
 from sfs.config.compose import load_configs
 from sfs.plan import ModelSpec, Pack
 from sfs.storage.store import load_weights
+from sfs.sweep.cluster import start_ray
 from sfs.sweep.runner import run_sweep
 from sfs.training.loop import train_pack
 
@@ -65,6 +66,31 @@ def test_missing_custom_resources_are_a_clear_error(three_nodes, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "cluster.resources_per_trial asks for 1.0 'tpu' per trial, but the cluster has 0" in proc.stderr
+
+
+def test_workers_leave_ctrl_c_to_the_driver():
+    """Ray interrupts a worker's main thread itself (``_thread.interrupt_main``, e.g. to
+    cancel a task; it runs the SIGINT handler as a Ctrl-C would): the workers of a sweep's
+    Ray carry on, so a Ctrl-C never prints a worker's KeyboardInterrupt into the terminal."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    (cfg,) = load_configs(["+sweep=smoke", "cluster.num_cpus=1"])
+    assert start_ray(cfg)
+    try:
+        @ray.remote(max_retries=0)
+        def interrupted() -> str:
+            import _thread
+            import time
+
+            _thread.interrupt_main()
+            time.sleep(0.5)  # a KeyboardInterrupt would be raised here
+            return "finished"
+
+        assert ray.get(interrupted.remote(), timeout=120) == "finished"
+    finally:
+        ray.shutdown()
 
 
 def test_embedded_ray_exposes_no_dashboard_and_keeps_token_auth(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+import sfs
 from sfs.config import Config, ConfigError, SweepConfig
 from sfs.config.compose import CONF_DIR, available_sweeps, load_configs
 from sfs.plan import plan_models
@@ -47,6 +48,17 @@ def test_relative_out_dir_becomes_absolute():
     (cfg,) = load_configs(["+sweep=smoke", "paths.out_dir=some/where"])
     assert Path(cfg.paths.out_dir).is_absolute()
     assert cfg.paths.out_dir == str(Path.cwd() / "some/where")
+
+
+def test_configs_compose_from_a_folder_outside_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no conf/ here: the configs come from the package
+    assert REPO not in tmp_path.parents and not (tmp_path / "conf").exists()
+    assert CONF_DIR.is_relative_to(Path(sfs.__file__).parent)
+    cfgs = load_configs(["+sweep=full", "paths.out_dir=runs"])
+    assert [c.sweep.name for c in cfgs] == ["tms", "scaling", "aspect"]
+    assert {c.paths.out_dir for c in cfgs} == {str(tmp_path / "runs")}
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_configs(["+sweep=smoke", "train.steps=0"])
 
 
 def test_scale_multiplies_seeds_and_steps():
@@ -135,14 +147,11 @@ def test_dataclasses_validate_when_built_directly():
     assert dataclasses.replace(ok, widths=[3]).widths == [3]
 
 
-CLI_CASES = [
-    ("sweep.widths=[0]", "sweep.widths"),
-    ("train.steps=0", "train.steps"),
-    ("sweep.sparsities=[1.5]", "sweep.sparsities"),
+# The same refusals through the command line: one line naming the key, a non-zero exit, no
+# traceback, nothing started. Each case starts a fresh interpreter (integration). They run
+# from a folder outside the checkout: the configs ship inside the package.
+CLI_CASES = [(override, words[0]) for override, words in BAD_VALUES] + [
     ("train.steps=abc", "train.steps"),
-]
-SLOW_CLI_CASES = [(override, words[0]) for override, words in BAD_VALUES
-                  if override not in dict(CLI_CASES)] + [
     ("sweep.widths=[two]", "sweep.widths"),
     ("+sweep.nonsense=1", "nonsense"),
     ("cluster.address=http://x", "cluster.address"),
@@ -150,14 +159,20 @@ SLOW_CLI_CASES = [(override, words[0]) for override, words in BAD_VALUES
 ]
 
 
-@pytest.mark.parametrize("override,word", [
-    *CLI_CASES, *[pytest.param(*case, marks=pytest.mark.integration) for case in SLOW_CLI_CASES]])
+@pytest.mark.parametrize("override,word", CLI_CASES[-3:])
+def test_keys_only_the_cli_cases_name_fail_in_process_too(override, word):
+    with pytest.raises(ConfigError, match=word):
+        load_configs(["+sweep=smoke", override])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("override,word", CLI_CASES)
 def test_cli_rejects_bad_input_before_starting_anything(override, word, tmp_path):
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
     proc = subprocess.run(
         [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={tmp_path}",
          *override.split()],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr

@@ -44,7 +44,8 @@ def test_failing_dying_and_diverging_trials(tmp_path):
     proc = _launch(tmp_path, *extra, env={"SFS_INJECT_FAULTS": json.dumps(faults)})
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 1, output
-    assert f"FAILED models: {', '.join(sorted(failing))}" in output or all(m in output for m in failing)
+    assert (f"smoke: FAILED models: {', '.join(sorted(failing))} (errors in trials.parquet, "
+            "column 'error')") in output.splitlines(), output
     table = pl.read_parquet(tmp_path / "smoke" / "trials.parquet")
     status = dict(zip(table["model_id"], table["status"]))
     assert len(status) == 8
@@ -66,15 +67,22 @@ def test_failing_dying_and_diverging_trials(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group (the
+    driver and every process it started in that group), mid-sweep."""
     grid = ["sweep.seeds=[0,1,2,3,4,5]", "sweep.pack_size=1", "train.steps=1500", "aggregate.enabled=false"]
-    proc = _launch(tmp_path, *grid)
-    parts = tmp_path / "smoke" / "parts"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
-        assert proc.poll() is None
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
+    proc = _launch(tmp_path, *grid, start_new_session=True)  # its own group, as in a terminal
+    try:
+        parts = tmp_path / "smoke" / "parts"
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # the test failed first: leave nothing running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 130, output
     assert "interrupted" in output and "run the same command again to resume" in output
     assert "Traceback" not in output

@@ -1,9 +1,15 @@
-"""The sweep driver and the aggregator never train, so they start without torch."""
+"""The sweep driver and the aggregator never train, so they start without torch.
+
+Each test starts a fresh interpreter (torch is loaded in this one), so they are integration
+tests; ``lint-imports`` (``make lint``) checks the same contract statically."""
 
 import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
 
 
 def _modules_after(code: str) -> set[str]:

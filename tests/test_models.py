@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
+from sfs.config import ConfigError
+from sfs.config.compose import load_configs
 from sfs.core import spec
+from sfs.plan import plan_models
 from sfs.training.models import MODEL_CLASSES, DeepModel, DeepTiedModel, ReLUOutputModel, family_class
 
 
@@ -53,11 +56,20 @@ def test_deep_parameter_count_formula():
     assert DeepTiedModel.n_params(n, m, 0) == ReLUOutputModel.n_params(n, m, 0)
 
 
-def test_depth_is_bounded_per_family():
-    with pytest.raises(ValueError, match="depth <= 0"):
-        family_class("relu_output")(1, 5, 2, depth=1)
-    assert DeepModel.family.max_depth >= 64 and DeepTiedModel.family.max_depth >= 64
-    DeepModel(1, 5, 2, depth=DeepModel.family.max_depth)  # the bound itself is allowed
+@pytest.mark.parametrize("family, deepest", [("relu_output", 0), ("linear", 0), ("deep", 64),
+                                              ("deep_tied", 64)])
+def test_depth_is_bounded_per_family(family, deepest):
+    # a config one layer too deep is refused before anything runs, naming the field and bound
+    with pytest.raises(ConfigError) as error:
+        load_configs(["+sweep=smoke", f"sweep.families=[{family}]", f"sweep.depths=[0,{deepest + 1}]"])
+    message = str(error.value)
+    assert "sweep.depths" in message and f"at most {deepest} for family '{family}'" in message
+    # the bound itself plans, and the module builds it; one more is refused there too
+    (cfg,) = load_configs(["+sweep=smoke", f"sweep.families=[{family}]", f"sweep.depths=[{deepest}]"])
+    assert {s.depth for s in plan_models(cfg)} == {deepest}
+    family_class(family)(1, 5, 2, depth=deepest)
+    with pytest.raises(ValueError, match=f"depth <= {deepest}"):
+        family_class(family)(1, 5, 2, depth=deepest + 1)
 
 
 @pytest.mark.parametrize("scheme", ["xavier_normal", "normal"])

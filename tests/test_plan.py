@@ -1,11 +1,12 @@
 """Planning: stable model ids, grid coverage, packs that share exactly what they must."""
 
 import dataclasses
+import json
+import os
 import subprocess
 import sys
 
 import pytest
-from conftest import tiny_spec
 
 from sfs.config.compose import load_configs
 from sfs.plan import (
@@ -20,17 +21,30 @@ from sfs.plan import (
 )
 
 
-def test_model_id_is_stable_across_processes():
-    spec = tiny_spec(sparsity=0.99, weight_decay=-0.3, feature_dist="power:1.5")
-    code = ("import sys; sys.path.insert(0, 'tests'); from conftest import tiny_spec; "
-            "print(tiny_spec(sparsity=0.99, weight_decay=-0.3, feature_dist='power:1.5').model_id)")
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert other.stdout.strip() == spec.model_id
+def test_model_id_is_a_known_value(make_spec):
+    # The id names every stored result: a change here orphans every store (nothing resumes).
+    spec = make_spec(sparsity=0.99, weight_decay=-0.3, feature_dist="power:1.5")
+    assert spec.model_id == "07c9775d914d991b"
+    assert make_spec().model_id == "7096f1c54595369d"
+
+
+@pytest.mark.integration
+def test_model_id_is_stable_across_processes(make_spec):
+    spec = make_spec(sparsity=0.99, weight_decay=-0.3, feature_dist="power:1.5")
+    code = ("import json, sys; from sfs.plan import ModelSpec; "
+            "print(ModelSpec(**json.loads(sys.argv[1])).model_id)")
+    ids = set()
+    for hash_seed in ("1", "2"):  # str hashes differ between these two processes
+        other = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(spec))],
+                               capture_output=True, text=True, check=True,
+                               env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        ids.add(other.stdout.strip())
+    assert ids == {spec.model_id}
     assert len(spec.model_id) == 16
 
 
-def test_every_field_of_the_spec_changes_the_id():
-    spec = tiny_spec()
+def test_every_field_of_the_spec_changes_the_id(make_spec):
+    spec = make_spec()
     changed = {"family": "linear", "lr_schedule": "cosine", "feature_dist": "power:1.0",
                "init": "normal"}
     for field in dataclasses.fields(ModelSpec):
@@ -71,21 +85,21 @@ def test_packs_cover_every_model_once_and_share_shape(pack_size):
     assert [p.cost for p in packs] == sorted((p.cost for p in packs), reverse=True)
 
 
-def test_auto_pack_size_balances_slots_and_memory():
-    small = [tiny_spec(seed=s) for s in range(100)]
+def test_auto_pack_size_balances_slots_and_memory(make_spec):
+    small = [make_spec(seed=s) for s in range(100)]
     assert auto_pack_size(small, n_slots=1000) == 1  # a slot per model: no reason to wait
-    wide = [tiny_spec(seed=s, n_features=100_000, batch_size=1024) for s in range(100)]
+    wide = [make_spec(seed=s, n_features=100_000, batch_size=1024) for s in range(100)]
     assert auto_pack_size(wide, n_slots=1) == 1  # a pack's batch must stay ~16 MB
-    one_slot = [tiny_spec(seed=s, steps=2000) for s in range(40)]
+    one_slot = [make_spec(seed=s, steps=2000) for s in range(40)]
     assert auto_pack_size(one_slot, n_slots=1) == 40  # nothing to balance: one big pack
 
 
-def test_auto_pack_size_splits_shapes_when_whole_shapes_leave_a_slot_idle():
+def test_auto_pack_size_splits_shapes_when_whole_shapes_leave_a_slot_idle(make_spec):
     # 5 shapes x 16 models on 2 slots: one pack per shape runs in 3 rounds, one slot idle in
     # the last; halves (8 models) run in 5 rounds of half the time: 2.5 rounds' worth.
-    grid = [tiny_spec(n_features=20, width=m, seed=s, steps=2000, batch_size=1024)
+    grid = [make_spec(n_features=20, width=m, seed=s, steps=2000, batch_size=1024)
             for m in (2, 4, 6, 8, 10) for s in range(16)]
-    groups = [(tiny_spec(n_features=20, width=m, steps=2000, batch_size=1024), 16)
+    groups = [(make_spec(n_features=20, width=m, steps=2000, batch_size=1024), 16)
               for m in (2, 4, 6, 8, 10)]
     size = auto_pack_size(grid, n_slots=2)
     assert {len(p.models) for p in make_packs("s", grid, size)} == {8}
@@ -93,8 +107,8 @@ def test_auto_pack_size_splits_shapes_when_whole_shapes_leave_a_slot_idle():
     assert chosen < 0.95 * whole
 
 
-def test_estimated_makespan_schedules_largest_first_on_the_freest_slot():
-    shape = tiny_spec(steps=1000)
+def test_estimated_makespan_schedules_largest_first_on_the_freest_slot(make_spec):
+    shape = make_spec(steps=1000)
     one = pack_seconds(shape, 1)
     assert estimated_makespan([(shape, 4)], 1, n_slots=2) == pytest.approx(2 * one)
     assert estimated_makespan([(shape, 3)], 1, n_slots=2) == pytest.approx(2 * one)  # 2 + 1
@@ -103,12 +117,12 @@ def test_estimated_makespan_schedules_largest_first_on_the_freest_slot():
     # a pack of k costs less than k packs of one (per-step overhead is paid once) ...
     assert pack_seconds(shape, 4) < 4 * one
     # ... and, once a model's own work outweighs that overhead, more than two alone
-    busy = tiny_spec(n_features=20, batch_size=1024, steps=100_000)
+    busy = make_spec(n_features=20, batch_size=1024, steps=100_000)
     assert pack_seconds(busy, 4) > 2 * pack_seconds(busy, 1)
 
 
-def test_pack_round_trips_through_a_dict():
-    pack = Pack("s", (tiny_spec(), tiny_spec(seed=1)))
+def test_pack_round_trips_through_a_dict(make_spec):
+    pack = Pack("s", (make_spec(), make_spec(seed=1)))
     assert Pack.from_dict(pack.to_dict()) == pack
     assert Pack.from_dict(pack.to_dict()).pack_id == pack.pack_id
 

@@ -4,7 +4,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sfs.storage.store import TRIAL_SCHEMA, StoreError, TrialStore, load_weights
+from sfs.storage.store import (
+    TRIAL_SCHEMA,
+    StoreError,
+    TrialStore,
+    load_weights,
+    read_weights,
+    write_table,
+)
 
 
 def _rows(ids, status="ok", t=1.0):
@@ -59,6 +66,45 @@ def test_weights_are_numpy_readable_per_pack(tmp_path):
         assert np.array_equal(second["W"], W[1]) and second["curve_steps"].tolist() == [0, 1, 2, 3]
         with pytest.raises(StoreError, match="does not match"):
             load_weights(tmp_path, {"weights_path": path, "weights_index": 1, "model_id": "a"})
+
+
+def test_weights_of_many_rows_are_read_per_file_in_row_order(tmp_path):
+    with TrialStore(tmp_path) as store:
+        W1 = np.arange(12, dtype=np.float32).reshape(2, 3, 2)  # pack p1: models a, b
+        W2 = -np.arange(18, dtype=np.float32).reshape(3, 3, 2)  # pack p2: models c, d, e
+        A = np.ones((3, 1, 2, 2))  # (pack, depth, hidden, hidden): p2 is a deep pack
+        p1 = store.write_weights("p1", ["a", "b"], W=W1, b=np.zeros((2, 3)), curve=np.ones((2, 4)),
+                                 curve_steps=np.arange(4))
+        p2 = store.write_weights("p2", ["c", "d", "e"], W=W2, A=A, c=np.zeros((3, 1, 2)), B=A,
+                                 b=np.zeros((3, 3)), curve=np.ones((3, 4)), curve_steps=np.arange(4))
+    rows = pl.DataFrame({"model_id": ["e", "b", "c", "a"], "weights_path": [p2, p1, p2, p1],
+                         "weights_index": [2, 1, 0, 0]})
+    groups = list(read_weights(tmp_path, rows, names=("W", "A", "c", "B")))
+    assert [positions.tolist() for positions, _ in groups] == [[0, 2], [1, 3]]  # by first row
+    (_, deep), (_, flat) = groups
+    assert sorted(deep) == ["A", "B", "W", "c"] and sorted(flat) == ["W"]
+    assert np.array_equal(deep["W"], W2[[2, 0]]) and deep["A"].shape == (2, 1, 2, 2)
+    assert np.array_equal(flat["W"], W1[[1, 0]])
+    wrong = rows.with_columns(pl.Series("model_id", ["e", "a", "c", "b"]))
+    with pytest.raises(StoreError, match="does not match"):
+        list(read_weights(tmp_path, wrong))
+    with pytest.raises(ValueError, match="curve_steps"):
+        list(read_weights(tmp_path, rows, names=("curve_steps",)))
+
+
+def test_tables_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "fits.parquet"
+    write_table(pl.DataFrame({"x": [1, 2]}), path)
+    assert pl.read_parquet(path)["x"].to_list() == [1, 2]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # a writer killed between writing and renaming
+
+    monkeypatch.setattr("sfs.storage.store.os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_table(pl.DataFrame({"x": [3]}), path)
+    assert pl.read_parquet(path)["x"].to_list() == [1, 2]  # the old table, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["fits.parquet"]  # no temporary left
 
 
 def test_corrupt_or_foreign_tables_are_refused_and_kept(tmp_path):

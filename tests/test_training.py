@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_spec
 
 from sfs.plan import Pack
 from sfs.training.loop import build_model, evaluate, lr_factor, make_module, pack_tensors, train_pack
@@ -16,11 +15,11 @@ def _by_id(result):
     return {m.model_id: m for m in result.models}
 
 
-def test_a_packed_model_equals_the_same_model_trained_alone():
+def test_a_packed_model_equals_the_same_model_trained_alone(make_spec):
     specs = [
-        tiny_spec(sparsity=0.9, seed=0),
-        tiny_spec(sparsity=0.5, seed=1, weight_decay=0.05, importance=0.7),
-        tiny_spec(sparsity=0.0, seed=2, weight_decay=-0.1, feature_dist="power:1.0"),
+        make_spec(sparsity=0.9, seed=0),
+        make_spec(sparsity=0.5, seed=1, weight_decay=0.05, importance=0.7),
+        make_spec(sparsity=0.0, seed=2, weight_decay=-0.1, feature_dist="power:1.0"),
     ]
     packed = _by_id(train_pack(Pack("t", tuple(specs)), log_every=50))
     reordered = _by_id(train_pack(Pack("t", tuple(reversed(specs))), log_every=50))
@@ -35,17 +34,17 @@ def test_a_packed_model_equals_the_same_model_trained_alone():
     assert not np.allclose(packed[specs[0].model_id].W, packed[specs[1].model_id].W)
 
 
-def test_same_spec_and_seed_give_the_same_numbers():
-    spec = tiny_spec(steps=100)
+def test_same_spec_and_seed_give_the_same_numbers(make_spec):
+    spec = make_spec(steps=100)
     first, second = (train_pack(Pack("t", (spec,))).models[0] for _ in range(2))
     assert np.array_equal(first.W, second.W) and first.loss == second.loss
-    other_seed = train_pack(Pack("t", (tiny_spec(steps=100, seed=1),))).models[0]
+    other_seed = train_pack(Pack("t", (make_spec(steps=100, seed=1),))).models[0]
     assert not np.array_equal(first.W, other_seed.W)
 
 
-def test_held_out_loss_of_the_zero_model_matches_the_analytic_value():
+def test_held_out_loss_of_the_zero_model_matches_the_analytic_value(make_spec):
     # W = 0, b = 0 outputs 0, so the loss is mean_i I_i E[x_i^2] = mean_i I_i p M^2 / 3.
-    spec = tiny_spec(n_features=6, sparsity=0.75, importance=0.8, max_magnitude=2.0,
+    spec = make_spec(n_features=6, sparsity=0.75, importance=0.8, max_magnitude=2.0,
                      eval_samples=200_000)
     pack = Pack("t", (spec,))
     model = build_model(pack)
@@ -57,10 +56,10 @@ def test_held_out_loss_of_the_zero_model_matches_the_analytic_value():
     assert loss == pytest.approx(expected, rel=0.02)
 
 
-def test_init_is_per_model_and_independent_of_the_pack():
-    spec = tiny_spec(n_features=40, width=10, seed=3)
+def test_init_is_per_model_and_independent_of_the_pack(make_spec):
+    spec = make_spec(n_features=40, width=10, seed=3)
     alone = build_model(Pack("t", (spec,))).W[0]
-    packed = build_model(Pack("t", (tiny_spec(seed=9, n_features=40, width=10), spec))).W[1]
+    packed = build_model(Pack("t", (make_spec(seed=9, n_features=40, width=10), spec))).W[1]
     assert torch.equal(alone, packed)
     assert alone.std().item() == pytest.approx(math.sqrt(2 / 50), rel=0.15)  # Xavier normal
 
@@ -73,8 +72,8 @@ def test_lr_schedule_warmup_and_cosine_end_points():
     assert lr_factor(50, 100, "constant", 0, 0.05) == 1.0
 
 
-def test_signed_weight_decay_pulls_rows_toward_unit_norm():
-    specs = (tiny_spec(weight_decay=0.5), tiny_spec(weight_decay=-0.5, seed=1))
+def test_signed_weight_decay_pulls_rows_toward_unit_norm(make_spec):
+    specs = (make_spec(weight_decay=0.5), make_spec(weight_decay=-0.5, seed=1))
     module = make_module(Pack("t", specs), log_every=10)
     with torch.no_grad():
         module.model.W.copy_(torch.tensor([[[3.0, 4.0]] * 5, [[0.3, 0.4]] * 5]))  # norms 5, 0.5
@@ -85,8 +84,8 @@ def test_signed_weight_decay_pulls_rows_toward_unit_norm():
     assert torch.allclose(norms[1], torch.full((5,), 0.5 * 1.05))
 
 
-def test_a_diverging_model_leaves_its_pack_mates_untouched():
-    specs = (tiny_spec(seed=0), tiny_spec(seed=1, sparsity=0.5))
+def test_a_diverging_model_leaves_its_pack_mates_untouched(make_spec):
+    specs = (make_spec(seed=0), make_spec(seed=1, sparsity=0.5))
     alone = train_pack(Pack("t", (specs[1],)), log_every=20).models[0]
     pack = Pack("t", specs)
     import sfs.training.loop as training
@@ -110,11 +109,12 @@ def test_a_diverging_model_leaves_its_pack_mates_untouched():
     np.testing.assert_allclose(healthy.W, alone.W, rtol=1e-4, atol=1e-5)
 
 
-def test_tms_dense_features_get_width_dimensions_sparse_ones_superpose():
+@pytest.mark.integration  # thousands of steps
+def test_tms_dense_features_get_width_dimensions_sparse_ones_superpose(make_spec):
     """Elhage et al. 2022, n=5, m=2, I=0.9^i: dense -> only 2 features represented (PCA-like);
     sparse -> more features than dimensions. (lr 1e-2 converges in 2k steps what the
     reference lr 1e-3 needs 10k for; at 4k steps and 1e-3 a third feature is still fading.)"""
-    specs = tuple(tiny_spec(sparsity=s, seed=seed, steps=2000, lr=1e-2, batch_size=1024,
+    specs = tuple(make_spec(sparsity=s, seed=seed, steps=2000, lr=1e-2, batch_size=1024,
                             eval_samples=8192)
                   for s in (0.0, 0.97) for seed in (0, 1))
     result = _by_id(train_pack(Pack("t", specs), log_every=500))
@@ -126,8 +126,9 @@ def test_tms_dense_features_get_width_dimensions_sparse_ones_superpose():
             assert represented >= 4, (spec, represented)
 
 
-def test_linear_model_learns_the_top_features_without_superposition():
-    spec = tiny_spec(family="linear", sparsity=0.0, importance=0.7, steps=3000, batch_size=1024,
+@pytest.mark.integration  # thousands of steps
+def test_linear_model_learns_the_top_features_without_superposition(make_spec):
+    spec = make_spec(family="linear", sparsity=0.0, importance=0.7, steps=3000, batch_size=1024,
                      lr=3e-3)
     model = train_pack(Pack("t", (spec,)), log_every=500).models[0]
     norms = np.linalg.norm(model.W, axis=1)
@@ -135,13 +136,13 @@ def test_linear_model_learns_the_top_features_without_superposition():
     assert norms[:2].min() > 0.9 and norms[2:].max() < 0.3  # the two most important features
 
 
-def test_a_packed_deep_model_equals_the_same_model_trained_alone():
+def test_a_packed_deep_model_equals_the_same_model_trained_alone(make_spec):
     base = dict(family="deep", n_features=6, width=3, depth=2, steps=60, batch_size=64,
                 lr=1e-2, eval_samples=512)
     specs = [
-        tiny_spec(**base, sparsity=0.9, seed=0),
-        tiny_spec(**base, sparsity=0.5, seed=1, weight_decay=0.05, importance=0.7),
-        tiny_spec(**base, sparsity=0.0, seed=2, weight_decay=-0.1, feature_dist="power:1.0"),
+        make_spec(**base, sparsity=0.9, seed=0),
+        make_spec(**base, sparsity=0.5, seed=1, weight_decay=0.05, importance=0.7),
+        make_spec(**base, sparsity=0.0, seed=2, weight_decay=-0.1, feature_dist="power:1.0"),
     ]
     packed = _by_id(train_pack(Pack("t", tuple(specs)), log_every=20))
     reordered = _by_id(train_pack(Pack("t", tuple(reversed(specs[1:]))), log_every=20))
@@ -163,9 +164,9 @@ def test_a_packed_deep_model_equals_the_same_model_trained_alone():
     assert not np.allclose(first.extra["B"], packed[specs[1].model_id].extra["B"])
 
 
-def test_tied_deep_model_at_depth_zero_trains_exactly_like_relu_output():
+def test_tied_deep_model_at_depth_zero_trains_exactly_like_relu_output(make_spec):
     common = dict(steps=200, lr=1e-2, bias_init_std=0.1, eval_samples=1024)
-    specs = [tiny_spec(seed=0, **common), tiny_spec(seed=1, weight_decay=-0.2, **common)]
+    specs = [make_spec(seed=0, **common), make_spec(seed=1, weight_decay=-0.2, **common)]
     reference = train_pack(Pack("t", tuple(specs)), log_every=50).models
     tied = train_pack(Pack("t", tuple(dataclasses.replace(s, family="deep_tied") for s in specs)),
                       log_every=50).models
@@ -178,9 +179,9 @@ def test_tied_deep_model_at_depth_zero_trains_exactly_like_relu_output():
     assert reference[0].extra == {}
 
 
-def test_weight_decay_acts_on_feature_matrices_not_blocks():
-    specs = (tiny_spec(family="deep", depth=1, weight_decay=0.5),
-             tiny_spec(family="deep", depth=1, weight_decay=-0.5, seed=1))
+def test_weight_decay_acts_on_feature_matrices_not_blocks(make_spec):
+    specs = (make_spec(family="deep", depth=1, weight_decay=0.5),
+             make_spec(family="deep", depth=1, weight_decay=-0.5, seed=1))
     module = make_module(Pack("t", specs), log_every=10)
     model = module.model
     with torch.no_grad():
@@ -199,13 +200,13 @@ def test_weight_decay_acts_on_feature_matrices_not_blocks():
         assert torch.equal(before, after)
 
 
-def test_persisted_weights_hold_every_parameter(tmp_path):
+def test_persisted_weights_hold_every_parameter(tmp_path, make_spec):
     from sfs.storage.store import TrialStore, load_weights
     from sfs.sweep.persist import Part, persist_pack
 
-    specs = (tiny_spec(family="deep", n_features=4, width=3, depth=2, steps=10, seed=0),
-             tiny_spec(family="deep", n_features=4, width=3, depth=2, steps=10, seed=1))
-    one_layer = (tiny_spec(steps=10, n_features=4, width=3),)
+    specs = (make_spec(family="deep", n_features=4, width=3, depth=2, steps=10, seed=0),
+             make_spec(family="deep", n_features=4, width=3, depth=2, steps=10, seed=1))
+    one_layer = (make_spec(steps=10, n_features=4, width=3),)
     store = TrialStore(tmp_path).open_for_writing()
     try:
         part = Part(cfg=None, store=store, tracker=None, planned=[], todo=[])

@@ -1,26 +1,28 @@
-"""Cross-model comparisons with known answers (sfs.analysis.universality)."""
+"""Cross-model comparisons with known answers (sfs.analysis.gram_measures, .permutation_null,
+.universality)."""
 
 import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from sfs.analysis import universality as U
-from sfs.analysis.universality import (
-    PairComparison,
-    bootstrap_mean_ci,
-    compare_pair,
-    compare_pairs,
+from sfs.analysis import permutation_null as N
+from sfs.analysis.gram_measures import (
     gram,
     gram_cosine,
-    gram_cosine_null,
-    gram_cosine_null_mean,
     jaccard,
     jaccard_chance,
     per_feature_agreement,
-    permutation_pvalue,
     random_gram_cosine_baseline,
-    weight_cosine_null,
 )
+from sfs.analysis.permutation_null import (
+    PATHS,
+    draw_permutations,
+    gram_cosine_null_mean,
+    null_inner_products,
+    null_path,
+    permutation_pvalue,
+)
+from sfs.analysis.universality import PairComparison, compare_pair, compare_within
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -69,8 +71,8 @@ def test_label_shuffled_copies_score_at_the_null():
     # p-values of shuffled copies are uniform and their mean cosine is the null mean.
     rng = _rng(7)
     W = rng.standard_normal((20, 5))
-    shuffled = np.stack([W[rng.permutation(20)] for _ in range(400)])
-    cols = compare_pairs(W, shuffled, n_perm=99, rng=rng)
+    models = [W] + [W[rng.permutation(20)] for _ in range(400)]
+    cols = compare_within(models, np.array([(0, k) for k in range(1, 401)]), n_perm=99, rng=rng)
     p = cols["gram_pvalue"]
     assert p.shape == (400,)
     assert abs(p.mean() - 0.5) < 0.05
@@ -80,35 +82,44 @@ def test_label_shuffled_copies_score_at_the_null():
     assert abs(cols["null_mean"].mean() - exact) < 0.005
 
 
-def test_null_mean_matches_exact_expectation():
-    W1, W2 = _rng(8).standard_normal((2, 15, 4))
-    W2[3] = 0.0
-    null = gram_cosine_null(gram(W1), gram(W2), 4000, _rng(9))
-    exact = gram_cosine_null_mean(gram(W1), gram(W2))
-    assert abs(null.mean() - exact) < 4 * null.std() / np.sqrt(null.size)
+# --- the permutation null's paths ------------------------------------------------------
+
+
+def _explicit_null_inner(G1, G2, perms):
+    """<G1, P G2 P^T>_F by forming each relabelled G2: the definition, slowly."""
+    return np.array([np.sum(G1 * G2[np.ix_(p, p)]) for p in perms])
 
 
 @pytest.mark.parametrize(("n", "m1", "m2"), [(12, 3, 4), (12, 20, 30), (40, 3, 5), (40, 30, 30)])
-def test_null_paths_match_explicit_permutation(n, m1, m2):
-    # (n, m1, m2) cover the weight path and both Gram paths (batched n < 32, looped n >= 32)
+def test_every_null_path_matches_explicit_permutation(n, m1, m2):
+    # (n, m1, m2) also cover the per-pair path's three ways: from the weights, from the
+    # Grams gathered in blocks (n < 32) and from the Grams one permutation at a time
     rng = _rng(10)
-    W1, W2 = rng.standard_normal((n, m1)), rng.standard_normal((n, m2))
-    G1, G2 = gram(W1), gram(W2)
-    perms = U._draw_permutations((1,), 7, n, _rng(11))[0]
-    explicit = [gram_cosine(G1, G2[np.ix_(p, p)]) for p in perms]
-    assert np.allclose(gram_cosine_null(G1, G2, 7, _rng(11)), explicit)
-    assert np.allclose(weight_cosine_null(W1, W2, 7, _rng(11)), explicit)
-    assert np.allclose(U._null_inner_from_weights(W1[None], W2[None], perms[None]),
-                       U._null_inner_from_grams(G1[None], G2[None], perms[None]))
+    W = [rng.standard_normal((n, m1)), rng.standard_normal((n, m2))]
+    G = np.stack([gram(w) for w in W])  # (2, n, n)
+    perms = draw_permutations(7, n, _rng(11))  # (7, n)
+    assert (np.sort(perms, axis=1) == np.arange(n)).all()
+    pairs = np.array([(0, 1), (1, 0), (1, 1)])
+    explicit = np.stack([_explicit_null_inner(G[a], G[b], perms) for a, b in pairs])
+    for path in (*PATHS, "auto"):
+        assert np.allclose(null_inner_products(W, G, pairs, perms, path), explicit), path
+    with pytest.raises(ValueError, match="path"):
+        null_inner_products(W, G, pairs, perms, "fastest")
 
 
-def test_null_is_batched_with_independent_permutations():
-    W = _rng(12).standard_normal((3, 10, 4))
-    G = gram(W)
-    null = gram_cosine_null(G, G, 50, _rng(13))
-    assert null.shape == (3, 50)
-    assert not np.allclose(null[0], null[1])
-    assert np.allclose(weight_cosine_null(W, W, 50, _rng(13)), null)
+@pytest.mark.parametrize("chunk", [50, 5000])  # blocks of a few perms / a few pairs
+def test_blocked_per_pair_null_equals_unblocked(monkeypatch, chunk):
+    rng = _rng(29)
+    for n, m in ((12, 3), (12, 20)):  # the per-pair path from the weights, from the Grams
+        W = [rng.standard_normal((n, m)) for _ in range(4)]
+        G = np.stack([gram(w) for w in W])
+        pairs = np.array([(0, 1), (2, 3), (1, 3)])
+        perms = draw_permutations(40, n, _rng(30))
+        full = null_inner_products(W, G, pairs, perms, "per_pair")
+        with monkeypatch.context() as patch:
+            patch.setattr(N, "_CHUNK_ELEMENTS", chunk)
+            assert np.allclose(null_inner_products(W, G, pairs, perms, "per_pair"), full)
+        assert np.allclose(null_inner_products(W, G, pairs, perms, "gram"), full)
 
 
 def test_symmetric_structure_carries_no_label_information():
@@ -220,22 +231,7 @@ def test_per_feature_agreement_is_batched():
     assert np.all(np.abs(r) <= 1)
 
 
-# --- compare_pair / compare_pairs ------------------------------------------------------
-
-
-def test_compare_pairs_matches_compare_pair():
-    rng = _rng(23)
-    W1 = rng.standard_normal((5, 12, 3)) * rng.uniform(0, 1.2, (5, 12, 1))
-    W2 = rng.standard_normal((5, 12, 6)) * rng.uniform(0, 1.2, (5, 12, 1))
-    cols = compare_pairs(W1, W2, n_perm=30, rng=rng)
-    deterministic = ["gram_cosine", "jaccard", "jaccard_chance", "feature_agreement_mean",
-                     "feature_agreement_median", "n_represented_1", "n_represented_2"]
-    for k in range(5):
-        row = compare_pair(W1[k], W2[k], n_perm=30, rng=rng).as_row()
-        assert set(row) == set(cols)
-        for name in deterministic:
-            assert row[name] == pytest.approx(cols[name][k], nan_ok=True)
-    assert cols["gram_pvalue"].shape == (5,)
+# --- compare_pair --------------------------------------------------------------------------
 
 
 def test_pair_comparison_row_and_threshold():
@@ -259,86 +255,47 @@ def test_compare_pair_is_reproducible_with_seed():
     assert compare_pair(W1, W2, rng=_rng(26)) == compare_pair(W1, W2, rng=_rng(26))
 
 
-# --- bootstrap -------------------------------------------------------------------------
-
-
-def test_bootstrap_ci_covers_true_mean_at_nominal_rate():
-    rng = _rng(27)
-    hits = 0
-    reps = 300
-    for _ in range(reps):
-        x = rng.normal(3.0, 2.0, size=40)
-        mean, lo, hi = bootstrap_mean_ci(x, n_boot=400, ci=0.9, rng=rng)
-        assert lo <= mean <= hi
-        hits += lo <= 3.0 <= hi
-    assert 0.84 <= hits / reps <= 0.95
-
-
-def test_bootstrap_edge_cases_and_determinism():
-    x = np.array([1.0, np.nan, 2.0, 4.0])
-    mean, lo, hi = bootstrap_mean_ci(x, rng=_rng(28))
-    assert mean == pytest.approx(7 / 3)
-    assert 1.0 <= lo <= mean <= hi <= 4.0
-    assert bootstrap_mean_ci(x, rng=_rng(28)) == bootstrap_mean_ci(x, rng=_rng(28))
-    assert bootstrap_mean_ci(np.array([5.0, np.nan]), rng=_rng(0)) == (5.0, 5.0, 5.0)
-    assert all(np.isnan(bootstrap_mean_ci(np.array([np.nan]), rng=_rng(0))))
-    assert all(np.isnan(bootstrap_mean_ci(np.array([]), rng=_rng(0))))
-
-
-@pytest.mark.parametrize("chunk", [50, 5000])  # blocks of a few perms / a few pairs
-def test_chunked_null_equals_unchunked(monkeypatch, chunk):
-    W1, W2 = _rng(29).standard_normal((2, 6, 12, 3))
-    G1, G2 = gram(W1), gram(W2)
-    full_w = weight_cosine_null(W1, W2, 40, _rng(30))
-    full_g = gram_cosine_null(G1, G2, 40, _rng(30))
-    monkeypatch.setattr(U, "_CHUNK_ELEMENTS", chunk)
-    assert np.allclose(weight_cosine_null(W1, W2, 40, _rng(30)), full_w)
-    assert np.allclose(gram_cosine_null(G1, G2, 40, _rng(30)), full_g)
-    assert np.allclose(full_w, full_g)
-
-
-def test_compare_pairs_chunks_and_empty_batches(monkeypatch):
-    W1, W2 = _rng(31).standard_normal((2, 7, 10, 3))
-    full = compare_pairs(W1, W2, n_perm=20, rng=_rng(32))
-    monkeypatch.setattr(U, "_CHUNK_ELEMENTS", 250)  # 1 pair per chunk
-    chunked = compare_pairs(W1, W2, n_perm=20, rng=_rng(32))
-    for name in ("gram_cosine", "jaccard", "feature_agreement_mean", "n_represented_1"):
-        assert np.allclose(chunked[name], full[name])
-    assert chunked["gram_pvalue"].shape == (7,)
-    empty = compare_pairs(np.zeros((0, 10, 3)), np.zeros((0, 10, 2)), rng=_rng(0))
-    assert set(empty) == set(full) and all(v.shape == (0,) for v in empty.values())
-
 
 # ---- compare_within: shared Grams and permutations for the pairs of one set of models ----
 
-def test_compare_within_agrees_with_compare_pairs():
-    from sfs.analysis.universality import compare_pairs, compare_within
-
+def test_compare_within_matches_the_measures_pair_by_pair():
     rng = np.random.default_rng(3)
-    W = [rng.normal(size=(12, m)) for m in (2, 3, 3, 5)]
+    W = [rng.normal(size=(12, m)) * rng.uniform(0, 1.2, (12, 1)) for m in (2, 3, 3, 5)]
     W[1] = W[2] @ np.linalg.qr(rng.normal(size=(3, 3)))[0]  # a rotated copy: cosine 1
     pairs = np.array([(0, 1), (1, 2), (2, 3), (0, 3), (1, 3)])
     within = compare_within(W, pairs, n_perm=300, rng=np.random.default_rng(0))
+    assert set(within) == set(PairComparison.__dataclass_fields__)
     for index, (i, j) in enumerate(pairs):
-        one = compare_pairs(W[i], W[j], n_perm=300, rng=np.random.default_rng(1))
-        for key in ("gram_cosine", "jaccard", "jaccard_chance", "feature_agreement_mean",
-                    "n_represented_1", "n_represented_2"):
-            assert np.isclose(within[key][index], one[key], equal_nan=True), key
-        # the nulls use different permutations: equal in distribution, close in mean
-        assert abs(within["null_mean"][index] - one["null_mean"]) < 4 * one["null_sd"] / np.sqrt(300) + 1e-9
+        G1, G2 = gram(W[i]), gram(W[j])
+        rep1, rep2 = np.linalg.norm(W[i], axis=1) > 0.5, np.linalg.norm(W[j], axis=1) > 0.5
+        agreement = per_feature_agreement(G1, G2)
+        assert within["gram_cosine"][index] == pytest.approx(gram_cosine(G1, G2))
+        assert within["jaccard"][index] == pytest.approx(jaccard(rep1, rep2))
+        assert within["jaccard_chance"][index] == pytest.approx(jaccard_chance(rep1.sum(), rep2.sum(), 12))
+        assert within["feature_agreement_mean"][index] == pytest.approx(np.nanmean(agreement))
+        assert within["feature_agreement_median"][index] == pytest.approx(np.nanmedian(agreement))
+        assert (within["n_represented_1"][index], within["n_represented_2"][index]) == (rep1.sum(), rep2.sum())
     assert within["gram_cosine"][1] == pytest.approx(1.0)
     assert within["gram_pvalue"][1] == pytest.approx(1 / 301)
 
 
 def test_compare_within_null_mean_is_the_exact_permutation_mean():
-    from sfs.analysis.universality import compare_within, gram, gram_cosine_null_mean
-
     rng = np.random.default_rng(5)
     W = [rng.normal(size=(20, 4)) for _ in range(4)]
+    W[3][3] = 0.0  # an unlearned feature: a row and column of zeros in its Gram
     pairs = np.array([(a, b) for a in range(4) for b in range(a + 1, 4)])
     out = compare_within(W, pairs, n_perm=4000, rng=np.random.default_rng(2))
     exact = [gram_cosine_null_mean(gram(W[a]), gram(W[b])) for a, b in pairs]
     assert np.allclose(out["null_mean"], exact, atol=4 * out["null_sd"].max() / np.sqrt(4000))
+
+
+def test_compare_within_of_no_pairs_is_empty_columns():
+    W = [np.ones((5, 2)), np.ones((5, 3))]
+    out = compare_within(W, np.zeros((0, 2)), n_perm=10, rng=_rng(0))
+    assert set(out) == set(PairComparison.__dataclass_fields__)
+    assert all(len(v) == 0 for v in out.values())
+    with pytest.raises(ValueError, match="same feature count"):
+        compare_within([np.ones((5, 2)), np.ones((4, 2))], np.array([(0, 1)]), rng=_rng(0))
 
 
 @pytest.mark.parametrize("n,m,n_perm,path", [
@@ -349,29 +306,25 @@ def test_compare_within_null_mean_is_the_exact_permutation_mean():
     (300, 80, 60, "auto"),
 ])
 def test_compare_within_every_path_finds_a_rotated_copy_and_no_structure(n, m, n_perm, path):
-    from sfs.analysis.universality import compare_pairs, compare_within
-
     rng = np.random.default_rng(7)
     W = [rng.normal(size=(n, m)) for _ in range(3)]
     W[2] = W[0] @ np.linalg.qr(rng.normal(size=(m, m)))[0]
     out = compare_within(W, np.array([(0, 1), (0, 2)]), n_perm=n_perm, rng=rng, path=path)
     assert out["gram_cosine"][1] == pytest.approx(1.0)
     assert out["gram_pvalue"][1] == pytest.approx(1 / (n_perm + 1))
-    reference = compare_pairs(W[0], W[1], n_perm=n_perm, rng=np.random.default_rng(0))
-    assert out["gram_cosine"][0] == pytest.approx(float(reference["gram_cosine"]))
+    assert out["gram_cosine"][0] == pytest.approx(gram_cosine(gram(W[0]), gram(W[1])))
     # independent random models: the observed cosine sits inside the permutation null
     assert out["gram_pvalue"][0] > 0.01
-    assert abs(out["null_mean"][0] - float(reference["null_mean"])) < 5 * float(reference["null_sd"])
+    exact = gram_cosine_null_mean(gram(W[0]), gram(W[1]))
+    assert abs(out["null_mean"][0] - exact) < 5 * out["null_sd"][0] / np.sqrt(n_perm)
 
 
 def test_the_null_path_follows_the_cost_model():
-    from sfs.analysis.universality import _null_path
-
     def choose(n, widths, seeds):
         models = [(w, s) for w in widths for s in range(seeds)]
         pairs = [(i, j) for i in range(len(models)) for j in range(i + 1, len(models))]
         index = np.array(pairs)
-        return _null_path(np.array([w for w, _ in models]), index[:, 0], index[:, 1], n, 200)
+        return null_path(np.array([w for w, _ in models]), index[:, 0], index[:, 1], n, 200)
 
     assert choose(40, [5, 10, 20, 30], 8) == "gram"  # measured 4x faster than weights
     assert choose(100, [5, 10, 20], 3) == "weights"  # measured 4.6x faster than gram

@@ -187,8 +187,21 @@ class AggregateConfig:
     ci: float = 0.95
     workers: Optional[int] = None  # fit processes; null: one per core
     seed: int = 0  # of the bootstrap and permutation draws
+    # The aspect verdict's margins (docs/science.md, "The aspect verdict"): two shapes are
+    # iso-loss when their losses are shown equal within loss_margin (relative), and "as
+    # alike as seeds" when the universality index R is shown >= r_margin; each one-sided
+    # test at level test_level; power: of the seed counts suggested when it cannot tell.
+    loss_margin: float = 0.02
+    r_margin: float = 0.9
+    test_level: float = 0.05
+    power: float = 0.8
 
     def __post_init__(self) -> None:
+        for name, low, high in (("loss_margin", 0, 1), ("r_margin", 0, 1), ("test_level", 0, 0.5),
+                                ("power", 0.5, 1)):
+            value = getattr(self, name)
+            _require(_is_number(value) and low < value < high, f"aggregate.{name}",
+                     f"a number in ({low}, {high})", value)
         _require(_is_int(self.n_boot) and self.n_boot >= 100, "aggregate.n_boot",
                  "an integer >= 100", self.n_boot)
         _require(_is_int(self.n_perm) and self.n_perm >= 1, "aggregate.n_perm", "an integer >= 1",

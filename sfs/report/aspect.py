@@ -8,7 +8,7 @@ cross-shape similarity against same-shape seed pairs, and the verdict table.
 
 from __future__ import annotations
 
-import html
+import math
 from pathlib import Path
 
 import numpy as np
@@ -70,57 +70,81 @@ def _loss_vs_budget(plt, shapes: pl.DataFrame, fits: pl.DataFrame, out: Path) ->
 def _capacity(plt, shapes: pl.DataFrame, out: Path) -> list[Figure]:
     from sfs.analysis.aspect import cs_capacity
 
+    decodable = "n_decodable" in shapes.columns
+    column = "n_decodable" if decodable else "n_represented"
     figures = []
     for sparsity, group in _per_sparsity(shapes):
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for (depth,), shape in group.sort("depth").group_by(["depth"], maintain_order=True):
             shape = shape.sort("width")
-            line = ax.errorbar(shape["width"], shape["n_represented"],
-                               yerr=shape["n_represented_sd"].fill_nan(0).fill_null(0), fmt="o-",
+            line = ax.errorbar(shape["width"], shape[column],
+                               yerr=shape[f"{column}_sd"].fill_nan(0).fill_null(0), fmt="o-",
                                ms=4, capsize=2, label=f"depth {depth}: bottleneck")
-            if "min_layer_represented" in shape.columns and depth > 0:
-                ax.plot(shape["width"], shape["min_layer_represented"], "x--",
+            if decodable:
+                ax.plot(shape["width"], shape["n_represented"], "s:", ms=3, mfc="none",
+                        color=line[0].get_color(), lw=0.6, label=f"depth {depth}: norm > 0.5")
+            thinnest = "min_layer_decodable" if decodable else "min_layer_represented"
+            if thinnest in shape.columns and depth > 0:
+                ax.plot(shape["width"], shape[thinnest], "x--",
                         color=line[0].get_color(), lw=0.8, label=f"depth {depth}: thinnest layer")
         widths = np.arange(1, int(group["width"].max()) + 1)
         n_features = int(group["n_features"][0])
         ax.plot(widths, [cs_capacity(n_features, int(w), float(sparsity)) for w in widths], "k:",
                 lw=1, label="compressed-sensing estimate")
-        ax.set(xlabel="width m", ylabel="features represented (norm > 0.5)", title=f"S={sparsity:g}")
+        what = "decodable (held-out probe)" if decodable else "represented (norm > 0.5)"
+        ax.set(xlabel="width m", ylabel=f"features {what}", title=f"S={sparsity:g}")
         figures.append(_finish(plt, fig, ax, out, f"aspect_capacity_S{sparsity:g}.png", (
-            f"Features represented per shape at sparsity {sparsity:g}: in the bottleneck W "
-            "(mean and SD over seeds; o) and, for deep shapes, in the layer that holds the "
-            "fewest (x: the response of each block's residual stream to one active feature), "
-            "against the compressed-sensing estimate m * (-1/((1-S) ln(1-S))) capped at n "
-            f"(dotted; informative for 1-S below ~0.3). {int(group['n_seeds'].sum())} models."),
-            legend_size=6))
+            f"Features {what} per shape at sparsity {sparsity:g}: in the bottleneck (mean and SD "
+            "over seeds; o), the norm count for comparison with TMS (squares) and, for deep "
+            "shapes, in the layer that holds the fewest (x), against the compressed-sensing "
+            "estimate m * (-1/((1-S) ln(1-S))) capped at n (dotted; informative for 1-S below "
+            f"~0.3). {int(group['n_seeds'].sum())} models."), legend_size=6))
     return figures
 
 
-def _iso_loss(plt, pairs: pl.DataFrame, out: Path) -> list[Figure]:
-    if pairs.is_empty():
+def _index(plt, verdict: pl.DataFrame, out: Path) -> list[Figure]:
+    """R with its interval per budget and sparsity, against the margin."""
+    if "r_index" not in verdict.columns:
+        return []
+    judged = verdict.filter(pl.col("r_index").is_not_null() & pl.col("r_index").is_not_nan())
+    if judged.is_empty():
         return []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sparsities = sorted(pairs["sparsity"].unique().to_list())
-    for offset, kind, colour in ((-0.15, "same_shape", "tab:blue"), (0.15, "cross_shape", "tab:red")):
-        for k, sparsity in enumerate(sparsities):
-            values = pairs.filter((pl.col("kind") == kind) & (pl.col("sparsity") == sparsity))
-            if values.is_empty():
-                continue
-            jitter = np.linspace(-0.06, 0.06, values.height)
-            ax.plot(k + offset + jitter, values["gram_cosine"], "o", ms=3, color=colour, alpha=0.6,
-                    label=f"{kind.replace('_', ' ')} pairs" if k == 0 else None)
-            ax.hlines(values["gram_cosine"].mean(), k + offset - 0.1, k + offset + 0.1, color=colour)
-            ax.hlines(values["null_mean"].mean(), k + offset - 0.1, k + offset + 0.1, color="grey",
-                      linestyles=":")
-    ax.set_xticks(range(len(sparsities)), [f"S={s:g}" for s in sparsities])
-    ax.set(ylabel="Gram cosine of bottleneck features", ylim=(0, 1.02))
+    labels = []
+    for k, row in enumerate(judged.sort(["sparsity", "param_budget"]).iter_rows(named=True)):
+        lo, hi = row["r_lo"], row["r_hi"]
+        ax.errorbar([k], [row["r_index"]], yerr=[[row["r_index"] - lo], [hi - row["r_index"]]],
+                    fmt="o", capsize=3, color="tab:blue" if row["measure"] == "offdiag" else "tab:orange")
+        labels.append(f"S={row['sparsity']:g}\nN={row['param_budget']}")
+    ax.axhline(float(judged["r_margin"][0]), color="k", ls=":", lw=1, label="margin")
+    ax.axhline(1.0, color="grey", lw=0.5)
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set(ylabel="universality index R")
     ax.legend(fontsize=7)
-    name = _save(plt, fig, out, "aspect_iso_loss.png")
+    name = _save(plt, fig, out, "aspect_index.png")
     return [Figure(name, (
-        "Iso-loss comparison per sparsity: Gram-matrix cosine of models of different shape whose "
-        "losses agree within their seed-to-seed spread (red; same seed, so same data) and of "
-        "two seeds of one of those shapes (blue), with their means (bars) and the label-"
-        f"permutation null means (grey dotted). {pairs.height} pairs."))]
+        "Universality index R = (cross-shape - null) / (within-shape - null) for the iso-loss "
+        "shape pair of each budget and sparsity, with its 95% seed-bootstrap interval (blue: "
+        "off-diagonal geometry; orange: Gram cosine, used where seeds share no geometry beyond "
+        "chance); 1: as alike as seeds of one shape, 0: no more alike than chance. 'As alike as "
+        "seeds' needs the one-sided lower bound above the margin (dotted)."))]
+
+
+def _cell(row: dict, name: str, fmt: str) -> str:
+    value = row.get(name)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    lo, hi = row.get(name + "_lo"), row.get(name + "_hi")
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return f"{value:{fmt}}"
+    return f"{value:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+VERDICT_COLUMNS = ["sparsity", "param_budget", "n_models", "depth_a", "depth_b", "width_a", "width_b",
+                   "loss_rel_diff", "loss_equiv_pvalue", "measure", "r_index", "r_equiv_pvalue",
+                   "less_alike_pvalue_holm", "decodable_a", "decodable_b", "shared_decodable",
+                   "cs_capacity_narrow", "verdict", "reason", "seeds_needed"]
 
 
 def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
@@ -128,37 +152,48 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
     shapes = tables.get("aspect_shapes", pl.DataFrame())
     if shapes.is_empty():
         return TITLE, [], "<p>No model of this study trained ok yet.</p>"
-    figures = (_loss_vs_budget(plt, shapes, fits, out) + _capacity(plt, shapes, out)
-               + _iso_loss(plt, tables.get("aspect_pairs", pl.DataFrame()), out))
-    spread = tables.get("aspect_spread", pl.DataFrame())
     verdict = tables.get("aspect_verdict", pl.DataFrame())
+    figures = (_loss_vs_budget(plt, shapes, fits, out) + _capacity(plt, shapes, out)
+               + _index(plt, verdict, out))
+    spread = tables.get("aspect_spread", pl.DataFrame())
     text = ["<h3>Does shape matter at fixed N?</h3>"]
     if spread.is_empty():
         text.append("<p>Fewer than two shapes per budget: no spread to report.</p>")
     else:
-        spread = spread.sort(["sparsity", "param_budget"]).with_columns(
-            pl.format("{} [{}, {}]", pl.col("spread").round_sig_figs(3),
-                      pl.col("spread_lo").round_sig_figs(3),
-                      pl.col("spread_hi").round_sig_figs(3)).alias("spread [95% CI]"))
-        text.append("<p>Spread = largest minus smallest shape mean loss at one budget (interval "
+        text.append("<p>Spread = largest minus smallest shape mean loss at one budget (95% interval "
                     "from resampling seeds within shapes); Kruskal-Wallis p-value of equal loss "
                     "across shapes; seed_sd = pooled seed-to-seed SD.</p>")
-        text.append(html_table(spread, ["sparsity", "param_budget", "n_shapes", "loss_mean",
-                                    "spread [95% CI]", "rel_spread", "seed_sd", "kruskal_pvalue"]))
+        text.append(html_table(spread.sort(["sparsity", "param_budget"]), [
+            "sparsity", "param_budget", "n_shapes", "loss_mean", "spread", "rel_spread", "seed_sd",
+            "kruskal_pvalue"], {"spread": lambda row: _cell(row, "spread", ".3g")}))
     text.append("<h3>Verdict</h3>")
     if verdict.is_empty():
-        text.append("<p>No pairs to judge.</p>")
+        text.append("<p>No budget with two shapes to judge.</p>")
     else:
-        text.append("<p>Computed from aspect_pairs.parquet and aspect_iso_shapes.parquet "
-                    "(sfs.analysis.aspect.verdict), never by hand. Statement 1: superposition across one "
-                    "layer is the complete story; statement 2: models reaching the same loss "
-                    "learn the same features. Test: " + html.escape(str(verdict["test"][0]))
-                    + ", Holm-corrected over rows; pairs sharing a model are not independent, "
-                    "so p-values lean optimistic.</p>")
-        text.append(html_table(verdict.sort("sparsity"), [
-            "sparsity", "n_iso_shape_pairs", "n_cross_shape_pairs", "n_same_shape_pairs",
-            "gram_cross_shape", "gram_same_shape", "gram_null", "same_shape_frac_beating_null",
-            "jaccard_cross_shape",
-            "jaccard_same_shape", "jaccard_chance", "pvalue_holm", "capacity_gap", "verdict",
-            "reason"]))
+        first = verdict.row(0, named=True)
+        text.append(
+            "<p>Computed by sfs.analysis.aspect (method: docs/science.md, \"The aspect verdict\"), "
+            "never by hand. Statement 1: superposition across one layer is the complete story; "
+            "statement 2: models reaching the same loss learn the same features. Per budget and "
+            f"sparsity: two shapes are iso-loss when a TOST shows their losses equal within "
+            f"{first['loss_margin']:.0%} (loss_rel_diff with its 90% interval); R compares the "
+            "iso-loss shapes' models (different seeds only) with seeds of one shape, against a "
+            "null that relabels features within importance strata, with a seed-bootstrap "
+            f"interval; 'as alike as seeds' needs R shown &ge; {first['r_margin']} (equivalence "
+            "p-value), 'less alike' a permutation test of shape labels (Holm across rows) and R "
+            "shown below the margin; 'contradicts 1' needs more decodable features shared than "
+            "the compressed-sensing capacity of the narrower bottleneck. seeds_needed: seeds per "
+            "shape that would decide an undecided row (power 80%).</p>")
+        text.append(html_table(verdict.sort(["sparsity", "param_budget"]), VERDICT_COLUMNS, {
+            "loss_rel_diff": lambda row: _cell(row, "loss_rel_diff", "+.2%"),
+            "r_index": lambda row: _cell(row, "r_index", ".2f")}))
+    controls = tables.get("aspect_controls", pl.DataFrame())
+    if not controls.is_empty():
+        text.append("<h3>Control: pairs that share a seed</h3><p>Two models of one seed share "
+                    "their data stream (and, where shapes coincide, initial weights); the verdict "
+                    "never compares them. Their similarity across shapes, next to different-seed "
+                    "pairs and the null, shows how much pairing by seed would have inflated it.</p>")
+        text.append(html_table(controls.sort(["sparsity", "param_budget", "measure"]), [
+            "sparsity", "param_budget", "measure", "cross_shape_same_seed",
+            "cross_shape_different_seed", "null"]))
     return TITLE, figures, "".join(text)

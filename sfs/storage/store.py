@@ -5,14 +5,17 @@ Layout of ``<out_dir>/<sweep>/``::
     trials.parquet        one row per model (TRIAL_SCHEMA); the consolidated table
     parts/<pack>.parquet  rows of packs finished since the last consolidation
     weights/<pack>.npz    one file per pack: model_ids (pack,), W (pack, feature, hidden),
-                          b (pack, feature), curve (pack, n_logs), curve_steps (n_logs,)
+                          b (pack, feature), curve (pack, n_logs), curve_steps (n_logs,);
+                          deep families also their residual blocks A, B (pack, depth,
+                          hidden, hidden) and c (pack, depth, hidden)
     mlflow.db             the SQLite MLflow store (unless tracking.uri names a server)
 
-Every file is written to a temporary name and renamed into place, so a killed sweep leaves
-either the old file or the new one, never half of one. A pack's rows land in one part file
-(the commit point: a pack is stored once its part file exists); ``consolidate`` folds parts
-into ``trials.parquet``. Readers take the union of both, one row per model (the newest),
-so a crash between the two steps loses nothing and duplicates nothing.
+Every file is written to a temporary name and renamed into place (``atomic_write_bytes``,
+``write_table``), so a killed sweep leaves either the old file or the new one, never half
+of one. A pack's rows land in one part file (the commit point: a pack is stored once its
+part file exists); ``consolidate`` folds parts into ``trials.parquet``. Readers take the
+union of both, one row per model (the newest), so a crash between the two steps loses
+nothing and duplicates nothing.
 
 Only the sweep driver writes here; a lock file refuses a second driver on the same store.
 """
@@ -24,6 +27,7 @@ import io
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +79,12 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _frame_bytes(frame: pl.DataFrame) -> bytes:
+def write_table(frame: pl.DataFrame, path: Path) -> None:
+    """Write ``frame`` as parquet to ``path`` atomically (the store's and the aggregation's
+    tables alike): readers see the old table or the new, never half of one."""
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
-    return buffer.getvalue()
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def empty_trials() -> pl.DataFrame:
@@ -187,14 +193,14 @@ class TrialStore:
         bad = set(frame["status"].to_list()) - set(STATUSES)
         if bad:
             raise ValueError(f"status must be one of {STATUSES}, got {sorted(bad)}")
-        atomic_write_bytes(self.parts_dir / f"{pack_id}-{time.time_ns()}.parquet", _frame_bytes(frame))
+        write_table(frame, self.parts_dir / f"{pack_id}-{time.time_ns()}.parquet")
 
     def consolidate(self) -> pl.DataFrame:
         """Fold part files into trials.parquet (atomically), then drop the folded parts."""
         parts = sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.exists() else []
         table = self.load()
         if parts or not self.trials_path.exists():
-            atomic_write_bytes(self.trials_path, _frame_bytes(table))
+            write_table(table, self.trials_path)
             for part in parts:  # already inside trials.parquet; safe to drop
                 part.unlink(missing_ok=True)
         return table
@@ -210,3 +216,32 @@ def load_weights(sweep_dir: Path | str, row: dict) -> dict[str, np.ndarray]:
                              f"not {row['model_id']}: the weights file does not match trials.parquet")
         return {name: arrays[name] if name == "curve_steps" else arrays[name][index]
                 for name in arrays.files if name != "model_ids"}
+
+
+def read_weights(sweep_dir: Path | str, rows: pl.DataFrame, names: tuple[str, ...] = ("W",)
+                 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The arrays of many trials rows, each weights file opened once.
+
+    Yields, per weights file, the positions in ``rows`` of the rows stored there ``(k,)``
+    and those rows' arrays ``{name: (k, ...)}``, in the same order, for the ``names`` the
+    file holds (``W`` (feature, hidden) always; e.g. the deep families' blocks ``A``, ``c``,
+    ``B`` only where stored; ``curve_steps`` is not per model and cannot be asked for).
+    Files come in the order of their first row; each row's model id is checked against the
+    file's. rows: trials rows with ``model_id``, ``weights_path`` and ``weights_index``.
+    """
+    if "curve_steps" in names:
+        raise ValueError("curve_steps is one array per file, not per model: use load_weights")
+    positions = rows.select("model_id", "weights_path", "weights_index").with_row_index("_row")
+    for (path,), group in positions.group_by(["weights_path"], maintain_order=True):
+        take = group["weights_index"].to_numpy()  # (k,) positions inside the file
+        with np.load(Path(sweep_dir) / path) as arrays:
+            stored = arrays["model_ids"][take]
+            wanted = [name for name in names if name in arrays.files]
+            if "W" not in arrays.files:
+                raise StoreError(f"{path} holds no weights W: it is not an sfs weights file")
+            selected = {name: arrays[name][take] for name in dict.fromkeys(["W", *wanted])}
+        for index, stored_id, model_id in zip(take.tolist(), stored.tolist(), group["model_id"].to_list()):
+            if str(stored_id) != model_id:
+                raise StoreError(f"{path}[{index}] holds model {stored_id}, not {model_id}: the "
+                                 "weights file does not match trials.parquet")
+        yield group["_row"].to_numpy(), selected

@@ -1,6 +1,7 @@
 """Ray for a sweep: start an embedded Ray or join a cluster, and size each trial.
 
-``start_ray`` starts Ray here (``cluster.address`` null) or joins a running cluster;
+``start_ray`` starts Ray here (``cluster.address`` null) or joins a running cluster, with
+workers that leave Ctrl-C to the driver (``sfs.training.worker_setup``);
 ``trial_resources`` turns ``cluster.*`` into the resources each trial asks for and the
 number of trials that fit at once. Errors are ``ClusterError``s with one clear message,
 raised before any training.
@@ -12,6 +13,7 @@ import logging
 import os
 
 from sfs.config import Config
+from sfs.training.worker_setup import WORKER_RUNTIME_ENV
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,12 @@ def start_ray(cfg: Config) -> bool:
             log.warning("RAY_AUTH_MODE=disabled: the embedded Ray's RPC ports accept anyone on "
                         "this machine's networks; unset it to keep token authentication on")
         ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
-                 logging_level=logging.WARNING,
-                 configure_logging=True)
+                 logging_level=logging.WARNING, configure_logging=True,
+                 runtime_env=WORKER_RUNTIME_ENV)  # Ctrl-C stops the driver, never a worker
     else:
         try:
-            ray.init(address=cluster.address, logging_level=logging.WARNING)
+            ray.init(address=cluster.address, logging_level=logging.WARNING,
+                     runtime_env=WORKER_RUNTIME_ENV)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ClusterError(f"cannot join the Ray cluster at cluster.address={cluster.address!r}: "
                                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"

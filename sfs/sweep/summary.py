@@ -48,7 +48,7 @@ def summarise(parts: list[Part], wall_s: float, n_packs: int, interrupted: bool)
         planned_ids = {spec.model_id for spec in part.planned}
         rows = table.filter(table["model_id"].is_in(planned_ids))
         status = rows["status"].to_list()
-        failed_ids = rows.filter(rows["status"] == "failed")["model_id"].to_list()
+        failed_ids = sorted(rows.filter(rows["status"] == "failed")["model_id"])
         todo_ids = {spec.model_id for spec in part.todo}
         summaries.append(PartSummary(
             name=part.name, folder=str(part.store.dir), planned=len(planned_ids),

@@ -1,0 +1,235 @@
+"""Per-curve analysis: the scaling fit and the compared pairs of each curve, in parallel.
+
+A scaling curve is every spec field but width and seed (its points are widths, its
+replicates seeds); a universality cell is a curve at one width (or pair of widths). Each
+curve is one task (``CurveTask``): fit loss vs width (``sfs.analysis.fit``), compare its
+pairs of models (``sfs.analysis.universality``) and summarise them per cell with intervals
+over seeds (``sfs.analysis.seeds``). Tasks run in parallel processes with one BLAS thread
+each (multithreaded BLAS makes small SciPy fits 25-150x slower), or in-process when few.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+
+from sfs.analysis.model_metrics import SPEC_KEYS, Loaded
+from sfs.analysis.seeds import (
+    CROSS_SEED,
+    CROSS_WIDTH,
+    SAME_SEED_CONTROL,
+    same_seed_control,
+    universality_cells,
+)
+from sfs.config import AggregateConfig
+from sfs.core.spec import derive_seed
+
+CURVE_KEYS = [k for k in SPEC_KEYS if k not in ("width", "seed")]
+DEPTH_CURVE_KEYS = [k for k in CURVE_KEYS if k != "depth"]
+SERIAL_BELOW = 24  # fewer tasks than this run in-process: spawning workers costs more
+
+
+@dataclass
+class CurveTask:
+    """One curve's models (same spec but width and seed): what a worker needs, no more."""
+
+    keys: dict
+    model_ids: list[str]
+    widths: list[int]
+    seeds: list[int]
+    losses: list[float]
+    W: list[np.ndarray]  # (feature, hidden) per model
+    options: AggregateConfig
+
+
+@dataclass
+class CurveResult:
+    fit: dict
+    pairs: dict[str, np.ndarray]  # columns of the curve's compared pairs, (pairs,) each
+    cells: list[dict]  # universality cells: per width (cross_seed), per width pair (cross_width)
+    control: list[dict]  # per width pair: same-seed vs different-seed likeness
+
+
+class CurveTables(NamedTuple):
+    """The tables of ``analyse``, one row per fit, compared pair, cell and width pair."""
+
+    fits: pl.DataFrame  # fits.parquet
+    pairs: pl.DataFrame  # universality_pairs.parquet: every kind of pair
+    universality: pl.DataFrame  # universality.parquet: cross_seed and cross_width cells
+    control: pl.DataFrame  # universality_control.parquet: same vs different seeds
+    width_depth: pl.DataFrame  # width_depth_fits.parquet: L = E + A m^-alpha + B l^-beta
+
+
+def curve_tasks(loaded: Loaded, options: AggregateConfig) -> list[CurveTask]:
+    """The ok models of ``loaded`` as one task per curve, in order of first appearance."""
+    ok = loaded.ok.with_row_index("_i")
+    tasks = []
+    for keys, group in ok.group_by(CURVE_KEYS, maintain_order=True):
+        tasks.append(CurveTask(dict(zip(CURVE_KEYS, keys)), group["model_id"].to_list(),
+                               group["width"].to_list(), group["seed"].to_list(),
+                               group["loss"].to_list(), [loaded.W[i] for i in group["_i"]], options))
+    return tasks
+
+
+def curve_pairs(widths: list[int], seeds: list[int]) -> list[tuple[str, int, int]]:
+    """The compared pairs of one curve, as (kind, i, j) indices into its models:
+
+    - cross_seed: every two seeds at one width (i's seed < j's);
+    - cross_width: at every two widths (i's width < j's), every two models of different
+      seeds, both ways round, so that it differs from cross_seed in the width alone;
+    - cross_width_same_seed: at every two widths, the two models of one seed. They saw the
+      same data stream (it depends on the seed, not the width) and may share initial
+      draws: the control that says how much of the likeness across widths that buys.
+    """
+    by_width: dict[int, dict[int, int]] = {}  # width -> seed -> model index
+    for index, (width, seed) in enumerate(zip(widths, seeds)):
+        by_width.setdefault(width, {})[seed] = index
+    pairs = []
+    for width in sorted(by_width):
+        models = sorted(by_width[width].items())
+        pairs += [(CROSS_SEED, i, j) for (_, i), (_, j) in itertools.combinations(models, 2)]
+    for wa, wb in itertools.combinations(sorted(by_width), 2):
+        a, b = sorted(by_width[wa].items()), sorted(by_width[wb].items())
+        pairs += [(CROSS_WIDTH, i, j) for seed_a, i in a for seed_b, j in b if seed_a != seed_b]
+    for wa, wb in itertools.combinations(sorted(by_width), 2):
+        pairs += [(SAME_SEED_CONTROL, i, by_width[wb][seed]) for seed, i in sorted(by_width[wa].items())
+                  if seed in by_width[wb]]
+    return pairs
+
+
+def analyse_curve(task: CurveTask) -> CurveResult:
+    """Fit loss vs width, compare every pair of the curve's models, and summarise the pairs
+    per cell and in the same-seed control (intervals from resampling seeds)."""
+    from sfs.analysis.universality import compare_within
+
+    options = task.options
+    fit = _fit_row(task.keys, "width", task.widths, task.losses, options)
+    pairs = curve_pairs(task.widths, task.seeds)
+    columns: dict[str, np.ndarray] = {}
+    cells: list[dict] = []
+    control: list[dict] = []
+    if pairs:
+        rng = np.random.default_rng(derive_seed(options.seed, json.dumps(task.keys, sort_keys=True)))
+        index = np.array([(i, j) for _, i, j in pairs])  # (pairs, 2) into the curve's models
+        measures = compare_within(task.W, index, n_perm=options.n_perm, rng=rng)
+        i, j = index[:, 0], index[:, 1]
+        per_model = {"width": np.asarray(task.widths), "seed": np.asarray(task.seeds),
+                     "model_id": np.asarray(task.model_ids), "loss": np.asarray(task.losses)}
+        columns = {"kind": np.array([kind for kind, _, _ in pairs]),
+                   **{name: values[i] for name, values in per_model.items()},
+                   **{f"{name}_b": values[j] for name, values in per_model.items()},
+                   **measures}
+        cells = universality_cells(task.keys, columns, options, rng)
+        control = same_seed_control(task.keys, columns, options, rng)
+    return CurveResult(fit, columns, cells, control)
+
+
+def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig,
+            per_depth_n_params: bool = False) -> CurveTables:
+    """Fits (loss vs width per curve; loss vs parameter count per depth when the sweep is
+    sized by parameter budgets; L = E + A m^-alpha + B l^-beta across depths where the sweep
+    has several), compared pairs, universality cells and the same-seed control, computed in
+    parallel per curve."""
+    workers = options.workers or os.cpu_count() or 1
+    results: list[CurveResult] = run_tasks(analyse_curve, curve_tasks(loaded, options), workers)
+    fit_rows = [r.fit for r in results]
+    depth_tasks = []
+    if per_depth_n_params:  # L(N) of each shape family: the depth is fixed, N grows
+        depth_tasks += [(dict(zip(CURVE_KEYS, keys)), g["n_params"].to_list(), g["loss"].to_list(),
+                         options)
+                        for keys, g in metrics.group_by(CURVE_KEYS, maintain_order=True)]
+    fit_rows += run_tasks(_depth_fit, depth_tasks, workers)
+    # across depths: depth is a variable of the fit, never pooled as if it were noise
+    width_depth_tasks = [(dict(zip(DEPTH_CURVE_KEYS, keys)), g["width"].to_list(), g["depth"].to_list(),
+                          g["loss"].to_list(), options)
+                         for keys, g in metrics.group_by(DEPTH_CURVE_KEYS, maintain_order=True)
+                         if g["depth"].n_unique() > 1]
+    width_depth = _frame(run_tasks(_width_depth_fit, width_depth_tasks, workers))
+    fits = _frame(fit_rows)
+    pair_frames = [pl.DataFrame(r.pairs).with_columns(**{k: pl.lit(v) for k, v in r.fit.items()
+                                                         if k in CURVE_KEYS})
+                   for r in results if r.pairs]
+    pairs = pl.concat(pair_frames, how="diagonal_relaxed") if pair_frames else pl.DataFrame()
+    return CurveTables(fits, pairs, _frame([cell for r in results for cell in r.cells]),
+                       _frame([row for r in results for row in r.control]), width_depth)
+
+
+def _frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+# -- fits ----------------------------------------------------------------------------------
+
+def _fit_row(keys: dict, x_name: str, x, loss, options: AggregateConfig) -> dict:
+    from sfs.analysis.fit import fit_scaling
+
+    rng_seed = derive_seed(options.seed, json.dumps(keys, sort_keys=True) + x_name)
+    result = fit_scaling(np.asarray(x, dtype=float), np.asarray(loss, dtype=float),
+                         n_boot=options.n_boot, ci=options.ci, rng_seed=rng_seed)
+    return {**keys, "x": x_name, **result.as_row()}
+
+
+def _depth_fit(task: tuple[dict, list, list, AggregateConfig]) -> dict:
+    keys, x, loss, options = task
+    return _fit_row(keys, "n_params", x, loss, options)
+
+
+def _width_depth_fit(task: tuple[dict, list, list, list, AggregateConfig]) -> dict:
+    from sfs.analysis.fit import fit_width_depth
+
+    keys, width, depth, loss, options = task
+    rng_seed = derive_seed(options.seed, json.dumps(keys, sort_keys=True) + "width_depth")
+    result = fit_width_depth(np.asarray(width, dtype=float), np.asarray(depth, dtype=float),
+                             np.asarray(loss, dtype=float), n_boot=options.n_boot, ci=options.ci,
+                             rng_seed=rng_seed)
+    return {**keys, **result.as_row()}
+
+
+# -- running tasks ---------------------------------------------------------------------------
+
+_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                      "MKL_NUM_THREADS")}
+
+
+def _limit_blas() -> None:
+    """Worker initializer: load every BLAS the analysis uses (numpy's, scipy's own), then
+    pin them all to one thread (a limit set before a library loads does not reach it)."""
+    import scipy.stats  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    import sfs.analysis.fit  # noqa: F401
+    import sfs.analysis.universality  # noqa: F401
+
+    threadpool_limits(1)
+
+
+def run_tasks(function, tasks: list, workers: int) -> list:
+    """``[function(t) for t in tasks]`` in parallel processes (one BLAS thread each), or
+    in-process when there are few tasks or one worker."""
+    if len(tasks) < SERIAL_BELOW or workers <= 1:
+        import scipy.stats  # noqa: F401  (load scipy's BLAS before limiting it)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            return [function(t) for t in tasks]
+    context = multiprocessing.get_context("spawn")  # never fork a process that ran Ray/torch
+    saved = {name: os.environ.get(name) for name in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)  # spawned workers start with single-threaded BLAS
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                    initializer=_limit_blas) as pool:
+            return list(pool.map(function, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,0 +1,297 @@
+"""Statistics over seeds: a curve's universality cells and same-seed control, with intervals
+from resampling seeds.
+
+The compared pairs of a curve (``sfs.analysis.curves.curve_pairs``) are of three kinds:
+
+- ``cross_seed``: two models of one width and different seeds;
+- ``cross_width``: two models of different widths and different seeds, so that it differs
+  from ``cross_seed`` in the width only;
+- ``cross_width_same_seed``: two models of different widths and one seed. They saw the same
+  data stream and may share initial draws, so their likeness is partly built in: a control,
+  never mixed into the cells of the other two.
+
+A cell is the pairs of one kind at one (width, width_b) of one curve. Its pairs share
+models (A~B and A~C share A), so they are not independent: every interval here comes from
+resampling seeds, the unit that is independent (a seed fixes a model's data and
+initialisation at every width), never pairs (``seed_bootstrap_means``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sfs.config import AggregateConfig
+
+CROSS_SEED, CROSS_WIDTH, SAME_SEED_CONTROL = "cross_seed", "cross_width", "cross_width_same_seed"
+CELL_KINDS = (CROSS_SEED, CROSS_WIDTH)  # the kinds universality_cells summarises
+UNIVERSALITY_MEASURES = ("gram_cosine", "jaccard", "feature_agreement_mean")
+
+
+# -- the seed bootstrap ---------------------------------------------------------------------
+
+def seed_bootstrap_means(values: np.ndarray, seeds_a: np.ndarray, seeds_b: np.ndarray,
+                         n_boot: int, ci: float, rng: np.random.Generator) -> np.ndarray:
+    """Means of pair values with percentile intervals from resampling *seeds*, not pairs.
+
+    values: ``(rows, pairs)``, several measures or cells that share one pair structure
+    (seeds_a, seeds_b: ``(pairs,)``, the seeds of each pair's two models). Returns
+    ``(rows, 3)``: mean, lo, hi.
+
+    Pairs sharing a model are not independent (A~B and A~C share A), so resampling pairs
+    would give intervals that are too narrow. Instead the seeds (of both sides together)
+    are resampled with replacement, and the statistic is the mean over the pairs among the
+    drawn seeds, each pair (s, s') counted c_s c_s' times when s was drawn c_s times:
+
+    - pairs of two different seeds (cross_seed; cross_width, where the two sides may come
+      from different seed sets when a model is missing): a seed drawn twice is not a pair
+      with itself; (s, s') and (s', s) are two pairs where both are given;
+    - pairs of a seed with itself (the same-seed control): one value per seed, resampled
+      as such.
+
+    A structure mixing the two raises ValueError. One set of draws serves every row.
+    Non-finite values are left out. No interval where resampling cannot vary the mean:
+    fewer than two finite values, or pairs of different seeds among only two seeds (every
+    resample with a pair then holds all of them).
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    finite = np.isfinite(values)
+    out = np.column_stack([_finite_means(values, finite), np.full((len(values), 2), np.nan)])
+    if values.shape[1] < 2:
+        return out
+    pool, index_a, index_b = _seed_pool(seeds_a, seeds_b)
+    counts = _seed_counts(pool.size, n_boot, rng)  # (boot, seed)
+    boot = _resampled_means(values, finite, index_a, index_b, counts)  # (row, boot)
+    enough = _can_vary(finite, index_a, index_b)
+    out[enough, 1:] = _percentile_interval(boot, ci)[enough]
+    return out
+
+
+def seed_bootstrap_mean(values, seeds_a, seeds_b, n_boot: int, ci: float,
+                        rng: np.random.Generator) -> tuple[float, float, float]:
+    """``seed_bootstrap_means`` of one row of pair values: (mean, lo, hi)."""
+    mean, lo, hi = seed_bootstrap_means(np.asarray(values, dtype=float)[None], seeds_a, seeds_b,
+                                        n_boot, ci, rng)[0]
+    return float(mean), float(lo), float(hi)
+
+
+def seed_bootstrap_contrast(values_1: np.ndarray, seeds_1: tuple[np.ndarray, np.ndarray],
+                            values_2: np.ndarray, seeds_2: tuple[np.ndarray, np.ndarray],
+                            n_boot: int, ci: float, rng: np.random.Generator) -> np.ndarray:
+    """Two seed-bootstrapped means over pairs of one set of seeds, and their difference.
+
+    values_1 ``(rows, pairs_1)`` with seeds_1 = (seeds_a, seeds_b) ``(pairs_1,)`` each, and
+    the same for values_2: e.g. the same-seed pairs and the different-seed pairs between two
+    widths. Both means are taken in every resample of the seeds (of all pairs together), so
+    the interval of mean_1 - mean_2 accounts for the seeds they share. Returns
+    ``(rows, 3, 3)``: [mean_1, mean_2, mean_1 - mean_2] x [mean, lo, hi].
+    """
+    v1, v2 = (np.atleast_2d(np.asarray(v, dtype=float)) for v in (values_1, values_2))
+    f1, f2 = np.isfinite(v1), np.isfinite(v2)
+    means = np.stack([_finite_means(v1, f1), _finite_means(v2, f2)], axis=1)  # (row, 2)
+    out = np.full((len(v1), 3, 3), np.nan)
+    out[:, :2, 0] = means
+    out[:, 2, 0] = means[:, 0] - means[:, 1]
+    if v1.shape[1] + v2.shape[1] < 2:
+        return out
+    n1 = len(seeds_1[0])
+    pool, index_a, index_b = _seed_pool(np.concatenate([seeds_1[0], seeds_2[0]]),
+                                        np.concatenate([seeds_1[1], seeds_2[1]]))
+    counts = _seed_counts(pool.size, n_boot, rng)  # (boot, seed)
+    boot_1 = _resampled_means(v1, f1, index_a[:n1], index_b[:n1], counts)  # (row, boot)
+    boot_2 = _resampled_means(v2, f2, index_a[n1:], index_b[n1:], counts)
+    enough_1 = _can_vary(f1, index_a[:n1], index_b[:n1])
+    enough_2 = _can_vary(f2, index_a[n1:], index_b[n1:])
+    for k, (boot, enough) in enumerate(((boot_1, enough_1), (boot_2, enough_2),
+                                        (boot_1 - boot_2, enough_1 & enough_2))):
+        out[enough, k, 1:] = _percentile_interval(boot, ci)[enough]
+    return out
+
+
+def _finite_means(values: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """Mean of each row's finite values ``(rows,)``; NaN where there are none."""
+    with np.errstate(invalid="ignore"):
+        return np.where(finite.any(axis=1),
+                        np.nansum(np.where(finite, values, 0), axis=1) / finite.sum(axis=1), np.nan)
+
+
+def _can_vary(finite: np.ndarray, index_a: np.ndarray, index_b: np.ndarray) -> np.ndarray:
+    """Per row of ``finite`` ``(rows, pairs)``: whether resampling seeds can change the mean
+    of its finite pairs ``(rows,)``: at least two of them, among at least two seeds for
+    pairs of a seed with itself and at least three for pairs of two seeds."""
+    needed = 2 if np.array_equal(index_a, index_b) else 3
+    return np.array([row.sum() >= 2 and np.union1d(index_a[row], index_b[row]).size >= needed
+                     for row in finite], dtype=bool).reshape(len(finite))
+
+
+def _seed_pool(seeds_a, seeds_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seeds of either side, sorted ``(seeds,)``, and each pair's two positions in it."""
+    seeds_a, seeds_b = np.asarray(seeds_a), np.asarray(seeds_b)
+    pool = np.unique(np.concatenate([seeds_a, seeds_b]))
+    return pool, np.searchsorted(pool, seeds_a), np.searchsorted(pool, seeds_b)
+
+
+def _seed_counts(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """c[b, s]: how often resample b, n_seeds draws with replacement, drew seed s ``(boot, seed)``."""
+    draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    return (draws[:, :, None] == np.arange(n_seeds)).sum(axis=1).astype(float)
+
+
+def _resampled_means(values: np.ndarray, finite: np.ndarray, index_a: np.ndarray,
+                     index_b: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The mean over the pairs among each resample's seeds: ``(rows, pairs) -> (rows, boot)``;
+    NaN where a resample has no pair with a finite value."""
+    clean = np.where(finite, values, 0.0)
+    n_rows, n_seeds = values.shape[0], counts.shape[1]
+    same = index_a == index_b
+    if same.all():  # one value per seed: (c . v) / (c . f)
+        V = np.zeros((n_rows, n_seeds))
+        F = np.zeros_like(V)
+        V[:, index_a], F[:, index_a] = clean, finite
+        numerator, denominator = V @ counts.T, F @ counts.T  # (row, boot)
+    elif same.any():
+        raise ValueError("pairs of a seed with itself and pairs of two seeds cannot share one "
+                         "bootstrap: summarise them separately")
+    else:
+        # The mean over the drawn pairs is a ratio of quadratic forms, (c^T V c) / (c^T F c),
+        # with V[s, s'] the value of the pair (s, s') (0 where there is none, and on the
+        # diagonal: a seed drawn twice is not a pair) and F its indicator: a pair counts
+        # c_s c_s' times, whichever way round it was given. (rows, seed, seed) each.
+        V = np.zeros((n_rows, n_seeds, n_seeds))
+        F = np.zeros_like(V)
+        np.add.at(V, (slice(None), index_a, index_b), clean)
+        np.add.at(F, (slice(None), index_a, index_b), finite.astype(float))
+        # c^T V c per row and resample: a BLAS product over s, then a sum over t (~25x
+        # faster than one three-operand einsum)
+        numerator, denominator = (np.einsum("brt,bt->rb", np.tensordot(counts, M, axes=([1], [1])), counts)
+                                  for M in (V, F))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return numerator / denominator
+
+
+def _percentile_interval(boot: np.ndarray, ci: float) -> np.ndarray:
+    """(lo, hi) percentiles of each row's finite resamples: ``(rows, boot) -> (rows, 2)``."""
+    lo_hi = np.full((boot.shape[0], 2), np.nan)
+    q = [(1 - ci) / 2, (1 + ci) / 2]
+    complete = np.isfinite(boot).all(axis=1)
+    if complete.any():
+        lo_hi[complete] = np.quantile(boot[complete], q, axis=1).T
+    for row in np.flatnonzero(~complete):
+        draws_ok = boot[row][np.isfinite(boot[row])]
+        if draws_ok.size:
+            lo_hi[row] = np.quantile(draws_ok, q)
+    return lo_hi
+
+
+# -- the cells of one curve -------------------------------------------------------------------
+
+def _cells(pairs: dict[str, np.ndarray], kinds: tuple[str, ...]) -> dict[tuple, np.ndarray]:
+    """Rows of the pairs of each (kind, width, width_b) of these kinds, in order of first pair."""
+    cells: dict[tuple, list[int]] = {}
+    for index, cell in enumerate(zip(pairs["kind"].tolist(), pairs["width"].tolist(),
+                                     pairs["width_b"].tolist())):
+        if cell[0] in kinds:
+            cells.setdefault(cell, []).append(index)
+    return {cell: np.array(rows) for cell, rows in cells.items()}
+
+
+def universality_cells(keys: dict, pairs: dict[str, np.ndarray], options: AggregateConfig,
+                       rng: np.random.Generator) -> list[dict]:
+    """Per cross_seed or cross_width cell of one curve's pairs (columns as arrays, ``(pairs,)``
+    each): each measure's mean with a seed-bootstrap interval, its chance level, how many
+    pairs beat the permutation null, and how far apart the two sides' losses are. Pairs of
+    other kinds (the same-seed control) are left out."""
+    cells_index = _cells(pairs, CELL_KINDS)
+    # cells with one pair structure (the same seeds) share one vectorised bootstrap
+    structures: dict[tuple, list[tuple]] = {}
+    for cell, rows in cells_index.items():
+        structure = (tuple(pairs["seed"][rows].tolist()), tuple(pairs["seed_b"][rows].tolist()))
+        structures.setdefault(structure, []).append(cell)
+    measures = np.stack([pairs[m] for m in UNIVERSALITY_MEASURES])  # (measure, pair)
+    stats: dict[tuple, np.ndarray] = {}
+    for (seeds_a, seeds_b), group in structures.items():
+        values = np.concatenate([measures[:, cells_index[cell]] for cell in group])
+        out = seed_bootstrap_means(values, np.array(seeds_a), np.array(seeds_b), options.n_boot,
+                                   options.ci, rng)
+        for k, cell in enumerate(group):
+            stats[cell] = out[k * len(UNIVERSALITY_MEASURES):(k + 1) * len(UNIVERSALITY_MEASURES)]
+    rows_out = []
+    for cell, rows in cells_index.items():
+        kind, width, width_b = cell
+        row = {**keys, "kind": kind, "width": width, "width_b": width_b}
+        for measure, (mean, lo, hi) in zip(UNIVERSALITY_MEASURES, stats[cell]):
+            row.update({measure: mean, f"{measure}_lo": lo, f"{measure}_hi": hi})
+        pvalues = pairs["gram_pvalue"][rows]
+        row.update(
+            n_pairs=len(rows),
+            n_seeds=len(set(pairs["seed"][rows].tolist()) | set(pairs["seed_b"][rows].tolist())),
+            null_mean=float(pairs["null_mean"][rows].mean()),
+            null_sd=float(pairs["null_sd"][rows].mean()),
+            frac_pairs_beating_null=float((pvalues < 0.05).mean()),
+            median_pvalue=float(np.median(pvalues)),
+            jaccard_chance=float(pairs["jaccard_chance"][rows].mean()),
+            **_loss_gap(pairs, rows, same_width=width == width_b),
+        )
+        rows_out.append(row)
+    return rows_out
+
+
+def _loss_gap(pairs: dict[str, np.ndarray], rows: np.ndarray, same_width: bool) -> dict:
+    """The mean loss of each side's models (each model once; at one width both sides are
+    the cell's models), their relative gap, and whether it is within the seed spread."""
+    side_a = dict(zip(pairs["model_id"][rows].tolist(), pairs["loss"][rows].tolist()))
+    side_b = dict(zip(pairs["model_id_b"][rows].tolist(), pairs["loss_b"][rows].tolist()))
+    if same_width:
+        side_a = side_b = {**side_a, **side_b}
+    mean_a, mean_b = float(np.mean(list(side_a.values()))), float(np.mean(list(side_b.values())))
+    # the seed-to-seed spread of the cell's models' losses (each model counted once)
+    losses = list({**side_a, **side_b}.values())
+    spread = float(np.std(losses, ddof=1)) if len(losses) > 1 else np.nan
+    return dict(loss=mean_a, loss_b=mean_b,
+                rel_loss_gap=abs(mean_a - mean_b) / ((mean_a + mean_b) / 2),
+                # losses agree when their means differ by less than the models' seed spread
+                loss_matched=bool(np.isfinite(spread) and abs(mean_a - mean_b) <= spread))
+
+
+def same_seed_control(keys: dict, pairs: dict[str, np.ndarray], options: AggregateConfig,
+                      rng: np.random.Generator) -> list[dict]:
+    """Per pair of widths of one curve: how alike models of one seed are (the
+    cross_width_same_seed control) next to models of different seeds (cross_width), and how
+    much more alike (same minus different), each measure with an interval from one set of
+    seed resamples. A difference near 0 says the shared data and initial draws do not make
+    models of one seed more alike across widths."""
+    same_cells = _cells(pairs, (SAME_SEED_CONTROL,))
+    different_cells = _cells(pairs, (CROSS_WIDTH,))
+    none = np.array([], dtype=int)
+    rows = {(width, width_b): (same, different_cells.get((CROSS_WIDTH, width, width_b), none))
+            for (_, width, width_b), same in same_cells.items()}
+    # width pairs with one pair structure (the same seeds) share one vectorised bootstrap
+    structures: dict[tuple, list[tuple]] = {}
+    for widths, (same, different) in rows.items():
+        structure = tuple(tuple(pairs[side][index].tolist())
+                          for index in (same, different) for side in ("seed", "seed_b"))
+        structures.setdefault(structure, []).append(widths)
+    measures = np.stack([pairs[m] for m in UNIVERSALITY_MEASURES])  # (measure, pair)
+    n_measures = len(UNIVERSALITY_MEASURES)
+    stats: dict[tuple, np.ndarray] = {}  # (measure, [same, different, same - different], 3)
+    for (same_a, same_b, different_a, different_b), group in structures.items():
+        out = seed_bootstrap_contrast(
+            np.concatenate([measures[:, rows[widths][0]] for widths in group]),
+            (np.array(same_a, dtype=int), np.array(same_b, dtype=int)),
+            np.concatenate([measures[:, rows[widths][1]] for widths in group]),
+            (np.array(different_a, dtype=int), np.array(different_b, dtype=int)),
+            options.n_boot, options.ci, rng)
+        for k, widths in enumerate(group):
+            stats[widths] = out[k * n_measures:(k + 1) * n_measures]
+    rows_out = []
+    for (width, width_b), (same, different) in rows.items():
+        seeds = {*pairs["seed"][same].tolist(), *pairs["seed"][different].tolist(),
+                 *pairs["seed_b"][different].tolist()}
+        row = {**keys, "width": width, "width_b": width_b, "n_seeds": len(seeds),
+               "n_pairs_same_seed": len(same), "n_pairs_different_seed": len(different)}
+        for measure, per_measure in zip(UNIVERSALITY_MEASURES, stats[(width, width_b)]):
+            for suffix, (mean, lo, hi) in zip(("same_seed", "different_seed", "same_minus_different"),
+                                              per_measure):
+                row.update({f"{measure}_{suffix}": mean, f"{measure}_{suffix}_lo": lo,
+                            f"{measure}_{suffix}_hi": hi})
+        rows_out.append(row)
+    return rows_out

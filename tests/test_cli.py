@@ -1,0 +1,127 @@
+"""The ``sfs`` console command: help, its config errors, and ``sfs ui`` on a sweep folder."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sfs.cli import main
+
+SFS = Path(sys.executable).parent / "sfs"  # the console script `pip install` puts beside python
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("sfs run +sweep=NAME", "sfs aggregate +sweep=NAME", "sfs ui SWEEP_DIR"):
+        assert command in out
+
+
+def test_no_command_or_an_unknown_one_prints_the_usage_and_fails(capsys):
+    assert main([]) == 2
+    assert "sfs run" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "sfs: unknown command 'train'" in err and "sfs run" in err
+
+
+def test_ui_without_an_mlflow_store_is_one_clear_error(tmp_path, capsys):
+    assert main(["ui", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"sfs: no MLflow store at {tmp_path / 'mlflow.db'}")
+    assert "tracking=sqlite" in line
+
+
+def _sfs(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    assert SFS.exists(), f"no `sfs` command at {SFS}: install the package (make setup)"
+    return subprocess.run([str(SFS), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          **kwargs)
+
+
+@pytest.mark.integration
+def test_the_installed_command_runs_from_any_folder(tmp_path):
+    done = _sfs("--help", cwd=tmp_path)
+    assert done.returncode == 0 and "sfs ui SWEEP_DIR" in done.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=0", "sfs: invalid config: train.steps must be an integer >= 1, got 0"),
+    ("sweep.widths=[0]", "sfs: invalid config: sweep.widths must be"),
+])
+def test_sfs_run_with_a_bad_value_is_a_one_line_config_error(tmp_path, override, message):
+    # from a folder outside the checkout: the configs come from the installed package
+    done = _sfs("run", "+sweep=smoke", f"paths.out_dir={tmp_path / 'runs'}", override, cwd=tmp_path,
+                env={**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")})
+    assert done.returncode != 0
+    assert "Traceback" not in done.stdout + done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(message)
+    assert not (tmp_path / "runs" / "smoke").exists() and not (tmp_path / "ray").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.integration
+def test_sfs_ui_serves_a_sweep_folder_and_stops_with_its_process(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    sweep_dir = tmp_path / "smoke"
+    sweep_dir.mkdir()
+    MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}").create_experiment("smoke")
+    port = _free_port()
+    proc = subprocess.Popen([str(SFS), "ui", str(sweep_dir), "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # a group of its own, to check it empties
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                page = urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.time() < deadline, "the MLflow UI did not answer"
+                time.sleep(0.5)
+        assert page.status == 200
+        request = urllib.request.Request(f"{url}/ajax-api/2.0/mlflow/experiments/search",
+                                         data=b'{"max_results": 10}', method="POST",
+                                         headers={"Content-Type": "application/json"})
+        assert b'"smoke"' in urllib.request.urlopen(request, timeout=30).read()
+        # `kill PID` (or a closed terminal) reaches only the process the user started: the
+        # server must stop with it, not linger on the port behind a dead parent.
+        proc.terminate()
+        output, _ = proc.communicate(timeout=120)
+        deadline = time.time() + 60
+        while not _gone(proc.pid):
+            assert time.time() < deadline, "processes of `sfs ui` outlived it"
+            time.sleep(0.5)
+    finally:
+        if not _gone(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert f"sfs: MLflow UI of {sweep_dir} on {url}" in output
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)

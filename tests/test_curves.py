@@ -1,0 +1,115 @@
+"""Per-curve analysis and per-model quantities with known answers (sfs.analysis.curves,
+sfs.analysis.model_metrics)."""
+
+import itertools
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sfs.analysis.curves import CurveTask, analyse_curve, curve_pairs, run_tasks
+from sfs.analysis.model_metrics import SPEC_KEYS, Loaded, model_metrics
+from sfs.config import AggregateConfig
+
+
+def _layout(rng, n_widths=4, n_seeds=5, missing=0.2):
+    """A curve's models (width, seed), with a fraction of them missing (failed trainings)."""
+    models = [(w, s) for w in range(2, 2 + n_widths) for s in range(n_seeds)
+              if rng.uniform() >= missing]
+    order = rng.permutation(len(models))  # the store's order is arbitrary
+    return [models[i][0] for i in order], [models[i][1] for i in order]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_compared_pairs_never_share_a_seed_and_the_control_always_does(seed):
+    """The de-confounding rule: cross_seed and cross_width pairs are models of different
+    seeds, so the two kinds differ in the width only; cross_width_same_seed pairs (the
+    control) are one seed at two widths. Any layout, models missing or not."""
+    widths, seeds = _layout(np.random.default_rng(seed))
+    pairs = curve_pairs(widths, seeds)
+    for kind, i, j in pairs:
+        assert i != j
+        if kind == "cross_seed":
+            assert widths[i] == widths[j] and seeds[i] < seeds[j]
+        elif kind == "cross_width":
+            assert widths[i] < widths[j] and seeds[i] != seeds[j]
+        else:
+            assert kind == "cross_width_same_seed"
+            assert widths[i] < widths[j] and seeds[i] == seeds[j]
+    # and every such pair of models is there, once
+    models = list(zip(widths, seeds))
+    expected = set()
+    for i, j in itertools.permutations(range(len(models)), 2):
+        (wi, si), (wj, sj) = models[i], models[j]
+        if wi == wj and si < sj:
+            expected.add(("cross_seed", i, j))
+        elif wi < wj:
+            expected.add(("cross_width" if si != sj else "cross_width_same_seed", i, j))
+    assert sorted(pairs) == sorted(expected)
+
+
+def test_curve_pair_counts():
+    # 3 widths x 4 seeds: per width 6 seed pairs; per width pair 4 x 3 of different seeds
+    # and 4 of one seed
+    widths = [w for w in (2, 4, 8) for _ in range(4)]
+    seeds = [s for _ in range(3) for s in range(4)]
+    kinds = [kind for kind, _, _ in curve_pairs(widths, seeds)]
+    assert kinds.count("cross_seed") == 3 * 6
+    assert kinds.count("cross_width") == 3 * 12
+    assert kinds.count("cross_width_same_seed") == 3 * 4
+    assert curve_pairs([4], [0]) == []
+
+
+def _task(W, widths, seeds, losses, **options):
+    keys = {"sparsity": 0.5}
+    options = AggregateConfig(n_boot=100, n_perm=20, **options)
+    return CurveTask(keys, [f"m{w}-{s}" for w, s in zip(widths, seeds)], widths, seeds, losses, W, options)
+
+
+def test_analyse_curve_on_shared_features():
+    """Every model holds one template, rotated and zero-padded to its width: every pair,
+    of any kind, has Gram cosine 1, and no one seed is more alike than another."""
+    rng = np.random.default_rng(0)
+    template = rng.normal(size=(10, 3))
+    widths = [w for w in (3, 5) for _ in range(3)]
+    seeds = [s for _ in range(2) for s in range(3)]
+    W = []
+    for w in widths:
+        padded = np.hstack([template, np.zeros((10, w - 3))])
+        W.append(padded @ np.linalg.qr(rng.normal(size=(w, w)))[0])
+    result = analyse_curve(_task(W, widths, seeds, [0.1 / w for w in widths]))
+    assert np.allclose(result.pairs["gram_cosine"], 1.0)
+    assert sorted(set(result.pairs["kind"].tolist())) == ["cross_seed", "cross_width",
+                                                           "cross_width_same_seed"]
+    cells = {(c["kind"], c["width"], c["width_b"]): c for c in result.cells}
+    assert set(cells) == {("cross_seed", 3, 3), ("cross_seed", 5, 5), ("cross_width", 3, 5)}
+    assert cells[("cross_width", 3, 5)]["n_pairs"] == 6
+    assert cells[("cross_width", 3, 5)]["gram_cosine"] == pytest.approx(1.0)
+    (control,) = result.control
+    assert control["gram_cosine_same_seed"] == pytest.approx(1.0)
+    assert control["gram_cosine_same_minus_different"] == pytest.approx(0.0, abs=1e-12)
+    assert result.fit["sparsity"] == 0.5 and result.fit["x"] == "width"
+
+
+def test_run_tasks_in_process_keeps_the_order():
+    assert run_tasks(abs, [-3, 2, -1], workers=4) == [3, 2, 1]
+
+
+def test_model_metrics_known_values():
+    # two features on the axes of a 2-d hidden space, a third at norm 0.3 (not represented)
+    W = np.array([[1.0, 0.0], [0.0, 1.0], [0.3, 0.0]])
+    spec = {k: 0 for k in SPEC_KEYS} | {"family": "relu_output", "n_features": 3, "width": 2,
+                                        "feature_dist": "uniform", "lr_schedule": "constant",
+                                        "init": "xavier_normal"}
+    ok = pl.DataFrame([spec | {"model_id": "a", "n_params": 8, "loss": 0.1, "status": "ok"}])
+    row = model_metrics(Loaded(ok, ok, [W])).row(0, named=True)
+    assert row["n_represented"] == 2 and row["frac_represented"] == pytest.approx(2 / 3)
+    assert row["frobenius_sq"] == pytest.approx(2.09)
+    assert row["dims_per_feature"] == pytest.approx(2 / 2.09)  # D* = m / ||W||_F^2
+    # feature 0 shares its axis with feature 2: (W_hat_0 . W_2)^2 = 0.09; feature 1 is alone
+    assert row["superposition_mean"] == pytest.approx((0.09 + 0.0) / 2)
+    assert row["dimensionality_mean"] == pytest.approx((1 / 1.09 + 1.0) / 2)
+    assert row["dimensionality_sum"] == pytest.approx(2.0)  # 1/1.09 + 1 + 0.09/1.09 = m
+    assert "layer_represented" not in row
+    deep = model_metrics(Loaded(ok, ok, [W], layer_represented=[[2, 1]])).row(0, named=True)
+    assert deep["layer_represented"] == [2, 1] and deep["min_layer_represented"] == 1

@@ -1,0 +1,209 @@
+"""Statistics over seeds with known answers (sfs.analysis.seeds): the seed bootstrap, the
+universality cells and the same-seed control."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from sfs.analysis.seeds import (
+    CROSS_SEED,
+    CROSS_WIDTH,
+    SAME_SEED_CONTROL,
+    UNIVERSALITY_MEASURES,
+    same_seed_control,
+    seed_bootstrap_contrast,
+    seed_bootstrap_mean,
+    seed_bootstrap_means,
+    universality_cells,
+)
+from sfs.config import AggregateConfig
+
+
+def _brute_force_seed_bootstrap(values, seeds_a, seeds_b, n_boot, ci, seed):
+    """The definition, slowly: draw as many seeds as there are (the same draws as the
+    implementation), and average the pairs among the drawn models: every two draws k != l
+    whose seeds are a stored pair (seed_k, seed_l), in either order for two different
+    seeds; a same-seed pair once per draw of its seed."""
+    pool = np.unique(np.concatenate([seeds_a, seeds_b]))
+    draws = np.random.default_rng(seed).integers(0, pool.size, size=(n_boot, pool.size))
+    stats = []
+    for drawn in pool[draws]:
+        total = weight = 0.0
+        for v, a, b in zip(values, seeds_a, seeds_b):
+            if a == b:
+                count = int((drawn == a).sum())
+            else:
+                count = sum(1 for first, second in itertools.permutations(drawn, 2)
+                            if first == a and second == b)
+            total, weight = total + count * v, weight + count
+        stats.append(total / weight if weight else np.nan)
+    stats = np.array(stats)
+    return np.quantile(stats[np.isfinite(stats)], [(1 - ci) / 2, (1 + ci) / 2])
+
+
+@pytest.mark.parametrize("structure", ["cross_seed", "cross_width", "cross_width_missing", "same_seed"])
+def test_seed_bootstrap_is_the_mean_over_pairs_of_resampled_seeds(structure):
+    """Against the definition on the same draws, for every pair structure of a cell:
+    cross_width pairs come both ways round, and with a model missing the two sides come
+    from different seed sets (width a: seeds 0-3, width b: seeds 1-4)."""
+    seeds = range(4)
+    pairs = {
+        "cross_seed": list(itertools.combinations(seeds, 2)),
+        "cross_width": [(a, b) for a in seeds for b in seeds if a != b],
+        "cross_width_missing": [(a, b) for a in range(4) for b in range(1, 5) if a != b],
+        "same_seed": [(s, s) for s in seeds],
+    }[structure]
+    seeds_a, seeds_b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    values = np.random.default_rng(1).uniform(size=len(pairs))
+    mean, lo, hi = seed_bootstrap_mean(values, seeds_a, seeds_b, 300, 0.9, np.random.default_rng(7))
+    assert mean == pytest.approx(values.mean())
+    expected = _brute_force_seed_bootstrap(values, seeds_a, seeds_b, 300, 0.9, seed=7)
+    assert (lo, hi) == pytest.approx(tuple(expected), rel=1e-12)
+
+
+def test_a_pair_given_one_way_round_counts_once():
+    # seeds 0-3 at both widths but the model (seed 1, width b) missing: the pairs (1, s)
+    # are there one way round only; each must weigh as much as any other pair, not twice
+    pairs = [(a, b) for a in range(4) for b in (0, 2, 3) if a != b]
+    a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    values = np.random.default_rng(2).uniform(size=len(pairs))
+    _, lo, hi = seed_bootstrap_mean(values, a, b, 200, 0.8, np.random.default_rng(3))
+    assert (lo, hi) == pytest.approx(tuple(_brute_force_seed_bootstrap(values, a, b, 200, 0.8, 3)))
+
+
+def test_seed_bootstrap_of_pair_values():
+    rng = np.random.default_rng(0)
+    seeds = [(0, 1), (0, 2), (1, 2)]
+    a, b = np.array([s for s, _ in seeds]), np.array([t for _, t in seeds])
+    mean, lo, hi = seed_bootstrap_mean(np.array([0.5, 0.5, 0.5]), a, b, 500, 0.95, rng)
+    assert (mean, lo, hi) == (0.5, 0.5, 0.5)
+    mean, lo, hi = seed_bootstrap_mean(np.array([0.2, 0.4, 0.9]), a, b, 500, 0.95, rng)
+    assert mean == pytest.approx(0.5) and 0.2 <= lo < mean < hi <= 0.9
+    # a draw of seeds {0, 0, 1} has only the pair (0, 1): its mean is 0.2; {0, 0, 0} has none
+    paired = seed_bootstrap_mean(np.array([0.1, 0.2, 0.3]), np.arange(3), np.arange(3), 500, 0.95, rng)
+    assert paired[0] == pytest.approx(0.2) and 0.1 <= paired[1] < paired[2] <= 0.3
+
+
+def test_seed_bootstrap_edge_cases():
+    rng = np.random.default_rng(0)
+    one = seed_bootstrap_means(np.array([[0.3]]), np.array([0]), np.array([1]), 100, 0.9, rng)
+    assert one[0, 0] == 0.3 and np.isnan(one[0, 1:]).all()  # one pair: no interval
+    rows = seed_bootstrap_means(np.array([[0.1, np.nan, 0.3], [np.nan, np.nan, 0.5]]),
+                                np.array([0, 0, 1]), np.array([1, 2, 2]), 100, 0.9, rng)
+    assert rows[0, 0] == pytest.approx(0.2) and 0.1 <= rows[0, 1] <= rows[0, 2] <= 0.3
+    assert rows[1, 0] == 0.5 and np.isnan(rows[1, 1:]).all()  # one finite value
+    # two seeds at two widths: every resample with a pair holds both pairs, so resampling
+    # cannot move the mean, and an interval of zero width would claim a certainty it lacks
+    two = seed_bootstrap_means(np.array([[0.2, 0.6]]), np.array([0, 1]), np.array([1, 0]), 100, 0.9, rng)
+    assert two[0, 0] == pytest.approx(0.4) and np.isnan(two[0, 1:]).all()
+    same = seed_bootstrap_means(np.array([[0.2, 0.6]]), np.array([0, 1]), np.array([0, 1]), 100, 0.9, rng)
+    assert same[0, 1] < same[0, 2]  # one value per seed: two seeds can vary
+    with pytest.raises(ValueError, match="separately"):
+        seed_bootstrap_means(np.array([[0.1, 0.2]]), np.array([0, 0]), np.array([0, 1]), 100, 0.9, rng)
+
+
+@pytest.mark.parametrize(("structure", "n_seeds"), [("cross_seed", 5), ("cross_width", 8)])
+def test_seed_bootstrap_covers_the_mean_of_independent_seeds(structure, n_seeds):
+    """Pair value = (z_a + y_b) / 2 with z, y ~ N(0, 1) per seed (one seed's models at two
+    widths: y = z for cross-seed pairs, correlated 0.5 for cross-width ones). The seed
+    bootstrap's 90% interval should cover the true mean 0 about 90% of the time; a pair
+    bootstrap, blind to the pairs sharing seeds, covers it ~40% of the time with 8 seeds.
+    (With so few seeds the percentile interval runs a little narrow: ~0.8 at 5-10 seeds.)"""
+    rng = np.random.default_rng(1)
+    seeds = range(n_seeds)
+    pairs = (list(itertools.combinations(seeds, 2)) if structure == "cross_seed"
+             else [(a, b) for a in seeds for b in seeds if a != b])
+    a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    covered = 0
+    for _ in range(300):
+        z = rng.normal(size=n_seeds)
+        y = z if structure == "cross_seed" else 0.5 * z + np.sqrt(0.75) * rng.normal(size=n_seeds)
+        _, lo, hi = seed_bootstrap_mean((z[a] + y[b]) / 2, a, b, 400, 0.9, rng)
+        covered += lo <= 0 <= hi
+    assert 0.75 <= covered / 300 <= 0.97
+
+
+def test_seed_bootstrap_contrast_shares_its_draws():
+    same_seeds = (np.arange(4), np.arange(4))
+    different = [(a, b) for a in range(4) for b in range(4) if a != b]
+    diff_seeds = (np.array([p[0] for p in different]), np.array([p[1] for p in different]))
+    # constant values: every resample gives the same means, so the intervals are points
+    out = seed_bootstrap_contrast(np.full((1, 4), 0.9), same_seeds, np.full((1, 12), 0.6), diff_seeds,
+                                  200, 0.9, np.random.default_rng(0))
+    assert out.shape == (1, 3, 3) and np.allclose(out[0], [[0.9] * 3, [0.6] * 3, [0.3] * 3])
+    # each side's interval is its own seed bootstrap on the same draws (same pool of seeds)
+    rng = np.random.default_rng(5)
+    v_same, v_diff = rng.uniform(size=(2, 4)), rng.uniform(size=(2, 12))
+    out = seed_bootstrap_contrast(v_same, same_seeds, v_diff, diff_seeds, 300, 0.9, np.random.default_rng(1))
+    alone_same = seed_bootstrap_means(v_same, *same_seeds, 300, 0.9, np.random.default_rng(1))
+    alone_diff = seed_bootstrap_means(v_diff, *diff_seeds, 300, 0.9, np.random.default_rng(1))
+    assert np.allclose(out[:, 0], alone_same) and np.allclose(out[:, 1], alone_diff)
+    assert np.allclose(out[:, 2, 0], v_same.mean(1) - v_diff.mean(1))
+    # one seed: no different-seed pair, so neither that mean nor the difference exists
+    lone = seed_bootstrap_contrast(np.array([[0.5]]), (np.array([0]), np.array([0])),
+                                   np.zeros((1, 0)), (np.array([], int), np.array([], int)),
+                                   200, 0.9, np.random.default_rng(0))
+    assert lone[0, 0, 0] == 0.5 and np.isnan(lone[0, 1:]).all()
+
+
+# -- cells and the control ------------------------------------------------------------------
+
+def _pairs_of(kinds_pairs, value_of, loss_of=lambda width, seed: 0.1 * width):
+    """Pair columns as analyse_curve makes them, from [(kind, (width, seed), (width, seed))]."""
+    rows = [(kind, a, b) for kind, a, b in kinds_pairs]
+    columns = {
+        "kind": np.array([k for k, _, _ in rows]),
+        "width": np.array([a[0] for _, a, _ in rows]), "seed": np.array([a[1] for _, a, _ in rows]),
+        "width_b": np.array([b[0] for _, _, b in rows]), "seed_b": np.array([b[1] for _, _, b in rows]),
+        "model_id": np.array([f"{a}" for _, a, _ in rows]), "model_id_b": np.array([f"{b}" for _, _, b in rows]),
+        "loss": np.array([loss_of(*a) for _, a, _ in rows]), "loss_b": np.array([loss_of(*b) for _, _, b in rows]),
+        "gram_pvalue": np.full(len(rows), 0.01), "null_mean": np.full(len(rows), 0.3),
+        "null_sd": np.full(len(rows), 0.05), "jaccard_chance": np.full(len(rows), 0.5),
+    }
+    values = np.array([value_of(k, a, b) for k, a, b in rows])
+    return columns | {m: values for m in UNIVERSALITY_MEASURES}
+
+
+def _curve(seeds=range(3), widths=(2, 4)):
+    pairs = [(CROSS_SEED, (w, a), (w, b)) for w in widths for a, b in itertools.combinations(seeds, 2)]
+    pairs += [(CROSS_WIDTH, (2, a), (4, b)) for a in seeds for b in seeds if a != b]
+    pairs += [(SAME_SEED_CONTROL, (2, s), (4, s)) for s in seeds]
+    return pairs
+
+
+def test_universality_cells_leave_the_control_out():
+    # same-seed pairs score 1, every other pair 0.4: a cell mixing them would lie above 0.4
+    pairs = _pairs_of(_curve(), lambda kind, a, b: 1.0 if kind == SAME_SEED_CONTROL else 0.4)
+    cells = universality_cells({"sparsity": 0.5}, pairs, AggregateConfig(n_boot=200),
+                               np.random.default_rng(0))
+    assert sorted((c["kind"], c["width"], c["width_b"]) for c in cells) == [
+        (CROSS_SEED, 2, 2), (CROSS_SEED, 4, 4), (CROSS_WIDTH, 2, 4)]
+    for cell in cells:
+        assert cell["gram_cosine"] == pytest.approx(0.4)
+        assert cell["gram_cosine_lo"] == pytest.approx(0.4) and cell["gram_cosine_hi"] == pytest.approx(0.4)
+        assert cell["sparsity"] == 0.5 and cell["n_seeds"] == 3
+    by_kind = {c["kind"] + str(c["width"]): c for c in cells}
+    assert by_kind["cross_width2"]["n_pairs"] == 6 and by_kind["cross_seed2"]["n_pairs"] == 3
+    # losses 0.1 * width: at one width no gap; between widths 2 and 4, |0.2 - 0.4| / 0.3
+    assert by_kind["cross_seed4"]["loss"] == by_kind["cross_seed4"]["loss_b"] == pytest.approx(0.4)
+    assert by_kind["cross_seed4"]["rel_loss_gap"] == 0 and by_kind["cross_seed4"]["loss_matched"]
+    assert by_kind["cross_width2"]["rel_loss_gap"] == pytest.approx(2 / 3)
+    assert not by_kind["cross_width2"]["loss_matched"]
+
+
+def test_same_seed_control_against_different_seeds():
+    # one seed's models agree (0.9), different seeds' do not (0.5 + 0.01 * seed_b)
+    value = {SAME_SEED_CONTROL: lambda a, b: 0.9, CROSS_WIDTH: lambda a, b: 0.5 + 0.01 * b[1],
+             CROSS_SEED: lambda a, b: 0.0}
+    pairs = _pairs_of(_curve(range(4)), lambda kind, a, b: value[kind](a, b))
+    (row,) = same_seed_control({"sparsity": 0.5}, pairs, AggregateConfig(n_boot=300),
+                               np.random.default_rng(0))
+    assert (row["width"], row["width_b"], row["n_seeds"]) == (2, 4, 4)
+    assert (row["n_pairs_same_seed"], row["n_pairs_different_seed"]) == (4, 12)
+    for m in UNIVERSALITY_MEASURES:
+        assert row[f"{m}_same_seed"] == row[f"{m}_same_seed_lo"] == pytest.approx(0.9)
+        assert row[f"{m}_different_seed"] == pytest.approx(0.515)  # mean of 0.01 * seed_b: 0.015
+        assert 0.5 <= row[f"{m}_different_seed_lo"] <= 0.515 <= row[f"{m}_different_seed_hi"] <= 0.53
+        assert row[f"{m}_same_minus_different"] == pytest.approx(0.385)
+        assert (0.9 - row[f"{m}_different_seed_hi"] == pytest.approx(row[f"{m}_same_minus_different_lo"]))
