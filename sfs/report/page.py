@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -209,7 +210,8 @@ def _gram_heatmaps(plt, metrics: pl.DataFrame, loaded, out: Path) -> list[Figure
 def _with_interval(column: str, digits: str) -> Callable[[dict], str]:
     """A fitted value with its bootstrap interval, or nothing where there is no fit."""
     def cell(row: dict) -> str:
-        if row.get("form") == "none" or row.get(column) is None:
+        value = row.get(column)
+        if row.get("form") == "none" or value is None or (isinstance(value, float) and math.isnan(value)):
             return ""
         lo, hi = row.get(column + "_lo"), row.get(column + "_hi")
         if lo is None or hi is None:

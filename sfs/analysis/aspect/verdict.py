@@ -213,7 +213,9 @@ def controls(group: Group) -> list[dict]:
     cross = group.depth[:, None] != group.depth[None, :]
     same_seed = group.seed[:, None] == group.seed[None, :]
     def mean(M: np.ndarray, mask: np.ndarray) -> float:
-        return float(np.nanmean(M[mask])) if mask.any() else math.nan
+        values = M[mask]
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if values.size else math.nan
 
     for measure, (S, N) in group.similarity.items():  # N: the measure's chance level
         rows.append({**group.keys, "measure": measure,
