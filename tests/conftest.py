@@ -38,7 +38,8 @@ def _local_ray():
     from sfs.training.worker_setup import WORKER_RUNTIME_ENV
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+        # "local": our own, never one another process advertises (as start_ray does)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
                  runtime_env=WORKER_RUNTIME_ENV)
     return ray
 

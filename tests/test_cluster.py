@@ -93,6 +93,22 @@ def test_workers_leave_ctrl_c_to_the_driver():
         ray.shutdown()
 
 
+def test_the_embedded_ray_is_a_new_one_even_where_another_is_advertised(monkeypatch):
+    """RAY_ADDRESS (or a `ray start` on this machine) names another Ray: cluster=local still
+    starts its own, with the CPUs it was given, instead of joining (or failing on) that one."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens there
+    (cfg,) = load_configs(["+sweep=smoke", "cluster.num_cpus=1"])
+    try:
+        assert start_ray(cfg)
+        assert ray.cluster_resources()["CPU"] == 1
+    finally:
+        ray.shutdown()
+
+
 def test_embedded_ray_exposes_no_dashboard_and_keeps_token_auth(tmp_path):
     """Start Ray the way the launch does, in a fresh process, and list every listening TCP
     socket of its processes. Ray 2.60 binds its core RPC servers to the node's interfaces

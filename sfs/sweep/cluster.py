@@ -35,7 +35,10 @@ def start_ray(cfg: Config) -> bool:
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
             log.warning("RAY_AUTH_MODE=disabled: the embedded Ray's RPC ports accept anyone on "
                         "this machine's networks; unset it to keep token authentication on")
-        ray.init(num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
+        # address="local": a new Ray of our own, even where RAY_ADDRESS or a `ray start` on
+        # this machine (/tmp/ray/ray_current_cluster) advertises another; ray.init() would
+        # join that one (and refuse num_cpus). cluster=remote is how to join a running Ray.
+        ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
                  logging_level=logging.WARNING, configure_logging=True,
                  runtime_env=WORKER_RUNTIME_ENV)  # Ctrl-C stops the driver, never a worker
     else:
