@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
+from threadpoolctl import threadpool_limits
 
 from sfs.plan import ModelSpec
 
@@ -54,6 +55,14 @@ def local_ray():
 def module_local_ray():
     """The shared embedded Ray (``_local_ray``), for a module-scoped fixture."""
     yield _local_ray()
+
+
+@pytest.fixture
+def one_blas_thread():
+    """One BLAS thread, as sfs.aggregate runs the fits: with several, small least-squares
+    problems run many times slower and their time swings with the machine's load."""
+    with threadpool_limits(1):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

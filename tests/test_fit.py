@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from sfs.analysis.fit import (
     FORMS,
@@ -28,12 +27,7 @@ from sfs.analysis.fit import (
 WIDTHS = np.array([10, 15, 25, 39, 63, 100], dtype=float)
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """One BLAS thread, as sfs.aggregate runs the fits: with several, these small problems
-    run many times slower and their time swings with the machine's load."""
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def make_data(seed: int, E: float, A: float = 1.0, alpha: float = 1.0, *, widths=WIDTHS,

@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import sfs.analysis.fit.scaling as scaling
 from sfs.analysis.fit import WIDEN_3_SEEDS, fit_scaling
@@ -24,12 +23,7 @@ from sfs.analysis.fit import WIDEN_3_SEEDS, fit_scaling
 WIDTHS = np.array([10, 15, 25, 39, 63, 100], dtype=float)
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """One BLAS thread, as sfs.aggregate runs the fits: with several, these small problems
-    run many times slower and their time swings with the machine's load."""
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def make_data(seed: int, E: float, *, seeds: int = 3, truth: str = "saturating", noise: float = 0.05):

@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from sfs.analysis.fit import WidthDepthFit, fit_width_depth
 
@@ -21,12 +20,7 @@ TRUTH = {"E": 0.01, "A": 1.0, "alpha": 1.0, "B": 0.05, "beta": 1.5}
 PARAMS = tuple(TRUTH)
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    """One BLAS thread, as sfs.aggregate runs the fits: with several, these small problems
-    run many times slower and their time swings with the machine's load."""
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def make_data(seed: int, *, noise: float = 0.05, seeds: int = 3, widths=WIDTHS, depths=DEPTHS,

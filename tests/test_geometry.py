@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from sfs.analysis import geometry
+from sfs.analysis import geometry, geometry_engine
 from sfs.analysis.geometry import (
     combine_strata,
     compare_geometry,
@@ -241,7 +241,7 @@ def test_null_memory_blocks_do_not_change_the_answer(monkeypatch):
     W1, W2 = rng.standard_normal((25, 5)), rng.standard_normal((25, 30))
     strata = np.zeros(25)
     whole = similarity_null_many([W1, W2], np.array([[0, 1], [1, 0]]), strata, 40, _rng(20))
-    monkeypatch.setattr(geometry, "_CHUNK_ELEMENTS", 3000)  # blocks of a few relabellings
+    monkeypatch.setattr(geometry_engine, "_CHUNK_ELEMENTS", 3000)  # blocks of a few relabellings
     blocked = similarity_null_many([W1, W2], np.array([[0, 1], [1, 0]]), strata, 40, _rng(20))
     for measure in geometry.MEASURES:
         np.testing.assert_allclose(whole[measure], blocked[measure], atol=1e-12)
