@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
-import hydra
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
-from sfs.config import Config, ConfigError
-from sfs.config.compose import CONF_DIR, expand_sweeps, to_config, without_sweep_choice
+    from sfs.config import Config
 
 log = logging.getLogger(__name__)
+
+INTERRUPTED = ("sfs: interrupted (Ctrl-C); every pack that finished is stored: run the same command "
+               "again to resume")
 
 
 def launch(cfgs: list[Config], overrides: list[str]) -> int:
@@ -50,6 +55,12 @@ def launch(cfgs: list[Config], overrides: list[str]) -> int:
 
         try:  # the sweep's results are stored whatever happens here
             result = aggregate(cfg)
+        except (StoreError, TrackingError) as error:  # one clear message: no traceback
+            log.error("%s: aggregation failed: %s. The trained models are stored; then retry with: "
+                      "python -m sfs.aggregate %s", cfg.sweep.name, error,
+                      " ".join([f"+sweep={cfg.sweep.name}", *overrides]))
+            code = code or 1
+            continue
         except Exception:
             log.exception("%s: aggregation failed; the trained models are stored. Retry with: "
                           "python -m sfs.aggregate %s", cfg.sweep.name, " ".join(
@@ -61,12 +72,12 @@ def launch(cfgs: list[Config], overrides: list[str]) -> int:
     return code
 
 
-# The configs by absolute path: a relative one would be looked up as the module `sfs.conf`
-# when `sfs run` (sfs.cli), not `python -m sfs.launch`, calls this, and that is no module.
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(composed: DictConfig) -> None:
+def _task(composed: DictConfig) -> None:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
+
+    from sfs.config import ConfigError
+    from sfs.config.compose import expand_sweeps, to_config, without_sweep_choice
 
     overrides = without_sweep_choice(list(HydraConfig.get().overrides.task))
     try:
@@ -77,6 +88,42 @@ def main(composed: DictConfig) -> None:
     code = launch(cfgs, overrides)
     if code:
         sys.exit(code)
+
+
+def main() -> None:
+    """The launch as a command (``python -m sfs.launch``, ``sfs run``): Hydra composes the
+    config from the command line. Ctrl-C at any moment from here on (all but the first tens
+    of milliseconds, while Python itself starts) to the report ends it with status 130 and
+    the resume hint, never a traceback (the Ray workers and the aggregation's processes
+    leave Ctrl-C to this process)."""
+    try:
+        import hydra
+
+        from sfs.config.compose import CONF_DIR
+
+        # The configs by absolute path: a relative one would be looked up as the module
+        # `sfs.conf` when `sfs run` (sfs.cli), not `python -m sfs.launch`, calls this.
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)()
+    except KeyboardInterrupt:
+        _leave_interrupted()
+
+
+def _leave_interrupted() -> NoReturn:
+    """Say how to resume and exit with status 130 (the shell's code for "stopped by Ctrl-C").
+
+    Not through ``sys.exit``: after a KeyboardInterrupt raised inside ``exec`` of a
+    library's generated code (dataclasses, while Python imports), CPython 3.11's own exit
+    can still end the process by SIGINT (status -2: seen once in ~30 Ctrl-Cs at start-up).
+    The exit handlers (Ray's shutdown, logging's flush) run; the interpreter's teardown has
+    nothing left to do (every write of the store is atomic)."""
+    import atexit
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # leaving: a second Ctrl-C changes nothing
+    sys.stderr.write(INTERRUPTED + "\n")
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":

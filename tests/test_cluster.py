@@ -147,3 +147,17 @@ ray.shutdown()
     for is_driver, name, port in found["listeners"]:
         # the driver's own listener is its Ray core worker; every other one is a Ray process
         assert is_driver or name in ray_core or name.startswith("ray::"), (name, port)
+
+
+def test_a_worker_ended_by_sigterm_leaves_without_a_traceback():
+    """Ray ends workers with SIGTERM; its handler raises SystemExit wherever the main thread
+    is, and inside a weakref callback Python prints the traceback. After the worker setup a
+    SIGTERM is a quiet exit, status 1, with what the worker printed flushed."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys, time; from sfs.training.worker_setup import ignore_ctrl_c; "
+            "ignore_ctrl_c(); sys.stdout.write('working'); os.kill(os.getpid(), signal.SIGTERM); "
+            "time.sleep(5); print('not reached')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == "working" and done.stderr == "", done

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import html
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
+
+from sfs.storage.store import atomic_write_bytes
 
 MAX_PANELS = 12  # figures of one kind per report; the tables hold everything
 
@@ -26,6 +30,14 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path, **options) -> None:
+    """Save ``fig`` as a PNG at ``path`` atomically (a killed launch leaves the old picture
+    or the new one, never half of one); ``options`` go to ``savefig``."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **options)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def format_cell(value) -> str:

@@ -3,7 +3,8 @@
 Only the sweep driver talks to MLflow. A fresh SQLite store written by many processes at
 once breaks on schema migration, so workers never log; they return their results and the
 driver logs each finished pack in one short burst (so no run sits in RUNNING while a pack
-trains, and a killed driver leaves at most one).
+trains, and a killed driver leaves at most one). A SQLite store is created whole or not at
+all (``sfs.storage.mlflow_sqlite``); ``Tracker.tidy`` removes what a killed launch left.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sfs.plan import PER_MODEL_FIELDS, Pack
+from sfs.storage.mlflow_sqlite import MlflowStoreError, ensure_store, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,15 @@ class Tracker:
 
         self.uri = uri
         self.store_dir = str(Path(store_dir).absolute())  # tags our runs: tidy() touches no others
+        database = sqlite_path(uri)
+        if database is not None:  # created whole or not at all, checked before MLflow opens it
+            try:
+                ensure_store(database)
+            except MlflowStoreError as error:
+                raise TrackingError(str(error)) from None
+            except Exception as error:  # OSError, SQLite's or MLflow's: e.g. a full disk
+                raise TrackingError(f"cannot create the MLflow store {database}: "
+                                    f"{type(error).__name__}: {error}") from None
         self.client = MlflowClient(tracking_uri=uri)
         try:
             found = self.client.get_experiment_by_name(experiment)
