@@ -77,3 +77,43 @@ def test_derived_seeds_are_stable_and_distinct():
 def test_eval_draws_are_fixed_by_the_eval_seed():
     assert torch.equal(data.eval_uniform(5, 11, 100), data.eval_uniform(5, 11, 100))
     assert not torch.equal(data.eval_uniform(5, 11, 100), data.eval_uniform(5, 12, 100))
+
+
+def test_signed_sampler_rates_range_and_moments():
+    # abs_mlp's inputs: active features U(-M, M) from the one draw per entry that also
+    # decides firing: value = (2 u / p - 1) M
+    probs = torch.stack([data.feature_probabilities(50, 0.9, "uniform"),
+                         data.feature_probabilities(50, 0.5, "uniform")])
+    sampler = data.PackedSampler(probs, [1, 2], batch_size=4096, max_magnitude=2.0,
+                                 device=torch.device("cpu"), signed=True)
+    x = torch.cat([sampler.sample() for _ in range(5)], dim=1)  # (2, 20480, 50)
+    rates = (x != 0).double().mean(dim=(1, 2))
+    n = x.shape[1] * x.shape[2]
+    for rate, p in zip(rates.tolist(), (0.1, 0.5)):
+        assert abs(rate - p) < 5 * (p * (1 - p) / n) ** 0.5
+    active = x[x != 0]
+    assert active.min().item() >= -2.0 and active.max().item() < 2.0
+    assert active.mean().item() == pytest.approx(0.0, abs=0.01)  # U(-2, 2): mean 0
+    assert active.var().item() == pytest.approx(16 / 12, abs=0.02)  # and variance 16/12
+    assert (active < 0).double().mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+def test_signed_and_unsigned_samples_share_their_draws():
+    # the same stream fires the same entries; signed = 2 * unsigned - M where they fire
+    probs = data.feature_probabilities(8, 0.6, "uniform").unsqueeze(0)
+    unsigned = data.PackedSampler(probs, [5], 256, 1.5, torch.device("cpu")).sample()
+    signed = data.PackedSampler(probs, [5], 256, 1.5, torch.device("cpu"), signed=True).sample()
+    fired = unsigned > 0
+    assert torch.equal(fired, signed != 0)
+    torch.testing.assert_close(signed[fired], 2 * unsigned[fired] - 1.5)
+    u = torch.tensor([0.0, 0.1, 0.2, 0.39, 0.4, 0.9])  # p = 0.4: fires below 0.4
+    torch.testing.assert_close(data.sparse_features(u, torch.tensor(0.4), 1.0, signed=True),
+                               torch.tensor([-1.0, -0.5, 0.0, 0.95, 0.0, 0.0]))
+
+
+def test_task_targets():
+    x = torch.tensor([[-0.5, 0.0, 0.25]])
+    assert data.task_target(x, "identity") is x  # the very tensor: autoencoders unchanged
+    assert torch.equal(data.task_target(x, "abs"), torch.tensor([[0.5, 0.0, 0.25]]))
+    with pytest.raises(ValueError, match="target"):
+        data.task_target(x, "square")

@@ -178,3 +178,25 @@ def test_compressed_sensing_estimate_known_values():
     assert cs_features_per_dimension(0.9) == pytest.approx(1 / (0.1 * math.log(10)))
     assert cs_features_per_dimension(1 - 1 / math.e) == pytest.approx(math.e)  # its minimum
     assert math.isnan(cs_features_per_dimension(0.0))
+
+
+def test_layer_directions_of_a_wide_block():
+    # deep_mlp's blocks are (hidden, r hidden) then (r hidden, hidden). A = [I I], c = 0,
+    # B = [I; I] / 2 gives ReLU(h A) B = ReLU(h): the doubling block, through 4 inner units
+    W = np.array([[1.0, -2.0], [0.5, 0.0], [-1.0, 3.0]])
+    A = np.hstack([np.eye(2), np.eye(2)])[None]  # (1, 2, 4)
+    B = np.vstack([np.eye(2), np.eye(2)])[None] / 2  # (1, 4, 2)
+    H = layer_feature_directions({"W": W, "A": A, "c": np.zeros((1, 4)), "B": B}, "deep_mlp:2")
+    assert H.shape == (2, 3, 2)
+    assert np.array_equal(H[1], np.array([[2.0, -2.0], [1.0, 0.0], [-1.0, 6.0]]))
+
+
+def test_layer_directions_of_abs_mlp_are_its_input_directions():
+    # abs_mlp has ReLU layers, not a residual stream: its W (input directions) is the layer
+    W = np.arange(6.0).reshape(3, 2)
+    params = {"W": W, "b": np.zeros(3), "W_out": np.ones((3, 2)),
+              "hidden_A": np.zeros((1, 2, 2)), "hidden_c": np.zeros((2, 2))}
+    H = layer_feature_directions(params, "abs_mlp")
+    assert H.shape == (1, 3, 2) and np.array_equal(H[0], W)
+    with pytest.raises(ValueError, match="has no residual blocks"):
+        layer_feature_directions({**params, **_blocks(1, 2)}, "abs_mlp")

@@ -18,7 +18,7 @@ from sfs.analysis.probes import (
 from sfs.core.metrics import n_represented
 from sfs.core.spec import derive_seed
 from sfs.training import data as torch_data
-from sfs.training.models import DeepModel, DeepTiedModel, ReLUOutputModel
+from sfs.training.models import AbsMLPModel, DeepModel, DeepTiedModel, ReLUOutputModel
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -36,7 +36,7 @@ def _antipodal(n_pairs: int) -> np.ndarray:
 # --- forward pass against the torch models ---------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [DeepModel, DeepTiedModel, ReLUOutputModel])
+@pytest.mark.parametrize("cls", [DeepModel, DeepTiedModel, ReLUOutputModel, AbsMLPModel])
 def test_numpy_forward_matches_the_torch_model(cls):
     n, m, depth = 12, 5, 3
     model = cls(2, n, m, depth) if cls is not ReLUOutputModel else cls(2, n, m)
@@ -46,22 +46,42 @@ def test_numpy_forward_matches_the_torch_model(cls):
     with torch.no_grad():  # blocks start as the identity (B = 0, c = 0): make them act
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=generator))
-    x = torch.from_numpy(sample_features(n, 0.7, "uniform", 64, _rng(1))).float()
+    signed = cls is AbsMLPModel  # computation in superposition sees x in [-1, 1]
+    x = torch.from_numpy(sample_features(n, 0.7, "uniform", 64, _rng(1), signed=signed)).float()
     xs = x.expand(2, -1, -1).contiguous()  # (instance, batch, feature)
     with torch.no_grad():
         out = model(xs).double().numpy()
         stream = (model.residual_stream(xs) if isinstance(model, DeepModel)
-                  else model.hidden(xs)).double().numpy()
+                  else model.hidden_layers(xs) if signed else model.hidden(xs)).double().numpy()
     for k in range(2):
         params = {"W": model.W[k].detach().double().numpy(),
                   "b": model.b_final[k].detach().double().numpy()}
         params.update({name: p[k].detach().double().numpy()
                        for name, p in model.extra_parameters().items()})
         H = hidden_states(params, x.double().numpy())
-        assert H.shape == (depth + 1 if isinstance(model, DeepModel) else 1, 64, m)
+        assert H.shape == (depth + 1 if isinstance(model, (DeepModel, AbsMLPModel)) else 1, 64, m)
         np.testing.assert_allclose(H[-1], stream[k], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(reconstruct(params, x.double().numpy()), out[k],
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_abs_mlp_layers_decode_the_absolute_value_they_compute():
+    """A hand-built abs_mlp: hidden units ReLU(x_i) and ReLU(-x_i) for each of 3 features
+    (width 6), read out as their sum: y = |x| exactly. Every feature is decodable from the
+    hidden layer (the probe reads |x_i|), at R^2 ~1; a layer of zeros decodes nothing."""
+    n = 3
+    W = np.zeros((n, 2 * n))
+    for i in range(n):
+        W[i, 2 * i], W[i, 2 * i + 1] = 1.0, -1.0
+    params = {"W": W, "W_out": np.abs(W), "b": np.zeros(n), "hidden_A": np.zeros((0, 2 * n, 2 * n)),
+              "hidden_c": np.zeros((1, 2 * n))}
+    x = probe_inputs(n, 0.5, "uniform", eval_seed=3, n_samples=4000, signed=True)
+    assert (x < 0).any() and (x > 0).any() and np.abs(x).max() <= 1
+    np.testing.assert_allclose(reconstruct(params, x), np.abs(x), atol=1e-12)
+    r2 = probe_r2(params, x)
+    assert r2.shape == (1, n) and (r2 > 0.99).all()
+    dead = {**params, "W": np.zeros_like(W)}
+    assert not decodable_features(dead, x).any()
 
 
 def test_linear_family_readout_and_b_final_key():

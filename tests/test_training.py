@@ -136,34 +136,6 @@ def test_linear_model_learns_the_top_features_without_superposition(make_spec):
     assert norms[:2].min() > 0.9 and norms[2:].max() < 0.3  # the two most important features
 
 
-def test_a_packed_deep_model_equals_the_same_model_trained_alone(make_spec):
-    base = dict(family="deep", n_features=6, width=3, depth=2, steps=60, batch_size=64,
-                lr=1e-2, eval_samples=512)
-    specs = [
-        make_spec(**base, sparsity=0.9, seed=0),
-        make_spec(**base, sparsity=0.5, seed=1, weight_decay=0.05, importance=0.7),
-        make_spec(**base, sparsity=0.0, seed=2, weight_decay=-0.1, feature_dist="power:1.0"),
-    ]
-    packed = _by_id(train_pack(Pack("t", tuple(specs)), log_every=20))
-    reordered = _by_id(train_pack(Pack("t", tuple(reversed(specs[1:]))), log_every=20))
-    for spec in specs:
-        alone = train_pack(Pack("t", (spec,)), log_every=20).models[0]
-        others = [packed[spec.model_id]] + ([reordered[spec.model_id]] if spec is not specs[0] else [])
-        for other in others:
-            np.testing.assert_allclose(other.W, alone.W, rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(other.b, alone.b, rtol=1e-4, atol=1e-5)
-            assert sorted(other.extra) == ["A", "B", "W_out", "c"]
-            for name, array in alone.extra.items():
-                np.testing.assert_allclose(other.extra[name], array, rtol=1e-4, atol=1e-5,
-                                           err_msg=name)
-            np.testing.assert_allclose(other.curve, alone.curve, rtol=1e-4, atol=1e-6)
-            assert other.loss == pytest.approx(alone.loss, rel=1e-4)
-    first = packed[specs[0].model_id]
-    assert first.extra["A"].shape == (2, 3, 3) and first.extra["c"].shape == (2, 3)
-    assert np.abs(first.extra["B"]).max() > 0  # the blocks trained: not a vacuous comparison
-    assert not np.allclose(first.extra["B"], packed[specs[1].model_id].extra["B"])
-
-
 def test_tied_deep_model_at_depth_zero_trains_exactly_like_relu_output(make_spec):
     common = dict(steps=200, lr=1e-2, bias_init_std=0.1, eval_samples=1024)
     specs = [make_spec(seed=0, **common), make_spec(seed=1, weight_decay=-0.2, **common)]
@@ -179,25 +151,28 @@ def test_tied_deep_model_at_depth_zero_trains_exactly_like_relu_output(make_spec
     assert reference[0].extra == {}
 
 
-def test_weight_decay_acts_on_feature_matrices_not_blocks(make_spec):
-    specs = (make_spec(family="deep", depth=1, weight_decay=0.5),
-             make_spec(family="deep", depth=1, weight_decay=-0.5, seed=1))
+@pytest.mark.parametrize("family, others", [("deep", ("A", "B", "c")), ("abs_mlp", ("hidden_A", "hidden_c"))])
+def test_weight_decay_acts_on_feature_matrices_not_blocks(make_spec, family, others):
+    """Decay on W and W_out (input and output directions), never on the layers between."""
+    specs = (make_spec(family=family, depth=1, weight_decay=0.5),
+             make_spec(family=family, depth=1, weight_decay=-0.5, seed=1))
     module = make_module(Pack("t", specs), log_every=10)
     model = module.model
     with torch.no_grad():
         rows = torch.tensor([[[3.0, 4.0]] * 5, [[0.3, 0.4]] * 5])  # norms 5, 0.5
         model.W.copy_(rows)
         model.W_out.copy_(rows)
-        model.B.fill_(1.0)
-        model.c.fill_(1.0)
-    A, B, c, b = (t.detach().clone() for t in (model.A, model.B, model.c, model.b_final))
+        for name in others:
+            if getattr(model, name).numel():
+                getattr(model, name).fill_(1.0)
+    before = {name: getattr(model, name).detach().clone() for name in (*others, "b_final")}
     module._decay_weights(lr=0.1)
-    for W in (model.W, model.W_out):  # both embeddings follow Liu et al.'s rule
+    for W in (model.W, model.W_out):  # both follow Liu et al.'s rule
         norms = W.norm(dim=-1)
         assert torch.allclose(norms[0], torch.full((5,), 5 * (1 - 0.05)))
         assert torch.allclose(norms[1], torch.full((5,), 0.5 * 1.05))
-    for before, after in ((A, model.A), (B, model.B), (c, model.c), (b, model.b_final)):
-        assert torch.equal(before, after)
+    for name, value in before.items():
+        assert torch.equal(value, getattr(model, name)), name
 
 
 def test_persisted_weights_hold_every_parameter(tmp_path, make_spec):
@@ -230,3 +205,128 @@ def test_persisted_weights_hold_every_parameter(tmp_path, make_spec):
         else:  # the one-layer families' files are unchanged
             assert sorted(arrays) == ["W", "b", "curve", "curve_steps"]
         np.testing.assert_array_equal(arrays["W"], model.W)
+
+
+# -- the families with a job: deep_mlp (wide blocks) and abs_mlp (|x| of signed inputs) ----
+
+@pytest.mark.parametrize("family, depth, names", [
+    ("deep", 2, ["A", "B", "W_out", "c"]),
+    ("deep_mlp:2", 2, ["A", "B", "c"]),
+    ("abs_mlp", 1, ["W_out", "hidden_A", "hidden_c"]),
+])
+def test_a_packed_deep_model_equals_the_same_model_trained_alone(make_spec, family, depth, names):
+    base = dict(family=family, n_features=6, width=3, depth=depth, steps=60, batch_size=64,
+                lr=1e-2, eval_samples=512, bias_init_std=0.1)
+    specs = [
+        make_spec(**base, sparsity=0.9, seed=0),
+        make_spec(**base, sparsity=0.5, seed=1, weight_decay=0.05, importance=0.7),
+        make_spec(**base, sparsity=0.0, seed=2, weight_decay=-0.1, feature_dist="power:1.0"),
+    ]
+    packed = _by_id(train_pack(Pack("t", tuple(specs)), log_every=20))
+    reordered = _by_id(train_pack(Pack("t", tuple(reversed(specs[1:]))), log_every=20))
+    for spec in specs:
+        alone = train_pack(Pack("t", (spec,)), log_every=20).models[0]
+        others = [packed[spec.model_id]] + ([reordered[spec.model_id]] if spec is not specs[0] else [])
+        for other in others:
+            assert sorted(other.extra) == names
+            for name, array in [("W", alone.W), ("b", alone.b), *alone.extra.items()]:
+                mine = other.W if name == "W" else other.b if name == "b" else other.extra[name]
+                np.testing.assert_allclose(mine, array, rtol=1e-4, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(other.curve, alone.curve, rtol=1e-4, atol=1e-6)
+            assert other.loss == pytest.approx(alone.loss, rel=1e-4)
+    first, second = packed[specs[0].model_id], packed[specs[1].model_id]
+    trained = first.extra["B" if "B" in names else "hidden_c"]
+    assert np.abs(trained).max() > 0  # the layers trained: not a vacuous comparison
+    assert not np.allclose(trained, second.extra["B" if "B" in names else "hidden_c"])
+
+
+def test_deep_mlp_at_ratio_one_trains_exactly_like_deep_tied(make_spec):
+    common = dict(depth=2, width=3, n_features=6, steps=100, lr=1e-2, bias_init_std=0.1,
+                  eval_samples=1024)
+    specs = [make_spec(family="deep_tied", seed=0, **common),
+             make_spec(family="deep_tied", seed=1, weight_decay=-0.2, **common)]
+    reference = train_pack(Pack("t", tuple(specs)), log_every=50).models
+    ratio_one = train_pack(Pack("t", tuple(dataclasses.replace(s, family="deep_mlp:1")
+                                           for s in specs)), log_every=50).models
+    for one, other in zip(reference, ratio_one):
+        for name in ("W", "b", "curve"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(one, name))
+        for name, array in one.extra.items():
+            np.testing.assert_array_equal(other.extra[name], array)
+        assert other.loss == one.loss
+
+
+def _abs_pack(make_spec, width: int, **changes) -> Pack:
+    settings = dict(family="abs_mlp", n_features=6, width=width, sparsity=0.75, importance=0.8,
+                    max_magnitude=2.0, eval_samples=200_000)
+    spec = make_spec(**{**settings, **changes})
+    return Pack("t", (spec,))
+
+
+def test_abs_mlp_held_out_loss_known_values(make_spec):
+    # the held-out batch is signed and the target |x|: (1) hand-built weights that compute
+    # |x| exactly score 0; (2) y = ReLU(x) (W = W_out = I) misses |x| exactly where x < 0,
+    # so the loss is mean_i I_i E[x_i^2; x_i < 0] = mean_i I_i p M^2 / 6.
+    exact = _abs_pack(make_spec, width=12, depth=2)
+    model = build_model(exact)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for i in range(6):  # hidden units 2i, 2i+1 carry ReLU(x_i), ReLU(-x_i)
+            model.W[0, i, 2 * i], model.W[0, i, 2 * i + 1] = 1.0, -1.0
+            model.W_out[0, i, 2 * i], model.W_out[0, i, 2 * i + 1] = 1.0, 1.0
+        model.hidden_A.copy_(torch.eye(12).expand_as(model.hidden_A))
+    probs, importance, _ = pack_tensors(exact)
+    assert evaluate(model, exact, probs, importance).item() == 0.0
+    half = _abs_pack(make_spec, width=6)
+    model = build_model(half)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.W[0].copy_(torch.eye(6))
+        model.W_out[0].copy_(torch.eye(6))
+    probs, importance, _ = pack_tensors(half)
+    loss = evaluate(model, half, probs, importance).item()
+    expected = float((0.8 ** np.arange(6)).mean() * 0.25 * 4 / 6)
+    assert loss == pytest.approx(expected, rel=0.02)
+
+
+def test_abs_mlp_learns_abs(make_spec):
+    # width 2n holds |x| exactly (ReLU(x_i) + ReLU(-x_i)); a short training gets most of it
+    pack = _abs_pack(make_spec, width=12, depth=1, steps=400, lr=1e-2, batch_size=256,
+                     eval_samples=4096)
+    trained = train_pack(pack, log_every=100).models[0]
+    zero_model = float((0.8 ** np.arange(6)).mean() * 0.25 * 4 / 3)  # E[|x|^2] = p M^2 / 3
+    assert trained.status == "ok" and trained.loss < 0.05 * zero_model  # seed 0: ~0.01
+
+
+def test_persisted_weights_of_the_new_families(tmp_path, make_spec):
+    from sfs.storage.store import TrialStore, load_weights
+    from sfs.sweep.persist import Part, persist_pack
+
+    packs = [Pack("t", (make_spec(family="deep_mlp:2", n_features=4, width=3, depth=2, steps=10),)),
+             Pack("t", (make_spec(family="abs_mlp", n_features=4, width=3, depth=2, steps=10),))]
+    store = TrialStore(tmp_path).open_for_writing()
+    try:
+        part = Part(cfg=None, store=store, tracker=None, planned=[], todo=[])
+        trained = {}
+        for pack in packs:
+            result = train_pack(pack, log_every=5)
+            trained[pack.models[0].model_id] = result.models[0]
+            persist_pack(part, pack, result, started_ms=0)
+        table = store.consolidate()
+    finally:
+        store.close()
+    expected = {  # arrays beside W, b and the curve; and n_params by hand
+        "deep_mlp:2": ({"A": (2, 3, 6), "c": (2, 6), "B": (2, 6, 3)}, 4 * 3 + 4 + 2 * (2 * 3 * 6 + 6)),
+        "abs_mlp": ({"W_out": (4, 3), "hidden_A": (2, 3, 3), "hidden_c": (3, 3)},
+                    2 * 4 * 3 + 4 + 3 + 2 * (9 + 3)),
+    }
+    for row in table.iter_rows(named=True):
+        arrays = load_weights(tmp_path, row)
+        shapes, n_params = expected[row["family"]]
+        assert sorted(arrays) == sorted(["W", "b", "curve", "curve_steps", *shapes])
+        assert {name: arrays[name].shape for name in shapes} == shapes
+        assert row["n_params"] == n_params
+        for name, array in trained[row["model_id"]].extra.items():
+            np.testing.assert_array_equal(arrays[name], array)

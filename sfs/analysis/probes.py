@@ -85,6 +85,12 @@ def _f64(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
+def computes_abs(params: Mapping[str, np.ndarray]) -> bool:
+    """Whether the arrays are an ``abs_mlp`` model's (computation in superposition: signed
+    inputs, target |x|, ReLU hidden layers stored as ``hidden_A`` / ``hidden_c``)."""
+    return "hidden_c" in params
+
+
 def hidden_states(params: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """The hidden state after the embedding and after each residual block, for a batch.
 
@@ -92,12 +98,22 @@ def hidden_states(params: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray
     A, B ``(depth, m, m)`` and c ``(depth, m)``. x: ``(batch, n)``. Returns
     ``(depth + 1, batch, m)``: h_0 = x W and h_l = h_{l-1} + ReLU(h_{l-1} A_l + c_l) B_l
     (row vectors times A and B, as in ``sfs.training.models.DeepModel``); a model without
-    blocks has h_0 only.
+    blocks has h_0 only. For ``abs_mlp`` (``computes_abs``): its ReLU layers,
+    h_1 = ReLU(x W + c_1) and h_(l+1) = ReLU(h_l A_l + c_(l+1)) (``hidden_A`` ``(depth, m,
+    m)``, ``hidden_c`` ``(depth + 1, m)``).
     """
     W = _f64(params["W"])  # (n, m)
     x = _f64(x)
     if x.ndim != 2 or x.shape[1] != W.shape[0]:
         raise ValueError(f"x must be (batch, {W.shape[0]}), got {x.shape}")
+    if computes_abs(params):
+        A, c = _f64(params["hidden_A"]), _f64(params["hidden_c"])  # (depth, m, m), (depth + 1, m)
+        h = np.maximum(x @ W + c[0], 0.0)
+        layers = [h]
+        for layer in range(A.shape[0]):
+            h = np.maximum(h @ A[layer] + c[layer + 1], 0.0)
+            layers.append(h)
+        return np.stack(layers)
     h = x @ W  # (batch, m)
     layers = [h]
     if "A" in params:
@@ -139,25 +155,29 @@ def feature_probabilities(n_features: int, sparsity: float, feature_dist: str) -
 
 
 def sample_features(n: int, sparsity: float, feature_dist: str, batch: int,
-                    rng: np.random.Generator, max_magnitude: float = 1.0) -> np.ndarray:
+                    rng: np.random.Generator, max_magnitude: float = 1.0,
+                    signed: bool = False) -> np.ndarray:
     """A batch ``(batch, n)`` from the sfs data distribution: feature i is active
     independently with probability p_i (``feature_probabilities``), and then uniform on
-    [0, max_magnitude); otherwise 0. One uniform draw u per entry gives both, as in
-    training: active when u < p_i, value (u / p_i) max_magnitude. Importance plays no part
-    (it weights the loss, not the data)."""
+    [0, max_magnitude) ([-max_magnitude, max_magnitude) when ``signed``, as ``abs_mlp``
+    sees); otherwise 0. One uniform draw u per entry gives both, as in training: active
+    when u < p_i, value (u / p_i) max_magnitude (signed: (2 u / p_i - 1) max_magnitude).
+    Importance plays no part (it weights the loss, not the data)."""
     p = feature_probabilities(n, sparsity, feature_dist)  # (n,)
     u = rng.random((batch, n))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(u < p, u * (max_magnitude / p), 0.0)
+        unit = 2.0 * u / p - 1.0 if signed else u / p
+        return np.where(u < p, unit * max_magnitude, 0.0)
 
 
 def probe_inputs(n: int, sparsity: float, feature_dist: str, eval_seed: int,
-                 n_samples: int = PROBE_SAMPLES, max_magnitude: float = 1.0) -> np.ndarray:
+                 n_samples: int = PROBE_SAMPLES, max_magnitude: float = 1.0,
+                 signed: bool = False) -> np.ndarray:
     """The probe batch ``(n_samples, n)`` of a setting: :func:`sample_features` from the
     stream ``derive_seed(eval_seed, "probe")``, so every model that shares the data settings
     (all shapes and seeds of a comparison) is probed on exactly the same inputs."""
     rng = np.random.default_rng(derive_seed(eval_seed, "probe"))
-    return sample_features(n, sparsity, feature_dist, n_samples, rng, max_magnitude)
+    return sample_features(n, sparsity, feature_dist, n_samples, rng, max_magnitude, signed)
 
 
 # --------------------------------------------------------------------------------------
@@ -256,7 +276,8 @@ def probe_r2(params: Mapping[str, np.ndarray], x: np.ndarray, *, probe: str = "r
     not (inactive ones count too: a probe that fires on them is wrong). NaN for a feature
     active in fewer than ``min_active`` held-out examples (its R^2 would be noise, or
     undefined when it never fires there). probe: "relu" (default, see the module
-    docstring) or "linear".
+    docstring) or "linear". For ``abs_mlp`` the probes read |x_i|, the quantity the model
+    computes, from its ReLU layers (x must then be signed: ``probe_inputs(signed=True)``).
     """
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
@@ -266,7 +287,10 @@ def probe_r2(params: Mapping[str, np.ndarray], x: np.ndarray, *, probe: str = "r
     if not 0 < n_train < batch:
         raise ValueError(f"train_fraction {train_fraction} leaves no rows to fit or to score")
     H = hidden_states(params, x)  # (depth + 1, batch, m)
-    Y_tr, Y_te = x[:n_train], x[n_train:]  # (batch_tr, n), (batch_te, n)
+    # what each layer should carry: the feature, or for abs_mlp what it computes, |x_i|
+    # (a ReLU readout can recover |x_i| >= 0, never a signed x_i)
+    Y = np.abs(x) if computes_abs(params) else x
+    Y_tr, Y_te = Y[:n_train], Y[n_train:]  # (batch_tr, n), (batch_te, n)
     sst = np.square(Y_te - Y_te.mean(axis=0)).sum(axis=0)  # (n,)
     judged = ((Y_te > 0).sum(axis=0) >= max(min_active, 1)) & (sst > 0)  # (n,)
     fit = _relu_probe if probe == "relu" else _linear_probe

@@ -1,8 +1,18 @@
 """Per-model quantities computed from learned weights (see ../shared/SCIENCE.md).
 
 Weights are ``(..., feature, hidden)``: W[..., i, :] is feature i's direction. For the
-deep families, ``layer_feature_directions`` gives such a matrix per layer of the residual
-stream, to which every other function here applies.
+families with residual blocks (deep, deep_tied, deep_mlp), ``layer_feature_directions``
+gives such a matrix per layer of the residual stream, to which every other function here
+applies.
+
+What W is depends on the family. For the autoencoders (relu_output, linear, deep*) it is
+the embedding, h_0 = x W, and, tied, also the readout. For ``abs_mlp`` (computation in
+superposition) it is the *input directions*: row i is what feature i adds to the first
+hidden layer's pre-activation, ReLU(x W + c_1). There the norm and overlap measures say how
+strongly and how much in superposition the features enter the computation; they say
+nothing about the later hidden layers or the readout W_out, and the norm threshold of
+``n_represented`` has no calibrated meaning (|x_i| needs two opposed hidden directions per
+feature; the stored ``W_out`` holds the output side).
 """
 
 from __future__ import annotations
@@ -95,10 +105,12 @@ def layer_feature_directions(params: Mapping[str, np.ndarray], family: str | Non
     """Each layer's response to one feature: H_l[i] = h_l(e_i) - h_l(0), l = 0..depth.
 
     params: a model's (or a pack's, with a leading model axis on every array) weights as
-    stored: W ``(..., feature, hidden)`` and, for the deep families, the residual blocks
-    A, B ``(..., depth, hidden, hidden)`` and c ``(..., depth, hidden)``. Returns
-    ``(..., depth + 1, feature, hidden)``; layer 0 is W itself, and a model without blocks
-    (relu_output, linear) has that layer only. The other metrics of this module apply to
+    stored: W ``(..., feature, hidden)`` and, for the families with residual blocks, A
+    ``(..., depth, hidden, inner)``, c ``(..., depth, inner)`` and B ``(..., depth, inner,
+    hidden)`` (inner = hidden, or block_ratio x hidden for deep_mlp). Returns
+    ``(..., depth + 1, feature, hidden)``; layer 0 is W itself, and a model without residual
+    blocks (relu_output, linear, abs_mlp: its ReLU layers are not a residual stream) has
+    that layer only. The other metrics of this module apply to
     each layer: e.g. ``n_represented(H)`` counts features per layer.
 
     Subtracting h_l(0) removes what the blocks' biases c add to every input, so a feature
@@ -106,7 +118,7 @@ def layer_feature_directions(params: Mapping[str, np.ndarray], family: str | Non
     match it, so a deep model's weights without blocks cannot pass as depth 0.
     """
     if family is not None:
-        has_blocks = spec.family(family).max_depth > 0
+        has_blocks = spec.family(family).residual_blocks
         if has_blocks != ("A" in params):
             raise ValueError(f"family {family!r} {'needs' if has_blocks else 'has no'} "
                              f"residual blocks (A, c, B); got arrays {sorted(params)}")
@@ -118,8 +130,8 @@ def layer_feature_directions(params: Mapping[str, np.ndarray], family: str | Non
     zero = np.zeros_like(h[..., :1, :])  # (..., 1, hidden): h_l(0), 0 at layer 0
     layers = [h - zero]
     for layer in range(A.shape[-3]):
-        A_l, B_l = A[..., layer, :, :], B[..., layer, :, :]  # (..., hidden, hidden)
-        c_l = c[..., layer, None, :]  # (..., 1, hidden)
+        A_l, B_l = A[..., layer, :, :], B[..., layer, :, :]  # (..., hidden, inner), (..., inner, hidden)
+        c_l = c[..., layer, None, :]  # (..., 1, inner)
         h = h + np.maximum(h @ A_l + c_l, 0.0) @ B_l
         zero = zero + np.maximum(zero @ A_l + c_l, 0.0) @ B_l
         layers.append(h - zero)

@@ -1,7 +1,8 @@
 """Synthetic sparse features: firing probabilities, importances and a packed sampler.
 
 A feature i fires with probability p_i; when it fires its value is uniform in
-[0, max_magnitude]; otherwise it is 0. The pieces are small and separately testable:
+[0, max_magnitude] (or, for a family with ``signed_inputs``, in [-max_magnitude,
+max_magnitude]); otherwise it is 0. The pieces are small and separately testable:
 
 - ``feature_probabilities``: p for one model, from its sparsity S (mean firing rate 1 - S)
   and its feature distribution ("uniform": p_i = 1 - S; "power:a": p_i proportional to
@@ -10,6 +11,7 @@ A feature i fires with probability p_i; when it fires its value is uniform in
 - ``sparse_features``: one uniform draw per entry gives both the firing decision and the
   magnitude: with u ~ U[0, 1), "fires" is u < p and, given that, u / p ~ U[0, 1). One random
   number per entry instead of two halves the sampling cost.
+- ``task_target``: what the model should output for x: x itself, or |x| (abs_mlp).
 - ``PackedSampler``: one torch.Generator per model, on the training device, seeded from the
   model's own data seed, so a model's data stream never depends on its pack-mates.
 """
@@ -38,20 +40,38 @@ def feature_importance(n_features: int, decay: float) -> Tensor:
     return decay ** torch.arange(n_features, dtype=torch.float64)
 
 
-def sparse_features(uniform: Tensor, probs: Tensor, max_magnitude: float) -> Tensor:
+def sparse_features(uniform: Tensor, probs: Tensor, max_magnitude: float,
+                    signed: bool = False) -> Tensor:
     """Turn U[0,1) draws into sparse features.
 
     uniform: ``(..., feature)``; probs broadcastable to it. Returns the same shape: zero
-    where u >= p, else (u / p) * max_magnitude, which is U[0, max_magnitude) given firing.
+    where u >= p, else (u / p) * max_magnitude, which is U[0, max_magnitude) given firing;
+    signed: (2 u / p - 1) * max_magnitude, U[-max_magnitude, max_magnitude) given firing.
     """
+    if signed:
+        scale = 2.0 * max_magnitude / probs
+        values = uniform * scale - max_magnitude
+        return torch.where(uniform < probs, values, torch.zeros((), device=uniform.device))
+    # unchanged ops for the unsigned families: their data (and results) stay bit for bit
     scale = max_magnitude / probs
     return torch.where(uniform < probs, uniform * scale, torch.zeros((), device=uniform.device))
+
+
+def task_target(x: Tensor, target: str) -> Tensor:
+    """What a model should output for inputs x (any shape): x ("identity", autoencoding) or
+    |x| ("abs", computation in superposition); the family's ``target``."""
+    if target == "identity":
+        return x  # the very tensor: the autoencoders' loss is computed as before
+    if target == "abs":
+        return x.abs()
+    raise ValueError(f"unknown target {target!r}")
 
 
 class PackedSampler:
     """Draws training batches ``(instance, batch, feature)`` for a pack of models.
 
-    probs: ``(instance, feature)`` firing probabilities; data_seeds: one seed per model.
+    probs: ``(instance, feature)`` firing probabilities; data_seeds: one seed per model;
+    signed: active features are U(-max, max) (the pack's family has ``signed_inputs``).
     """
 
     def __init__(
@@ -61,12 +81,14 @@ class PackedSampler:
         batch_size: int,
         max_magnitude: float,
         device: torch.device,
+        signed: bool = False,
     ) -> None:
         n_instances, n_features = probs.shape
         if len(data_seeds) != n_instances:
             raise ValueError("one data seed per instance is required")
         self.probs = probs.to(device=device, dtype=torch.float32).unsqueeze(1)  # (inst, 1, feat)
         self.max_magnitude = max_magnitude
+        self.signed = signed
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in data_seeds]
         # Reused draw buffer: each instance fills its own slice from its own generator.
         self._uniform = torch.empty(n_instances, batch_size, n_features, device=device)
@@ -74,7 +96,7 @@ class PackedSampler:
     def sample(self) -> Tensor:
         for k, generator in enumerate(self.generators):
             torch.rand(self._uniform.shape[1:], generator=generator, out=self._uniform[k])
-        return sparse_features(self._uniform, self.probs, self.max_magnitude)
+        return sparse_features(self._uniform, self.probs, self.max_magnitude, self.signed)
 
 
 def eval_uniform(n_features: int, eval_seed: int, n_samples: int) -> Tensor:

@@ -9,11 +9,14 @@ A family's name, depth limit and parameter count live in ``sfs.core.spec`` (torc
 planner and the aggregator); adding one means an entry there, a subclass here with
 ``forward`` (and ``init_extra`` / ``extra_parameters`` / ``feature_matrices`` when it has
 parameters beyond W and b) and one ``MODEL_CLASSES`` line. ``deep`` / ``deep_tied`` add residual
-MLP blocks, so shape can change at a fixed parameter budget.
+MLP blocks, so shape can change at a fixed parameter budget; ``deep_mlp`` widens those blocks'
+hidden layer (r x width, as in transformers); ``abs_mlp`` computes |x| of signed inputs through
+ReLU hidden layers ("Computation in superposition"), so depth has something to compute.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -131,8 +134,10 @@ class DeepModel(PackedToyModel):
 
     Depth spends parameters without widening the layer where features must be held in
     superposition, so models of equal parameter count can differ in shape (SCIENCE.md).
-    Blocks are stacked: A, B ``(instance, depth, hidden, hidden)`` (row vectors times A:
-    A[k, l][j, j'] maps dimension j to j'), c ``(instance, depth, hidden)``.
+    Blocks are stacked: A ``(instance, depth, hidden, inner)`` (row vectors times A:
+    A[k, l][j, j'] maps dimension j to j'), c ``(instance, depth, inner)``, B
+    ``(instance, depth, inner, hidden)``; inner = block_ratio x hidden (1 here, r for
+    ``deep_mlp:r``).
     """
 
     family = FAMILIES["deep"]
@@ -141,11 +146,12 @@ class DeepModel(PackedToyModel):
         super().__init__(n_instances, n_features, width, depth)
         if not self.tied:
             self.W_out = nn.Parameter(torch.zeros(n_instances, n_features, width))
+        inner = self.family.block_ratio * width  # a block's hidden width
         # Registered even at depth 0 (zero-size, never in the graph, so never stepped): every
         # deep model's weights file then has the same arrays.
-        self.A = nn.Parameter(torch.zeros(n_instances, depth, width, width))
-        self.c = nn.Parameter(torch.zeros(n_instances, depth, width))
-        self.B = nn.Parameter(torch.zeros(n_instances, depth, width, width))
+        self.A = nn.Parameter(torch.zeros(n_instances, depth, width, inner))
+        self.c = nn.Parameter(torch.zeros(n_instances, depth, inner))
+        self.B = nn.Parameter(torch.zeros(n_instances, depth, inner, width))
 
     @property
     def tied(self) -> bool:
@@ -156,10 +162,11 @@ class DeepModel(PackedToyModel):
     def init_extra(self, k: int, generator: torch.Generator, scheme: str) -> None:
         if not self.tied:
             self.W_out[k].copy_(self._draw_feature_matrix(generator, scheme))
-        m = self.width
+        m, inner = self.width, self.family.block_ratio * self.width
         for layer in range(self.depth):  # one draw per layer: layer l's A is the same at any depth
-            # He init (std sqrt(2/m)): a ReLU follows A, and it zeroes half the pre-activation.
-            self.A[k, layer].copy_(torch.randn(m, m, generator=generator) * math.sqrt(2.0 / m))
+            # He init (std sqrt(2/m), fan-in m at any ratio): a ReLU follows A, and it zeroes
+            # half the pre-activation. At ratio 1 these are deep's draws, bit for bit.
+            self.A[k, layer].copy_(torch.randn(m, inner, generator=generator) * math.sqrt(2.0 / m))
         # c = 0 and B = 0 (no draws): each block starts as the identity, so at init a model
         # computes the same function at every depth, and depth changes only what training can
         # reach. B = 0 still gets gradient (ReLU(h A) != 0), and A gets it once B has moved.
@@ -180,9 +187,9 @@ class DeepModel(PackedToyModel):
     def residual_stream(self, x: Tensor) -> Tensor:
         """h_L: ``(instance, batch, feature) -> (instance, batch, hidden)``."""
         h = self.hidden(x)
-        for layer in range(self.depth):  # A[:, layer] is a strided (instance, hidden, hidden) view
-            pre = torch.baddbmm(self.c[:, layer].unsqueeze(1), h, self.A[:, layer])
-            h = torch.baddbmm(h, torch.relu(pre), self.B[:, layer])  # h + ReLU(.) B
+        for layer in range(self.depth):  # A[:, layer] is a strided (instance, hidden, inner) view
+            pre = torch.baddbmm(self.c[:, layer].unsqueeze(1), h, self.A[:, layer])  # (i, b, inner)
+            h = torch.baddbmm(h, torch.relu(pre), self.B[:, layer])  # h + ReLU(.) B: (i, b, hidden)
         return h
 
     def forward(self, x: Tensor) -> Tensor:
@@ -198,13 +205,84 @@ class DeepTiedModel(DeepModel):
     family = FAMILIES["deep_tied"]
 
 
+class DeepMLPModel(DeepTiedModel):
+    """``DeepTiedModel`` whose blocks have a hidden layer block_ratio x width wide (default 4,
+    as in transformers; ``deep_mlp:r`` for another r): depth adds nonlinear capacity, not only
+    width x width maps. Same init rule (He A, c = B = 0: blocks start as the identity);
+    ``deep_mlp:1`` is ``deep_tied`` bit for bit."""
+
+    family = FAMILIES["deep_mlp"]
+
+
+class AbsMLPModel(PackedToyModel):
+    """Computation in superposition (Elhage et al. 2022): |x| of signed sparse inputs.
+
+    h_1     = ReLU(x W + c_1)               W: (instance, feature, hidden), input directions
+    h_{l+1} = ReLU(h_l A_l + c_{l+1})       l = 1..depth, A_l: (hidden, hidden)
+    y       = ReLU(h_L W_out^T + b)         W_out: (instance, feature, hidden)
+
+    Trained on x in [-max, max] against |x| (the family's ``signed_inputs`` and ``target``):
+    |x_i| = ReLU(x_i) + ReLU(-x_i) needs two hidden directions per feature, and the hidden
+    ReLUs are where it is computed, so depth has a job. Stored as ``W_out``, ``hidden_A``
+    ``(instance, depth, hidden, hidden)`` and ``hidden_c`` ``(instance, depth + 1, hidden)``:
+    names of their own, so nothing reads them as the residual blocks A, c, B of the deep
+    families.
+    """
+
+    family = FAMILIES["abs_mlp"]
+
+    def __init__(self, n_instances: int, n_features: int, width: int, depth: int = 0) -> None:
+        super().__init__(n_instances, n_features, width, depth)
+        self.W_out = nn.Parameter(torch.zeros(n_instances, n_features, width))
+        self.hidden_A = nn.Parameter(torch.zeros(n_instances, depth, width, width))
+        self.hidden_c = nn.Parameter(torch.zeros(n_instances, depth + 1, width))
+
+    @torch.no_grad()
+    def init_extra(self, k: int, generator: torch.Generator, scheme: str) -> None:
+        self.W_out[k].copy_(self._draw_feature_matrix(generator, scheme))
+        m = self.width
+        for layer in range(self.depth):  # one draw per layer, as in DeepModel
+            # He init: each A_l feeds a ReLU. No residual path here, so (unlike the deep
+            # families) depth changes the function at init; c = 0 (no draws).
+            self.hidden_A[k, layer].copy_(torch.randn(m, m, generator=generator) * math.sqrt(2.0 / m))
+        self.hidden_c[k].zero_()
+
+    def feature_matrices(self) -> list[nn.Parameter]:
+        return [self.W, self.W_out]  # input and output directions; never A or the biases
+
+    def extra_parameters(self) -> dict[str, nn.Parameter]:
+        return {"W_out": self.W_out, "hidden_A": self.hidden_A, "hidden_c": self.hidden_c}
+
+    def hidden_layers(self, x: Tensor) -> Tensor:
+        """h_L: ``(instance, batch, feature) -> (instance, batch, hidden)``."""
+        h = torch.relu(torch.baddbmm(self.hidden_c[:, 0].unsqueeze(1), x, self.W))  # h_1
+        for layer in range(self.depth):
+            h = torch.relu(torch.baddbmm(self.hidden_c[:, layer + 1].unsqueeze(1), h,
+                                         self.hidden_A[:, layer]))
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.hidden_layers(x)  # (instance, batch, hidden)
+        out = torch.baddbmm(self.b_final.unsqueeze(1), h, self.W_out.transpose(1, 2))
+        return torch.relu(out)  # (instance, batch, feature): an estimate of |x|
+
+
 MODEL_CLASSES: dict[str, type[PackedToyModel]] = {
     "relu_output": ReLUOutputModel,
     "linear": LinearModel,
     "deep": DeepModel,
     "deep_tied": DeepTiedModel,
+    "deep_mlp": DeepMLPModel,
+    "abs_mlp": AbsMLPModel,
 }
 
 
+@functools.cache
 def family_class(name: str) -> type[PackedToyModel]:
-    return MODEL_CLASSES[family(name).name]  # family(): the unknown-name error, in one place
+    """The module of a family name; a variant (``deep_mlp:2``) gets a subclass of its kind's
+    module that carries the variant's ``Family`` (cached: one class per name)."""
+    fam = family(name)  # the unknown-name error, in one place
+    base = MODEL_CLASSES[fam.kind]
+    if fam is base.family:
+        return base
+    return type(f"{base.__name__}_{fam.name.replace(':', '_')}", (base,), {"family": fam})
