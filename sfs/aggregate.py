@@ -5,8 +5,12 @@
 takes the same config and overrides as the launch, reads the store (no Ray, no training)
 and writes, into each sweep folder:
 
-- ``metrics.parquet``: one row per model of the plan that trained ok: its spec, loss and
-  the quantities of ``sfs.core.metrics`` (represented features, D*, superposition, ...);
+- ``lr_selection.parquet``: per setting (spec without lr and seed) and learning rate, the
+  mean validation loss and whether it was chosen (``sfs.analysis.lr_selection``); where a
+  sweep trains several (``sweep.lrs``), every table below holds the chosen lr's models only;
+- ``metrics.parquet``: one row per model of the plan that trained ok: its spec, loss, the
+  quantities of ``sfs.core.metrics`` (represented features, D*, superposition, ...) and
+  whether it converged (``sfs.analysis.convergence``);
 - ``fits.parquet``: L(width) = E + A width^-alpha (or the pure power law) per curve, i.e.
   per spec without width and seed, with bootstrap intervals over seeds (``sfs.analysis.fit``);
 - ``width_depth_fits.parquet``: where a sweep varies depth, L = E + A m^-alpha + B l^-beta
@@ -26,6 +30,9 @@ and writes, into each sweep folder:
   ``sfs.analysis.aspect``): ``aspect_shapes``, ``aspect_spread``, ``aspect_shape_pairs``,
   ``aspect_verdict`` and ``aspect_controls`` (.parquet), the decodable features of every
   model per layer (columns of ``metrics``), and fits of L(n_params) per depth;
+- with ``sweep.iso_loss``: ``iso_loss_shapes`` (per setting, target budget and depth, the
+  width the search found and its loss) and ``aspect_iso_verdict`` / ``aspect_iso_shape_pairs``
+  (the aspect verdict on those iso-loss shapes); every other table reads the grid alone;
 - ``report/index.html`` with its plots (``sfs.report.page``).
 
 The work is in ``sfs.analysis`` (``model_metrics``, ``curves``: fits and compared pairs per
@@ -45,11 +52,13 @@ import polars as pl
 
 from sfs.analysis.curves import analyse
 from sfs.analysis.headline import liu_headline
-from sfs.analysis.model_metrics import SPEC_KEYS, Loaded, model_metrics
+from sfs.analysis.lr_selection import select_learning_rates
+from sfs.analysis.model_metrics import GROUP_KEYS, SPEC_KEYS, Loaded, model_metrics
 from sfs.config import Config
 from sfs.core import metrics as M
 from sfs.core.spec import derive_seed
 from sfs.plan import plan_models
+from sfs.plan_search import SearchResult, choice_losses, replay_search, stored_outcomes
 from sfs.storage.store import TrialStore, read_weights, write_table
 
 log = logging.getLogger(__name__)
@@ -71,6 +80,7 @@ class AggregateResult:
     aspect: dict[str, pl.DataFrame] = field(default_factory=dict)  # sfs.analysis.aspect tables, if sized by budget
     control: pl.DataFrame = field(default_factory=pl.DataFrame)  # same-seed vs different-seed, per width pair
     width_depth: pl.DataFrame = field(default_factory=pl.DataFrame)  # L(width, depth) across depths
+    lr_selection: pl.DataFrame = field(default_factory=pl.DataFrame)  # per setting and lr (sfs.analysis.lr_selection)
 
 
 def load_models(sweep_dir: Path, planned_ids: set[str]) -> Loaded:
@@ -82,15 +92,20 @@ def load_models(sweep_dir: Path, planned_ids: set[str]) -> Loaded:
     ok = rows.filter(pl.col("status") == "ok").sort("model_id")
     W: list[np.ndarray | None] = [None] * ok.height
     layers: list[list[int] | None] = [None] * ok.height
-    for positions, arrays in read_weights(sweep_dir, ok, names=("W", "A", "c", "B")):
+    curves: list[tuple[np.ndarray, np.ndarray] | None] = [None] * ok.height
+    for positions, arrays in read_weights(sweep_dir, ok, names=("W", "A", "c", "B", "curve",
+                                                                  "curve_steps")):
         for position, weights in zip(positions.tolist(), arrays["W"]):
             W[position] = weights
+        if "curve" in arrays:
+            for k, position in enumerate(positions.tolist()):
+                curves[position] = (arrays["curve"][k], arrays["curve_steps"][k])
         if "A" in arrays:  # features represented after each block, for this file's models at once
             per_layer = M.n_represented(M.layer_feature_directions(arrays))  # (model, layer)
             for position, counts in zip(positions.tolist(), per_layer):
                 layers[position] = counts.tolist()
     has_layers = any(layer is not None for layer in layers)
-    return Loaded(rows, ok, W, layers if has_layers else None)  # type: ignore[arg-type]
+    return Loaded(rows, ok, W, layers if has_layers else None, curves)  # type: ignore[arg-type]
 
 
 def load_parameters(sweep_dir: Path, ok: pl.DataFrame) -> list[dict[str, np.ndarray]]:
@@ -113,11 +128,21 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     if not (sweep_dir / "trials.parquet").exists() and not (sweep_dir / "parts").exists():
         raise FileNotFoundError(f"no results store at {sweep_dir}: run the sweep first "
                                 f"(python -m sfs.launch +sweep={cfg.sweep.name} ...)")
-    planned = {spec.model_id for spec in plan_models(cfg)}
+    grid = {spec.model_id for spec in plan_models(cfg)}
+    search = _replay_search(cfg, sweep_dir)  # None unless sweep.iso_loss.enabled
+    planned = grid | (search.model_ids if search else set())
     loaded = load_models(sweep_dir, planned)
     log.info("%s: %d planned models, %d stored, %d ok (read in %.1f s)", cfg.sweep.name,
              len(planned), loaded.rows.height, loaded.ok.height, time.perf_counter() - started)
-    metrics = model_metrics(loaded)
+    lr_choice = select_learning_rates(loaded.rows, GROUP_KEYS)
+    if lr_choice.has_choice:  # shapes trained at several lrs: analyse each at its chosen one
+        loaded = loaded.keep(lr_choice.model_ids)
+        log.info("%s: learning rate chosen per shape on the validation batch; %d models kept",
+                 cfg.sweep.name, loaded.ok.height)
+    every = loaded
+    if search is not None:  # every table but the iso-loss ones reads the grid alone
+        loaded = loaded.keep(grid)
+    metrics = model_metrics(loaded, options.convergence_window, options.convergence_tol)
     budgets = cfg.sweep.param_budgets
     phase = time.perf_counter()
     fits, pairs, universality, control, width_depth = analyse(loaded, metrics, options,
@@ -141,18 +166,21 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
             pl.Series("layer_decodable", [d.sum(axis=1).tolist() for d in layers], dtype=pl.List(pl.Int64)))
         log.info("%s: probed %d models' layers in %.1f s", cfg.sweep.name, len(layers),
                  time.perf_counter() - phase)
-        aspect_tables = analyse_aspect(metrics, loaded.W, SPEC_KEYS, budgets, margins,
+        aspect_tables = analyse_aspect(metrics, loaded.W, GROUP_KEYS, budgets, margins,
                                        n_boot=options.n_boot, n_perm=options.n_perm, ci=options.ci,
                                        rng=rng, decodable=[d[0] for d in layers])
+        if search is not None:
+            probed = dict(zip(loaded.ok["model_id"].to_list(), (d[0] for d in layers)))
+            aspect_tables.update(_iso_loss_tables(cfg, sweep_dir, search, every, probed, margins))
     for frame, name in ((metrics, "metrics"), (fits, "fits"), (universality, "universality"),
                         (pairs, "universality_pairs"), (control, "universality_control"),
                         (width_depth, "width_depth_fits"),
-                        (headline, "headline"),
+                        (headline, "headline"), (lr_choice.table, "lr_selection"),
                         *((frame, name) for name, frame in aspect_tables.items())):
         write_table(frame, sweep_dir / f"{name}.parquet")
     result = AggregateResult(sweep_dir, metrics, fits, universality, pairs, headline, len(planned),
                              len(planned) - loaded.rows.height, time.perf_counter() - started,
-                             aspect_tables, control, width_depth)
+                             aspect_tables, control, width_depth, lr_choice.table)
     report_dir = None
     if report:
         from sfs.report.page import write_report
@@ -171,11 +199,46 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     return result
 
 
+def _replay_search(cfg: Config, sweep_dir: Path) -> SearchResult | None:
+    """The iso-loss search as far as the store has trained it (``sfs.plan_search``)."""
+    if not cfg.sweep.iso_loss.enabled:
+        return None
+    table = TrialStore(sweep_dir).load()
+    return replay_search(cfg, stored_outcomes(table["model_id"], table["status"], table["loss"],
+                                              choice_losses(table)))
+
+
+def _iso_loss_tables(cfg: Config, sweep_dir: Path, search: SearchResult, every: Loaded,
+                     probed: dict[str, np.ndarray], margins) -> dict[str, pl.DataFrame]:
+    """``iso_loss_shapes`` and the verdict on the shapes that met their targets
+    (``sfs.analysis.aspect.iso_loss``); probes only the compared models not probed yet."""
+    from sfs.analysis.aspect.decodable import decodable_per_model
+    from sfs.analysis.aspect.iso_loss import analyse_iso_loss
+
+    options = cfg.aggregate
+    found = every.keep({m for row in search.rows if row.point for m in row.point.model_ids})
+    metrics = model_metrics(found, options.convergence_window, options.convergence_tol)
+    compared = {m for row in search.rows if row.met and row.point for m in row.point.model_ids}
+    todo = found.ok.filter(pl.col("model_id").is_in(list(compared - set(probed))))
+    layers = decodable_per_model(todo, load_parameters(sweep_dir, todo))
+    probed = {**probed, **dict(zip(todo["model_id"].to_list(), (d[0] for d in layers)))}
+    # its own stream: the fixed-N tables come out the same with or without the search
+    rng = np.random.default_rng(derive_seed(options.seed, "aspect_iso_loss"))
+    tables = analyse_iso_loss(search, metrics, found.W, margins, options.n_boot, options.n_perm,
+                              options.ci, rng, probed)
+    log.info("%s: iso-loss search: %d of %d (setting, target, depth) met, %d compared", cfg.sweep.name,
+             search.count("met"), len(search.targets),
+             tables["aspect_iso_verdict"].height)
+    return tables
+
+
 def main(argv: list[str] | None = None) -> int:
     import sys
 
     from sfs.config import ConfigError
     from sfs.config.compose import load_configs
+    from sfs.storage.store import StoreError
+    from sfs.storage.tracking import TrackingError
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
@@ -185,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in cfgs:
         try:
             result = aggregate(cfg)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, StoreError, TrackingError) as error:  # one clear line, no traceback
             sys.exit(f"sfs: {error}")
         print(f"{cfg.sweep.name}: {result.metrics.height} models -> {result.sweep_dir}/report/index.html")
     return 0

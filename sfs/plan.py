@@ -110,16 +110,17 @@ def plan_models(cfg: Config) -> list[ModelSpec]:
     else:
         shapes = list(itertools.product(sweep.families, sweep.n_features, sweep.widths,
                                         sweep.depths))
+    lrs = sweep.lrs or [train.lr]  # several: each shape at each, chosen after training
     specs = []
-    for (family, n, width, depth), sparsity, importance, dist, wd, seed in itertools.product(
-        shapes, sweep.sparsities, sweep.importances, sweep.feature_dists, sweep.weight_decays,
+    for (family, n, width, depth), lr, sparsity, importance, dist, wd, seed in itertools.product(
+        shapes, lrs, sweep.sparsities, sweep.importances, sweep.feature_dists, sweep.weight_decays,
         sweep.effective_seeds,
     ):
         specs.append(ModelSpec(
             family=family, n_features=int(n), width=int(width), depth=int(depth),
             sparsity=float(sparsity), importance=float(importance), feature_dist=str(dist),
             weight_decay=float(wd), seed=int(seed),
-            steps=train.steps * scale, lr=float(train.lr),
+            steps=train.steps * scale, lr=float(lr),
             batch_size=train.batch_size * (scale if sweep.scale_batch else 1),
             lr_schedule=train.lr_schedule, warmup_steps=train.warmup_steps * scale,
             final_lr_ratio=float(train.final_lr_ratio), max_magnitude=float(data.max_magnitude),
@@ -150,9 +151,13 @@ _TRIAL_S = 0.3  # per pack: Trainer, evaluation, storing, Tune's hand-over (acto
 
 def pack_seconds(shape: ModelSpec, n_models: int) -> float:
     """Estimated wall seconds to train a pack of ``n_models`` models of ``shape``."""
-    per_model = shape.batch_size * (
-        _ELEMENT_S * shape.n_features
-        + _MATMUL_S * (shape.n_features * shape.width + 2 * shape.depth * shape.width ** 2))
+    spec = families.family(shape.family)
+    n, m, depth = shape.n_features, shape.width, shape.depth
+    # n m: the embedding and the readout (fitted as one term); per layer, its m x m maps:
+    # a residual block has two of m x (r m), an abs_mlp layer one of m x m
+    layers = depth * m * m * (1 if spec.stack == "relu" else 2 * spec.block_ratio)
+    matmul = n * m + layers
+    per_model = shape.batch_size * (_ELEMENT_S * n + _MATMUL_S * matmul)
     return shape.steps * (_STEP_S + n_models * per_model) + _TRIAL_S
 
 

@@ -43,9 +43,12 @@ def build_store(out_dir: Path, alpha: float = 1.0, E: float = 0.0, noise: float 
         for width in WIDTHS:
             pack = Pack("smoke", tuple(s for s in specs if s.width == width))
             W = np.stack([_weights(s.n_features, s.width, s.seed, s.sparsity) for s in pack.models])
+            # the narrowest width's loss still falls at the end (unconverged), the others' is flat
+            steps = np.arange(1, 21) * (specs[0].steps // 20)  # (20,)
+            rate = 2.0 if width == WIDTHS[0] else 0.0
+            curve = np.tile(0.1 * np.exp(-rate * steps / specs[0].steps), (len(W), 1))
             path = store.write_weights(pack.pack_id, [s.model_id for s in pack.models], W=W,
-                                       b=np.zeros(W.shape[:2]), curve=np.zeros((len(W), 1)),
-                                       curve_steps=np.array([1]))
+                                       b=np.zeros(W.shape[:2]), curve=curve, curve_steps=steps)
             rows = []
             for index, spec in enumerate(pack.models):
                 loss = (E + 0.5 * width ** -alpha) * float(np.exp(noise * rng.normal()))
@@ -65,6 +68,9 @@ def test_aggregate_recovers_a_known_exponent_and_known_universality(tmp_path):
     for name in ("metrics", "fits", "universality", "universality_pairs", "universality_control"):
         assert (sweep_dir / f"{name}.parquet").exists()
     assert result.metrics.height == len(specs)
+    unconverged = result.metrics.filter(~pl.col("converged"))
+    assert set(unconverged["width"]) == {WIDTHS[0]} and unconverged.height == len(specs) // len(WIDTHS)
+    assert np.allclose(unconverged["final_decrease"], 2.0 * 0.25)  # exp(-2 t) over the last quarter
     fits = result.fits.filter(pl.col("x") == "width")
     assert fits.height == 2  # one curve per sparsity
     for row in fits.iter_rows(named=True):

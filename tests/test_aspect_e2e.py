@@ -12,7 +12,8 @@ from sfs.training.models import family_class
 pytestmark = pytest.mark.e2e
 
 SPARSITIES, BUDGETS = (0.0, 0.9), (60, 120)
-TINY = ["+sweep=aspect", "sweep.n_features=[12]", "sweep.param_budgets=[60,120]",
+TINY = ["+sweep=aspect", "sweep.families=[deep_tied]", "sweep.lrs=[0.003,0.01]",
+        "sweep.n_features=[12]", "sweep.param_budgets=[60,120]",
         "sweep.depths=[0,1]", "sweep.sparsities=[0.0,0.9]", "sweep.seeds=[0,1,2]",
         "sweep.budget_tolerance=0.25", "train.steps=300", "train.warmup_steps=20",
         "train.batch_size=256", "tracking=off", "aggregate.n_boot=200", "aggregate.n_perm=50"]
@@ -38,7 +39,23 @@ def test_a_tiny_aspect_sweep_plans_and_trains_every_shape(tiny_aspect):
     assert all(count(12, w, d) == p for w, d, p in zip(shapes["width"], shapes["depth"],
                                                          shapes["n_params"]))
     table = pl.read_parquet(sweep_dir / "trials.parquet")
-    assert table.height == 4 * 2 * 3 and set(table["status"]) == {"ok"}
+    assert table.height == 4 * 2 * 3 * 2 and set(table["status"]) == {"ok"}  # x 2 learning rates
+    assert table["val_loss"].is_finite().all() and (table["val_loss"] != table["loss"]).all()
+
+
+def test_each_shape_is_analysed_at_the_learning_rate_it_did_best_at(tiny_aspect):
+    _, sweep_dir, result = tiny_aspect
+    choice = pl.read_parquet(sweep_dir / "lr_selection.parquet")
+    assert choice.height == 4 * 2 * 2  # shapes x sparsities x learning rates
+    chosen = choice.filter(pl.col("selected"))
+    assert chosen.height == 4 * 2 and (chosen["chosen_on"] == "val_loss").all()
+    best = choice.group_by("width", "depth", "sparsity").agg(pl.col("val_loss_mean").min())
+    assert sorted(best["val_loss_mean"]) == sorted(chosen["val_loss_mean"])
+    kept = result.metrics.join(chosen.select("width", "depth", "sparsity", "lr"),
+                               on=["width", "depth", "sparsity", "lr"], how="anti")
+    assert kept.is_empty() and result.metrics.height == 4 * 2 * 3  # only the chosen lr's models
+    assert "converged" in result.metrics.columns and "n_unconverged" in pl.read_parquet(
+        sweep_dir / "aspect_verdict.parquet").columns
 
 
 def test_the_aggregation_writes_the_aspect_tables_fits_and_report(tiny_aspect):
@@ -50,7 +67,7 @@ def test_the_aggregation_writes_the_aspect_tables_fits_and_report(tiny_aspect):
     assert result.fits.filter((pl.col("x") == "n_params") & (pl.col("depth") >= 0)).height == 4
     page = (sweep_dir / "report" / "index.html").read_text()
     assert "Superposition vs universality" in page and "Verdict" in page
-    assert "aspect_loss_vs_N_S0.png" in page
+    assert "aspect_loss_vs_N_deep_tied_S0.png" in page
 
 
 def test_the_verdict_judges_every_sparsity_with_a_known_label_and_a_reason(tiny_aspect):

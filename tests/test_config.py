@@ -39,7 +39,7 @@ def test_full_includes_every_sweep_with_the_users_overrides():
     assert [c.sweep.name for c in cfgs] == ["tms", "scaling", "aspect"]
     assert all(c.train.steps == 1000 and c.sweep.scale == 2 for c in cfgs)
     tms, scaling, aspect = cfgs
-    assert aspect.sweep.param_budgets and aspect.sweep.families == ["deep_tied"]
+    assert aspect.sweep.param_budgets and aspect.sweep.families == ["deep_tied", "deep_mlp", "abs_mlp"]
     assert tms.model.init == "xavier_normal" and scaling.model.init == "normal"  # own settings
     assert scaling.data.max_magnitude == 2.0 and tms.data.max_magnitude == 1.0
 

@@ -14,8 +14,8 @@ KEYS = {"family": "relu_output", "n_features": 1000, "depth": 0, "sparsity": 0.9
 WIDTHS = [10, 20, 40, 80]
 
 
-def test_the_key_is_the_whole_spec_but_width_and_seed():
-    assert set(KEYS) | {"weight_decay"} == set(CURVE_KEYS)
+def test_the_key_is_the_whole_spec_but_width_seed_and_the_chosen_lr():
+    assert set(KEYS) | {"weight_decay"} == set(CURVE_KEYS) | {"lr"}
 
 
 def _tables(weight_decay, represented_at, alpha, **spec):
@@ -44,7 +44,7 @@ def test_strong_reproduced():
     row = _verdict(-1.0, lambda m: 990, (0.95, 1.04, 1.12))
     assert row["regime"] == "strong" and row["reproduced"] is True and row["note"] == ""
     assert "whole alpha interval within [0.9, 1.2]" in row["criterion"]
-    assert row["alpha"] == 1.04 and row["lr"] == 1e-3
+    assert row["alpha"] == 1.04 and row["warmup_steps"] == 100
 
 
 def test_strong_wide_interval_overlapping_the_old_range_does_not_pass():
@@ -118,13 +118,23 @@ def test_weak_prediction_does_not_apply_for_a_at_most_1():
 # --- lookup by the whole curve key ------------------------------------------------------------
 
 
-def test_curves_differing_only_in_lr_each_find_their_own_fit():
-    m1, f1 = _tables(-1.0, lambda m: 990, (0.95, 1.04, 1.12), lr=1e-3)
-    m2, f2 = _tables(-1.0, lambda m: 990, (0.60, 0.70, 0.80), lr=3e-3)
-    rows = {r["lr"]: r for r in liu_headline(pl.concat([m1, m2]), pl.concat([f1, f2])).iter_rows(named=True)}
-    assert set(rows) == {1e-3, 3e-3}
-    assert rows[1e-3]["alpha"] == 1.04 and rows[1e-3]["reproduced"] is True
-    assert rows[3e-3]["alpha"] == 0.70 and rows[3e-3]["reproduced"] is False
+def test_curves_differing_only_in_warmup_each_find_their_own_fit():
+    m1, f1 = _tables(-1.0, lambda m: 990, (0.95, 1.04, 1.12), warmup_steps=100)
+    m2, f2 = _tables(-1.0, lambda m: 990, (0.60, 0.70, 0.80), warmup_steps=300)
+    rows = {r["warmup_steps"]: r
+            for r in liu_headline(pl.concat([m1, m2]), pl.concat([f1, f2])).iter_rows(named=True)}
+    assert set(rows) == {100, 300}
+    assert rows[100]["alpha"] == 1.04 and rows[100]["reproduced"] is True
+    assert rows[300]["alpha"] == 0.70 and rows[300]["reproduced"] is False
+
+
+def test_the_learning_rate_is_not_part_of_a_curve():
+    """Each width may be trained at its own chosen learning rate (sfs.analysis.lr_selection):
+    a curve whose widths have different lrs is still one curve."""
+    metrics, fits = _tables(-1.0, lambda m: 990, (0.95, 1.04, 1.12))
+    metrics = metrics.with_columns((pl.col("width") * 1e-4).alias("lr"))
+    (row,) = liu_headline(metrics, fits.drop("lr")).iter_rows(named=True)
+    assert row["alpha"] == 1.04 and row["reproduced"] is True
 
 
 def test_curves_differing_only_in_steps_or_schedule_each_find_their_own_fit():
@@ -137,17 +147,17 @@ def test_curves_differing_only_in_steps_or_schedule_each_find_their_own_fit():
 
 
 def test_a_curve_without_its_own_fit_is_not_given_another():
-    metrics, _ = _tables(-1.0, lambda m: 990, (0.95, 1.04, 1.12), lr=1e-3)
-    _, other = _tables(-1.0, lambda m: 990, (0.95, 1.04, 1.12), lr=3e-3)
+    metrics, _ = _tables(-1.0, lambda m: 990, (0.95, 1.04, 1.12), warmup_steps=100)
+    _, other = _tables(-1.0, lambda m: 990, (0.95, 1.04, 1.12), warmup_steps=300)
     (row,) = liu_headline(metrics, other).iter_rows(named=True)
     assert row["alpha"] is None and "no scaling-law fit for this curve" in row["note"]
 
 
 def test_fits_lacking_a_key_column_are_not_matched_on_the_rest():
     metrics, fits = _tables(-1.0, lambda m: 990, (0.95, 1.04, 1.12))
-    (row,) = liu_headline(metrics, fits.drop("lr")).iter_rows(named=True)
+    (row,) = liu_headline(metrics, fits.drop("warmup_steps")).iter_rows(named=True)
     assert row["alpha"] is None and row["reproduced"] is False
-    assert "fits.parquet lacks the key column(s) lr" in row["note"]
+    assert "fits.parquet lacks the key column(s) warmup_steps" in row["note"]
 
 
 def test_sweeps_without_power_laws_or_decay_have_no_verdict():

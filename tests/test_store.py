@@ -88,8 +88,9 @@ def test_weights_of_many_rows_are_read_per_file_in_row_order(tmp_path):
     wrong = rows.with_columns(pl.Series("model_id", ["e", "a", "c", "b"]))
     with pytest.raises(StoreError, match="does not match"):
         list(read_weights(tmp_path, wrong))
-    with pytest.raises(ValueError, match="curve_steps"):
-        list(read_weights(tmp_path, rows, names=("curve_steps",)))
+    (_, deep), (_, flat) = read_weights(tmp_path, rows, names=("curve", "curve_steps"))
+    assert deep["curve"].shape == (2, 4) and deep["curve_steps"].shape == (2, 4)
+    assert deep["curve_steps"][1].tolist() == [0, 1, 2, 3]  # one copy of the file's steps per row
 
 
 def test_tables_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
@@ -143,3 +144,32 @@ def test_credentials_never_reach_logs_or_summaries():
     assert redact("http://alice:s3cret@mlflow.example:5000/x") == "http://***@mlflow.example:5000/x"
     assert "s3cret" not in ui_command("https://alice:s3cret@host:443")
     assert redact("sqlite:////abs/path/mlflow.db") == "sqlite:////abs/path/mlflow.db"
+
+
+def test_leftovers_of_a_killed_writer_are_removed_when_the_store_opens(tmp_path):
+    with TrialStore(tmp_path) as store:
+        store.write_rows("p", _rows(["a"]))
+        store.consolidate()
+    leftovers = [tmp_path / ".trials.parquet.tmp-7", tmp_path / "parts" / ".p-1.parquet.tmp-7",
+                 tmp_path / "weights" / ".p.npz.tmp-7", tmp_path / ".mlflow.db.tmp-7",
+                 tmp_path / ".mlflow.db.tmp-7-journal", tmp_path / ".write-probe.tmp-7",
+                 tmp_path / "report" / ".index.html.tmp-7"]
+    (tmp_path / "report").mkdir()
+    for path in leftovers:
+        path.write_bytes(b"half")
+    with TrialStore(tmp_path) as store:
+        assert store.load()["model_id"].to_list() == ["a"]
+    assert not [path for path in leftovers if path.exists()]
+
+
+def test_an_unreadable_weights_file_says_which_and_how_to_get_it_back(tmp_path):
+    with TrialStore(tmp_path) as store:
+        path = store.write_weights("p", ["a"], W=np.zeros((1, 3, 2)), b=np.zeros((1, 3)),
+                                   curve=np.ones((1, 4)), curve_steps=np.arange(4))
+    row = {"weights_path": path, "weights_index": 0, "model_id": "a"}
+    (tmp_path / path).write_bytes(b"cut short")
+    with pytest.raises(StoreError, match=f"{tmp_path / path} cannot be read .*MLflow run"):
+        load_weights(tmp_path, row)
+    (tmp_path / path).unlink()
+    with pytest.raises(StoreError, match=f"{tmp_path / path} cannot be read"):
+        list(read_weights(tmp_path, pl.DataFrame([row])))

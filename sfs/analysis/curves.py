@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from sfs.analysis.model_metrics import SPEC_KEYS, Loaded
+from sfs.analysis.model_metrics import GROUP_KEYS, Loaded
 from sfs.analysis.seeds import (
     CROSS_SEED,
     CROSS_WIDTH,
@@ -30,9 +30,10 @@ from sfs.analysis.seeds import (
     universality_cells,
 )
 from sfs.config import AggregateConfig
+from sfs.core.signals import children_deaf_to_ctrl_c
 from sfs.core.spec import derive_seed
 
-CURVE_KEYS = [k for k in SPEC_KEYS if k not in ("width", "seed")]
+CURVE_KEYS = [k for k in GROUP_KEYS if k not in ("width", "seed")]
 DEPTH_CURVE_KEYS = [k for k in CURVE_KEYS if k != "depth"]
 SERIAL_BELOW = 24  # fewer tasks than this run in-process: spawning workers costs more
 
@@ -224,9 +225,12 @@ def run_tasks(function, tasks: list, workers: int) -> list:
     saved = {name: os.environ.get(name) for name in _ONE_THREAD}
     os.environ.update(_ONE_THREAD)  # spawned workers start with single-threaded BLAS
     try:
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                    initializer=_limit_blas) as pool:
-            return list(pool.map(function, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+        with children_deaf_to_ctrl_c():  # the workers start (on submission) blind to Ctrl-C
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                          initializer=_limit_blas)
+            results = pool.map(function, tasks, chunksize=max(1, len(tasks) // (8 * workers)))
+        with pool:
+            return list(results)
     finally:
         for name, value in saved.items():
             if value is None:

@@ -29,8 +29,9 @@ import polars as pl
 from sfs.core.spec import FeatureDist
 from sfs.plan import ModelSpec
 
-# A scaling curve: every spec field but width and seed (the same key as sfs.aggregate's fits).
-CURVE_KEYS = tuple(f.name for f in fields(ModelSpec) if f.name not in ("width", "seed"))
+# A scaling curve: every spec field but width, seed and the learning rate (chosen per shape),
+# the same key as sfs.analysis.curves's fits.
+CURVE_KEYS = tuple(f.name for f in fields(ModelSpec) if f.name not in ("width", "seed", "lr"))
 STRONG_ALPHA = (0.9, 1.2)  # strong regime: the whole alpha interval must lie in this range
 PHI_STRONG = 0.95  # "nearly every row": phi_1/2 (mean over seeds) at least this at every width
 WEAK_ALPHA_TOL = 0.1  # weak regime, a > 1: the whole alpha interval within a - 1 +- this

@@ -12,10 +12,14 @@ from dataclasses import dataclass, fields
 import numpy as np
 import polars as pl
 
+from sfs.analysis.convergence import converged, final_decrease
 from sfs.core import metrics as M
 from sfs.plan import ModelSpec
 
 SPEC_KEYS = [f.name for f in fields(ModelSpec)]
+# What the analyses group models by: every spec field but the learning rate, which is chosen
+# per shape (sfs.analysis.lr_selection) and so may differ between the shapes of one curve.
+GROUP_KEYS = [k for k in SPEC_KEYS if k != "lr"]
 
 
 @dataclass
@@ -27,11 +31,28 @@ class Loaded:
     W: list[np.ndarray]  # (feature, hidden) per ok row: the bottleneck (W_in of deep models)
     # represented features after each residual block (deep families; None for the others)
     layer_represented: list[list[int] | None] | None = None
+    # per ok row: the training curve (n_logs,) and its steps (n_logs,); None where not read
+    curves: list[tuple[np.ndarray, np.ndarray] | None] | None = None
+
+    def keep(self, model_ids: set[str]) -> Loaded:
+        """Only the given models of ``ok``, every per-row list kept aligned with it
+        (``rows``, what the store holds, stays whole)."""
+        mask = self.ok["model_id"].is_in(list(model_ids)).to_numpy()
+        take = np.flatnonzero(mask).tolist()
+
+        def pick(values):
+            return None if values is None else [values[i] for i in take]
+
+        return Loaded(self.rows, self.ok.filter(pl.Series(mask)), pick(self.W),
+                      pick(self.layer_represented), pick(self.curves))
 
 
-def model_metrics(loaded: Loaded) -> pl.DataFrame:
-    """One row per ok model: its spec, loss, and the quantities of ``sfs.core.metrics``,
-    computed in one vectorised pass per weight shape."""
+def model_metrics(loaded: Loaded, convergence_window: float = 0.25,
+                  convergence_tol: float = 0.01) -> pl.DataFrame:
+    """One row per ok model: its spec, loss, the quantities of ``sfs.core.metrics`` (computed
+    in one vectorised pass per weight shape) and whether it converged
+    (``sfs.analysis.convergence``: ``final_decrease``, its ``final_decrease_se`` and
+    ``converged``)."""
     ok = loaded.ok
     n_rep = np.zeros(ok.height, dtype=np.int64)
     frob, dstar, sup_mean, dim_sum, dim_mean_rep = (np.full(ok.height, np.nan) for _ in range(5))
@@ -59,6 +80,7 @@ def model_metrics(loaded: Loaded) -> pl.DataFrame:
                  pl.Series("min_layer_represented", [min(v) for v in per_layer], dtype=pl.Int64)]
     return ok.select(["model_id", *SPEC_KEYS, "n_params", "loss"]).with_columns(
         *extra,
+        *_convergence(loaded, ok["steps"].to_numpy(), convergence_window, convergence_tol),
         pl.Series("n_represented", n_rep),
         (pl.Series(n_rep) / pl.col("n_features")).alias("frac_represented"),
         pl.Series("frobenius_sq", frob),
@@ -67,3 +89,24 @@ def model_metrics(loaded: Loaded) -> pl.DataFrame:
         pl.Series("dimensionality_sum", dim_sum),  # sum_i D_i (~ width when packed)
         pl.Series("dimensionality_mean", dim_mean_rep),  # over represented features
     )
+
+
+def _convergence(loaded: Loaded, total_steps: np.ndarray, window: float, tol: float) -> list[pl.Series]:
+    """``final_decrease``, ``final_decrease_se`` and ``converged`` per ok row (NaN / null
+    where not judged: no curve, or fewer than 3 logged points in the window)."""
+    k = len(total_steps)
+    decrease, stderr, points = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, dtype=np.int64)
+    by_length: dict[int, list[int]] = {}
+    for i, curve in enumerate(loaded.curves or []):
+        if curve is not None:
+            by_length.setdefault(len(curve[0]), []).append(i)
+    for index in by_length.values():  # one call per curve length: curves stack
+        curves = np.stack([loaded.curves[i][0] for i in index])  # (models, n_logs)
+        steps = np.stack([loaded.curves[i][1] for i in index])
+        decrease[index], stderr[index], points[index] = final_decrease(curves, steps,
+                                                                       total_steps[index], window)
+    judged = converged(decrease, stderr, points, tol)
+    return [pl.Series("final_decrease", decrease), pl.Series("final_decrease_se", stderr),
+            # null where not judged (too few logged points in the window, or no curve)
+            pl.Series("converged", [bool(c) if np.isfinite(d) else None
+                                    for c, d in zip(judged, decrease)], dtype=pl.Boolean)]

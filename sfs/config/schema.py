@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from sfs.core.shapes import ShapeChoice, plan_shapes, shape_problems
-from sfs.core.spec import FAMILIES, FeatureDist
+from sfs.core.spec import FAMILIES, FAMILY_FORMS, FeatureDist, family, is_family
 
 
 class ConfigError(ValueError):
@@ -195,13 +195,20 @@ class AggregateConfig:
     r_margin: float = 0.9
     test_level: float = 0.05
     power: float = 0.8
+    # Convergence (docs/science.md, "Fair comparisons"): a model is unconverged when its
+    # training loss is shown to fall by more than convergence_tol (relative) over the last
+    # convergence_window of training (one-sided 95% bound).
+    convergence_window: float = 0.25
+    convergence_tol: float = 0.01
 
     def __post_init__(self) -> None:
         for name, low, high in (("loss_margin", 0, 1), ("r_margin", 0, 1), ("test_level", 0, 0.5),
-                                ("power", 0.5, 1)):
+                                ("power", 0.5, 1), ("convergence_tol", 0, 1)):
             value = getattr(self, name)
             _require(_is_number(value) and low < value < high, f"aggregate.{name}",
                      f"a number in ({low}, {high})", value)
+        _require(_is_number(self.convergence_window) and 0 < self.convergence_window <= 1,
+                 "aggregate.convergence_window", "a number in (0, 1]", self.convergence_window)
         _require(_is_int(self.n_boot) and self.n_boot >= 100, "aggregate.n_boot",
                  "an integer >= 100", self.n_boot)
         _require(_is_int(self.n_perm) and self.n_perm >= 1, "aggregate.n_perm", "an integer >= 1",
@@ -215,6 +222,36 @@ class AggregateConfig:
 
 
 @dataclass
+class IsoLossConfig:
+    """Iso-loss shapes by construction (``sfs.plan_search``): after the fixed-N grid, per
+    setting, target budget and depth, search the width whose mean loss over the seeds meets
+    the loss of the reference depth's shape at that budget (docs/science.md, "The aspect
+    verdict"). Needs ``sweep.param_budgets`` (the grid brackets the search)."""
+
+    enabled: bool = False
+    reference_depth: int = 0  # the targets: this depth's mean loss at each param_budget
+    depths: list[int] = field(default_factory=list)  # empty: sweep.depths but the reference
+    tolerance: float = 0.02  # met when |mean loss - target| <= tolerance * target
+    max_rounds: int = 4  # widths tried per (setting, target, depth) after the grid
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), "sweep.iso_loss.enabled", "true or false", self.enabled)
+        _require(_is_int(self.reference_depth) and 0 <= self.reference_depth <= 1000,
+                 "sweep.iso_loss.reference_depth", "an integer in [0, 1000]", self.reference_depth)
+        if self.depths:
+            _check_axis("sweep.iso_loss.depths", self.depths, lambda v: _is_int(v) and 0 <= v <= 1000,
+                        "integers in [0, 1000] (empty: sweep.depths without the reference depth)")
+        _require(_is_number(self.tolerance) and 0 < self.tolerance < 1, "sweep.iso_loss.tolerance",
+                 "a number in (0, 1)", self.tolerance)
+        _require(_is_int(self.max_rounds) and 1 <= self.max_rounds <= 20, "sweep.iso_loss.max_rounds",
+                 "an integer in [1, 20]", self.max_rounds)
+
+    def search_depths(self, sweep_depths: list[int]) -> list[int]:
+        """The depths searched: ``depths``, or every sweep depth but the reference one."""
+        return list(self.depths) or [d for d in sweep_depths if d != self.reference_depth]
+
+
+@dataclass
 class SweepConfig:
     """The grid: the Cartesian product of the axes, or a list of other sweeps to include.
 
@@ -224,6 +261,7 @@ class SweepConfig:
 
     name: str = ""  # empty: no sweep chosen (pass +sweep=NAME)
     include: list[str] = field(default_factory=list)  # run these sweeps (each in its own folder)
+    # relu_output | linear | deep | deep_tied | deep_mlp (deep_mlp:<r>: blocks r x width) | abs_mlp
     families: list[str] = field(default_factory=lambda: ["relu_output"])
     n_features: list[int] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)
@@ -237,9 +275,14 @@ class SweepConfig:
     feature_dists: list[str] = field(default_factory=lambda: ["uniform"])  # uniform | power:<a>
     weight_decays: list[float] = field(default_factory=lambda: [0.0])  # < 0: Liu's norm-pull rule
     seeds: list[int] = field(default_factory=lambda: [0])
+    # Learning rates each shape is trained at; the aggregation keeps, per shape and setting,
+    # the one with the lowest mean loss on the validation batch (sfs.analysis.lr_selection).
+    # Empty: train.lr for every model, no selection.
+    lrs: list[float] = field(default_factory=list)
     scale: int = 1
     scale_batch: bool = False  # sweep.scale also multiplies the batch size (scaling: Liu's budget)
     pack_size: int = 0  # models trained together in one trial; 0: automatic (plan.auto_pack_size)
+    iso_loss: IsoLossConfig = field(default_factory=IsoLossConfig)  # after the grid: sfs.plan_search
 
     def __post_init__(self) -> None:
         _require(_is_int(self.scale) and self.scale >= 1, "sweep.scale", "an integer >= 1", self.scale)
@@ -251,8 +294,8 @@ class SweepConfig:
             return
         _require(re.match(r"^[A-Za-z0-9_.\-]+$", self.name) is not None, "sweep.name",
                  "letters, digits, '_', '.', '-' (it names a folder)", self.name)
-        _check_axis("sweep.families", self.families, lambda v: v in FAMILIES,
-                    f"known families {sorted(FAMILIES)}")
+        _check_axis("sweep.families", self.families, is_family,
+                    f"known families {sorted(FAMILIES)} or {FAMILY_FORMS}")
         _check_axis("sweep.n_features", self.n_features, lambda v: _is_int(v) and 1 <= v <= 1_000_000,
                     "integers in [1, 1000000]")
         if self.param_budgets:
@@ -278,10 +321,13 @@ class SweepConfig:
                     "numbers in [-10, 10]")
         _check_axis("sweep.seeds", self.seeds, lambda v: _is_int(v) and 0 <= v < 2**31,
                     "integers in [0, 2^31)")
-        for family in self.families:
-            max_depth = FAMILIES[family].max_depth
+        if self.lrs:
+            _check_axis("sweep.lrs", self.lrs, lambda v: _is_number(v) and 0 < v <= 10,
+                        "numbers in (0, 10] (empty: train.lr)")
+        for name in self.families:
+            max_depth = family(name).max_depth
             _require(max(self.depths) <= max_depth, "sweep.depths",
-                     f"at most {max_depth} for family {family!r}", self.depths)
+                     f"at most {max_depth} for family {name!r}", self.depths)
         if self.param_budgets:
             problems = shape_problems(self.shapes(), self.budget_tolerance)
             if problems:
@@ -289,6 +335,20 @@ class SweepConfig:
                                   f"sweep.budget_tolerance={self.budget_tolerance}: "
                                   + "; ".join(problems[:3])
                                   + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+        if self.iso_loss.enabled:
+            self._check_iso_loss()
+
+    def _check_iso_loss(self) -> None:
+        iso = self.iso_loss
+        _require(bool(self.param_budgets), "sweep.iso_loss.enabled",
+                 "false unless sweep.param_budgets is set (the fixed-N grid brackets the search)", True)
+        _require(iso.reference_depth in self.depths, "sweep.iso_loss.reference_depth",
+                 f"one of sweep.depths={self.depths}", iso.reference_depth)
+        depths = iso.search_depths(self.depths)
+        _require(bool(depths) and all(d in self.depths and d != iso.reference_depth for d in depths),
+                 "sweep.iso_loss.depths", f"a non-empty subset of sweep.depths={self.depths} without "
+                 f"the reference depth {iso.reference_depth} (the grid's shapes bracket each search)",
+                 iso.depths)
 
     def shapes(self) -> list[ShapeChoice]:
         """The planner's (family, n, budget, depth) -> width choices (param_budgets only)."""

@@ -26,6 +26,8 @@ class ModelResult:
     # parameters beyond W and b, by stored name (deep families: W_out (feature, hidden) when
     # untied, A and B (depth, hidden, hidden), c (depth, hidden)); empty for one-layer models
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    # loss on the validation batch (learning-rate selection; never the reported loss)
+    val_loss: float = float("nan")
 
 
 @dataclass

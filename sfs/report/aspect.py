@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sfs.report.common import MAX_PANELS, Figure, html_table
+from sfs.report.common import MAX_PANELS, Figure, html_table, save_figure
 
 TITLE = "Superposition vs universality (equal parameters, different shapes)"
 
 
 def _save(plt, fig, out: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
+    save_figure(fig, out / name, dpi=110)
     plt.close(fig)
     return name
 
@@ -32,16 +32,25 @@ def _finish(plt, fig, ax, out: Path, name: str, caption: str, legend_size: int =
 
 
 def _per_sparsity(frame: pl.DataFrame):
-    for n, ((sparsity,), group) in enumerate(frame.sort("sparsity").group_by(["sparsity"],
-                                                                             maintain_order=True)):
+    """(family, sparsity, rows) per panel: one family's shapes at one sparsity."""
+    if "family" not in frame.columns:
+        frame = frame.with_columns(pl.lit("").alias("family"))
+    panels = frame.sort("family", "sparsity").group_by(["family", "sparsity"], maintain_order=True)
+    for n, ((family, sparsity), group) in enumerate(panels):
         if n >= MAX_PANELS:
             return
-        yield sparsity, group
+        yield family, sparsity, group
+
+
+def _panel_name(family: str, sparsity: float) -> tuple[str, str]:
+    """A panel's title and file-name part."""
+    return (f"{family} S={sparsity:g}".strip(), f"{family}_S{sparsity:g}" if family else f"S{sparsity:g}")
 
 
 def _loss_vs_budget(plt, shapes: pl.DataFrame, fits: pl.DataFrame, out: Path) -> list[Figure]:
     figures = []
-    for sparsity, group in _per_sparsity(shapes):
+    for family, sparsity, group in _per_sparsity(shapes):
+        title, slug = _panel_name(family, sparsity)
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for (depth,), shape in group.sort("depth").group_by(["depth"], maintain_order=True):
             shape = shape.sort("n_params")
@@ -52,14 +61,16 @@ def _loss_vs_budget(plt, shapes: pl.DataFrame, fits: pl.DataFrame, out: Path) ->
                                label=f"depth {depth}")
             fit = fits.filter((pl.col("x") == "n_params") & (pl.col("depth") == depth)
                               & (pl.col("sparsity") == sparsity))
+            if family and "family" in fit.columns:
+                fit = fit.filter(pl.col("family") == family)
             if fit.height >= 1 and fit["form"][0] != "none":
                 xs = np.asarray(fit["band_x"][0])
                 ax.plot(xs, fit["E"][0] + fit["A"][0] * xs ** (-fit["alpha"][0]),
                         color=line[0].get_color(), lw=1)
         ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="held-out loss",
-               title=f"S={sparsity:g}")
-        figures.append(_finish(plt, fig, ax, out, f"aspect_loss_vs_N_S{sparsity:g}.png", (
-            f"Loss vs parameter count at sparsity {sparsity:g}, one colour per depth (the width "
+               title=title)
+        figures.append(_finish(plt, fig, ax, out, f"aspect_loss_vs_N_{slug}.png", (
+            f"Loss vs parameter count ({title}), one colour per depth (the width "
             "at each budget is the planner's): mean over seeds with its 95% seed-bootstrap "
             "interval, and each depth's fitted L(N) (line) where the fit is reliable. Shapes of "
             "one budget sit at (nearly) the same N: their vertical spread is how much shape "
@@ -73,7 +84,8 @@ def _capacity(plt, shapes: pl.DataFrame, out: Path) -> list[Figure]:
     decodable = "n_decodable" in shapes.columns
     column = "n_decodable" if decodable else "n_represented"
     figures = []
-    for sparsity, group in _per_sparsity(shapes):
+    for family, sparsity, group in _per_sparsity(shapes):
+        title, slug = _panel_name(family, sparsity)
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for (depth,), shape in group.sort("depth").group_by(["depth"], maintain_order=True):
             shape = shape.sort("width")
@@ -92,9 +104,9 @@ def _capacity(plt, shapes: pl.DataFrame, out: Path) -> list[Figure]:
         ax.plot(widths, [cs_capacity(n_features, int(w), float(sparsity)) for w in widths], "k:",
                 lw=1, label="compressed-sensing estimate")
         what = "decodable (held-out probe)" if decodable else "represented (norm > 0.5)"
-        ax.set(xlabel="width m", ylabel=f"features {what}", title=f"S={sparsity:g}")
-        figures.append(_finish(plt, fig, ax, out, f"aspect_capacity_S{sparsity:g}.png", (
-            f"Features {what} per shape at sparsity {sparsity:g}: in the bottleneck (mean and SD "
+        ax.set(xlabel="width m", ylabel=f"features {what}", title=title)
+        figures.append(_finish(plt, fig, ax, out, f"aspect_capacity_{slug}.png", (
+            f"Features {what} per shape ({title}): in the bottleneck (mean and SD "
             "over seeds; o), the norm count for comparison with TMS (squares) and, for deep "
             "shapes, in the layer that holds the fewest (x), against the compressed-sensing "
             "estimate m * (-1/((1-S) ln(1-S))) capped at n (dotted; informative for 1-S below "
@@ -111,11 +123,12 @@ def _index(plt, verdict: pl.DataFrame, out: Path) -> list[Figure]:
         return []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labels = []
-    for k, row in enumerate(judged.sort(["sparsity", "param_budget"]).iter_rows(named=True)):
+    order = [c for c in ("family", "sparsity", "param_budget") if c in judged.columns]
+    for k, row in enumerate(judged.sort(order).iter_rows(named=True)):
         lo, hi = row["r_lo"], row["r_hi"]
-        ax.errorbar([k], [row["r_index"]], yerr=[[row["r_index"] - lo], [hi - row["r_index"]]],
+        ax.errorbar([k], [row["r_index"]], yerr=[[max(0.0, row["r_index"] - lo)], [max(0.0, hi - row["r_index"])]],
                     fmt="o", capsize=3, color="tab:blue" if row["measure"] == "offdiag" else "tab:orange")
-        labels.append(f"S={row['sparsity']:g}\nN={row['param_budget']}")
+        labels.append(f"{row.get('family') or ''}\nS={row['sparsity']:g}\nN={row['param_budget']}".lstrip())
     ax.axhline(float(judged["r_margin"][0]), color="k", ls=":", lw=1, label="margin")
     ax.axhline(1.0, color="grey", lw=0.5)
     ax.axhline(0.0, color="grey", lw=0.5)
@@ -141,10 +154,46 @@ def _cell(row: dict, name: str, fmt: str) -> str:
     return f"{value:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
-VERDICT_COLUMNS = ["sparsity", "param_budget", "n_models", "depth_a", "depth_b", "width_a", "width_b",
+VERDICT_COLUMNS = ["family", "sparsity", "param_budget", "n_models", "n_unconverged", "depth_a",
+                   "depth_b", "width_a", "width_b",
                    "loss_rel_diff", "loss_equiv_pvalue", "measure", "r_index", "r_equiv_pvalue",
                    "less_alike_pvalue_holm", "decodable_a", "decodable_b", "shared_decodable",
                    "cs_capacity_narrow", "verdict", "reason", "seeds_needed"]
+
+
+def _order(frame: pl.DataFrame) -> list[str]:
+    return [c for c in ("family", "sparsity", "param_budget") if c in frame.columns]
+
+
+def _iso_loss_part(tables: dict[str, pl.DataFrame]) -> list[str]:
+    """The shapes the iso-loss search built (``sweep.iso_loss``) and the verdict on them."""
+    shapes = tables.get("iso_loss_shapes", pl.DataFrame())
+    if shapes.is_empty():
+        return []
+    keys = [k for k in ("family", "sparsity") if k in shapes.columns]
+    text = ["<h3>Iso-loss shapes, built on purpose</h3><p>For each target (the mean loss of the "
+            "reference depth's shape at a budget) and each other depth, the width whose mean loss "
+            "over seeds meets the target within sweep.iso_loss.tolerance, found by a search over "
+            "width (iso_loss_shapes.parquet; docs/science.md, \"The aspect verdict\"). loss: "
+            "mean over seeds with its 95% interval; rel_gap: (loss - target) / target.</p>",
+            html_table(shapes.sort([*keys, "target_budget", "depth"]), [
+                *keys, "target_budget", "target_loss", "depth", "width", "n_params", "lr", "loss",
+                "rel_gap", "n_seeds", "n_unconverged", "rounds", "status", "note"],
+                {"loss": lambda row: _cell(row, "loss", ".3g"),
+                 "rel_gap": lambda row: _cell(row, "rel_gap", "+.1%")})]
+    verdict = tables.get("aspect_iso_verdict", pl.DataFrame())
+    if verdict.is_empty():
+        text.append("<p>No depth met its target yet: no iso-loss verdict.</p>")
+        return text
+    text.append("<p>The aspect verdict on each target's iso-loss shapes (models of different N and "
+                "depth at one loss: the pairs Katta's argument is about), with the same tests as "
+                "above (aspect_iso_verdict.parquet).</p>")
+    columns = [c for c in VERDICT_COLUMNS if c != "param_budget"]
+    text.append(html_table(verdict.sort([*keys, "target_budget"]),
+                           [*keys, "target_budget", *[c for c in columns if c not in keys]], {
+                               "loss_rel_diff": lambda row: _cell(row, "loss_rel_diff", "+.2%"),
+                               "r_index": lambda row: _cell(row, "r_index", ".2f")}))
+    return text
 
 
 def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
@@ -163,8 +212,8 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
         text.append("<p>Spread = largest minus smallest shape mean loss at one budget (95% interval "
                     "from resampling seeds within shapes); Kruskal-Wallis p-value of equal loss "
                     "across shapes; seed_sd = pooled seed-to-seed SD.</p>")
-        text.append(html_table(spread.sort(["sparsity", "param_budget"]), [
-            "sparsity", "param_budget", "n_shapes", "loss_mean", "spread", "rel_spread", "seed_sd",
+        text.append(html_table(spread.sort(_order(spread)), [
+            "family", "sparsity", "param_budget", "n_shapes", "loss_mean", "spread", "rel_spread", "seed_sd",
             "kruskal_pvalue"], {"spread": lambda row: _cell(row, "spread", ".3g")}))
     text.append("<h3>Verdict</h3>")
     if verdict.is_empty():
@@ -184,16 +233,17 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
             "shown below the margin; 'contradicts 1' needs more decodable features shared than "
             "the compressed-sensing capacity of the narrower bottleneck. seeds_needed: seeds per "
             "shape that would decide an undecided row (power 80%).</p>")
-        text.append(html_table(verdict.sort(["sparsity", "param_budget"]), VERDICT_COLUMNS, {
+        text.append(html_table(verdict.sort(_order(verdict)), VERDICT_COLUMNS, {
             "loss_rel_diff": lambda row: _cell(row, "loss_rel_diff", "+.2%"),
             "r_index": lambda row: _cell(row, "r_index", ".2f")}))
+    text += _iso_loss_part(tables)
     controls = tables.get("aspect_controls", pl.DataFrame())
     if not controls.is_empty():
         text.append("<h3>Control: pairs that share a seed</h3><p>Two models of one seed share "
                     "their data stream (and, where shapes coincide, initial weights); the verdict "
                     "never compares them. Their similarity across shapes, next to different-seed "
                     "pairs and the null, shows how much pairing by seed would have inflated it.</p>")
-        text.append(html_table(controls.sort(["sparsity", "param_budget", "measure"]), [
-            "sparsity", "param_budget", "measure", "cross_shape_same_seed",
+        text.append(html_table(controls.sort([*_order(controls), "measure"]), [
+            "family", "sparsity", "param_budget", "measure", "cross_shape_same_seed",
             "cross_shape_different_seed", "null"]))
     return TITLE, figures, "".join(text)

@@ -18,12 +18,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sfs.report.common import MAX_PANELS, Figure, html_table, pyplot
+from sfs.report.common import MAX_PANELS, Figure, html_table, pyplot, save_figure
+from sfs.storage.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
+# the axes a panel may be split by: the curves' keys (not the learning rate, which may be
+# chosen per shape: sfs.analysis.lr_selection)
 AXES_SHOWN = ("family", "n_features", "depth", "sparsity", "importance", "feature_dist",
-              "weight_decay", "steps", "batch_size", "lr")
+              "weight_decay", "steps", "batch_size")
 
 
 def cs_represented_bound(width: np.ndarray, n_features: int, sparsity: float) -> np.ndarray:
@@ -70,7 +73,7 @@ def _panel_figures(plt, frame: pl.DataFrame, out: Path, prefix: str, draw, capti
         ax.legend(fontsize=7, ncol=2)
         name = f"{prefix}_{_slug(keys)}.png"
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        save_figure(fig, out / name, dpi=110)
         plt.close(fig)
         figures.append(Figure(name, caption(keys, panel)))
     return figures
@@ -154,7 +157,9 @@ def _universality(plt, universality: pl.DataFrame, out: Path) -> list[Figure]:
                 y = curve["gram_cosine"].to_numpy()
                 yerr = np.vstack([y - curve["gram_cosine_lo"].to_numpy(),
                                   curve["gram_cosine_hi"].to_numpy() - y])
-                line = ax.errorbar(x, y, yerr=np.nan_to_num(yerr), fmt="o-", ms=4, capsize=2,
+                # a percentile interval may miss the estimate by rounding (all pairs alike):
+                # matplotlib refuses negative error bars
+                line = ax.errorbar(x, y, yerr=np.clip(np.nan_to_num(yerr), 0, None), fmt="o-", ms=4, capsize=2,
                                    label=f"{'S' if legend == 'sparsity' else 'm'}={value:g}")
                 null, sd = curve["null_mean"].to_numpy(), curve["null_sd"].to_numpy()
                 ax.fill_between(x, null - 2 * sd, null + 2 * sd, color=line[0].get_color(),
@@ -197,7 +202,7 @@ def _gram_heatmaps(plt, metrics: pl.DataFrame, loaded, out: Path) -> list[Figure
         ax.set_yticks([])
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
     name = "gram_heatmaps.png"
-    fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    save_figure(fig, out / name, dpi=110, bbox_inches="tight")
     plt.close(fig)
     first = rows[0]
     described = _label({"n_features": n_max, "width": first["width"], "seed": first["seed"], **fixed})
@@ -278,6 +283,46 @@ def _width_depth_table(width_depth: pl.DataFrame) -> str:
             f"seeds within each (width, depth): width_depth_fits.parquet.</p>{table}")
 
 
+def _lr_table(selection: pl.DataFrame) -> str:
+    """The learning rate chosen for each shape and setting, where there was a choice."""
+    if selection.is_empty() or not (selection["n_lrs"] > 1).any():
+        return ""
+    chosen = selection.filter(pl.col("selected"))
+    keys = [k for k in (*_varying(chosen, AXES_SHOWN), "width") if k != "lr"]
+    keys = list(dict.fromkeys(keys))
+    edge = int(chosen["at_grid_edge"].sum())
+    warning = (f" <b>{edge} of {chosen.height} choices are at the smallest or largest rate tried:"
+               " the best may lie outside sweep.lrs; widen it.</b>") if edge else ""
+    return ("<p>Each shape and setting was trained at every rate of sweep.lrs; the rate with the "
+            "lowest mean loss on the validation batch (not the reported eval batch) was kept, and "
+            "every table and plot here uses only those models (lr_selection.parquet; "
+            f"docs/science.md, \"Fair comparisons\").{warning}</p>"
+            + html_table(chosen.sort(keys), [*keys, "lr", "val_loss_mean", "n_models", "n_diverged",
+                                             "at_grid_edge", "chosen_on"]))
+
+
+def _convergence_note(metrics: pl.DataFrame, options) -> str:
+    """How many ok models are still learning at the end of training, and where."""
+    if "converged" not in metrics.columns or metrics.is_empty():
+        return ""
+    unconverged = metrics.filter(pl.col("converged") == False)  # noqa: E712 (null: not judged)
+    not_judged = metrics["converged"].null_count()
+    judged = (f"; {not_judged} not judged (fewer than 3 logged points in the window: log more "
+              "often with train.log_every)") if not_judged else ""
+    text = (f"<p>Convergence: {unconverged.height} of {metrics.height} models still learning at the "
+            f"end of training (training loss shown, one-sided 95%, to fall by more than "
+            f"{options.convergence_tol:.0%} over the last {options.convergence_window:.0%} of it; "
+            "column <code>converged</code> of metrics.parquet; docs/science.md, \"Fair "
+            f"comparisons\"){judged}. Their losses and features may still change with more steps.</p>")
+    if unconverged.is_empty():
+        return text
+    keys = [k for k in ("family", "depth", "width", "sparsity", "lr") if k in metrics.columns]
+    where = (unconverged.group_by(keys).agg(pl.len().alias("unconverged"),
+                                            pl.col("final_decrease").median().alias("median_decrease"))
+             .sort(keys))
+    return text + html_table(where, [*keys, "unconverged", "median_decrease"])
+
+
 def write_report(cfg, result, loaded) -> Path:
     """Write ``<sweep>/report/index.html`` and its PNGs; returns the HTML path."""
     plt = pyplot()
@@ -288,10 +333,16 @@ def write_report(cfg, result, loaded) -> Path:
     if metrics.is_empty():
         sections.append(("No models", [], "<p>No model of this sweep trained ok yet.</p>"))
     else:
+        lr_choice = _lr_table(result.lr_selection)
+        if lr_choice:
+            sections.append(("Learning rate per shape", [], lr_choice))
         sections.append(("Scaling: loss vs width", _loss_vs_width(plt, metrics, fits, out),
                          _fits_table(fits)))
         if not result.width_depth.is_empty():
-            sections.append(("Scaling across depths", [], _width_depth_table(result.width_depth)))
+            from sfs.report.contours import iso_loss_contours
+
+            contours = iso_loss_contours(plt, result.width_depth, metrics, cfg.sweep.param_budgets, out)
+            sections.append(("Scaling across depths", contours, _width_depth_table(result.width_depth)))
         sections.append(("Capacity: features represented", _represented_vs_width(plt, metrics, out)
                          + _dstar_vs_sparsity(plt, metrics, out), ""))
         if not result.headline.is_empty():
@@ -318,6 +369,7 @@ def write_report(cfg, result, loaded) -> Path:
         f"not yet trained: {result.n_missing}. Fits and intervals use the {metrics.height} "
         "models that trained ok. Tables: fits.parquet, universality.parquet, metrics.parquet "
         "beside this folder.</p>",
+        _convergence_note(metrics, cfg.aggregate),
     ]
     for title, figures, extra in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
@@ -327,6 +379,6 @@ def write_report(cfg, result, loaded) -> Path:
         parts.append(extra)
     parts.append("</body></html>")
     index = out / "index.html"
-    index.write_text("\n".join(parts))
+    atomic_write_bytes(index, "\n".join(parts).encode())  # whole or not at all
     log.info("report: %s", index)
     return index

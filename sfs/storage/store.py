@@ -12,10 +12,11 @@ Layout of ``<out_dir>/<sweep>/``::
 
 Every file is written to a temporary name and renamed into place (``atomic_write_bytes``,
 ``write_table``), so a killed sweep leaves either the old file or the new one, never half
-of one. A pack's rows land in one part file (the commit point: a pack is stored once its
-part file exists); ``consolidate`` folds parts into ``trials.parquet``. Readers take the
-union of both, one row per model (the newest), so a crash between the two steps loses
-nothing and duplicates nothing.
+of one; ``mlflow.db`` is created the same way (``sfs.storage.mlflow_sqlite``), and the next
+writer removes what a killed one left (``.NAME.tmp-PID``). A pack's rows land in one part
+file (the commit point: a pack is stored once its part file exists); ``consolidate`` folds
+parts into ``trials.parquet``. Readers take the union of both, one row per model (the
+newest), so a crash between the two steps loses nothing and duplicates nothing.
 
 Only the sweep driver writes here; a lock file refuses a second driver on the same store.
 """
@@ -27,6 +28,7 @@ import io
 import logging
 import os
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +45,7 @@ TRIAL_SCHEMA: dict[str, pl.DataType] = {
     "lr": pl.Float64, "lr_schedule": pl.String, "warmup_steps": pl.Int64,
     "final_lr_ratio": pl.Float64, "max_magnitude": pl.Float64, "init": pl.String,
     "bias_init_std": pl.Float64, "eval_seed": pl.Int64, "eval_samples": pl.Int64,
-    "loss": pl.Float64, "train_loss": pl.Float64, "n_represented": pl.Int64,
+    "loss": pl.Float64, "val_loss": pl.Float64, "train_loss": pl.Float64, "n_represented": pl.Int64,
     "frobenius_sq": pl.Float64, "status": pl.String, "error": pl.String, "wall_s": pl.Float64,
     "pack_size": pl.Int64, "device": pl.String, "node": pl.String, "mlflow_run_id": pl.String,
     "weights_path": pl.String, "weights_index": pl.Int64, "finished_at": pl.Float64,
@@ -112,12 +114,12 @@ class TrialStore:
         try:
             for folder in (self.dir, self.parts_dir, self.weights_dir):
                 folder.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / f".write-probe-{os.getpid()}"
+            probe = self.dir / f".write-probe.tmp-{os.getpid()}"  # a leftover is removed below
             probe.write_bytes(b"ok")
             probe.unlink()
+            self._lock_handle = open(self.dir / ".lock", "a")  # its content is never read
         except OSError as error:
             raise StoreError(f"cannot write the results store at {self.dir}: {error.strerror}") from error
-        self._lock_handle = open(self.dir / ".lock", "w")
         try:
             fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -125,7 +127,8 @@ class TrialStore:
             self._lock_handle = None
             raise StoreError(f"another sfs process is writing {self.dir}; wait for it or stop it") from None
         self.load()  # refuse a corrupt or foreign store before any training
-        for stale in self.dir.glob("**/.*.tmp-*"):  # leftovers of a killed writer
+        for stale in self.dir.glob("**/.*.tmp-*"):  # leftovers of a killed writer (and MLflow set-up)
+            log.info("removing %s, left half-written by a killed launch", stale)
             stale.unlink(missing_ok=True)
         return self
 
@@ -200,17 +203,31 @@ class TrialStore:
         parts = sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.exists() else []
         table = self.load()
         if parts or not self.trials_path.exists():
+            log.debug("consolidating %d part files into %s", len(parts), self.trials_path)
             write_table(table, self.trials_path)
             for part in parts:  # already inside trials.parquet; safe to drop
                 part.unlink(missing_ok=True)
         return table
 
 
+def open_weights(path: Path):
+    """The arrays of one pack's weights file (``np.load``'s lazy archive), or a StoreError
+    that says which file and how to get it back."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise StoreError(
+            f"{path} cannot be read ({type(error).__name__}: {error}): trials.parquet refers to it. "
+            "Every pack's weights are also in its MLflow run (artifacts/weights/<pack>.npz, run id in "
+            "the rows' mlflow_run_id): copy that file back, or restore the sweep folder from a backup"
+        ) from None
+
+
 def load_weights(sweep_dir: Path | str, row: dict) -> dict[str, np.ndarray]:
     """The arrays of one trials.parquet row: ``W`` (feature, hidden), ``b`` (feature,),
     ``curve`` (n_logs,) and ``curve_steps`` (n_logs,)."""
     index = row["weights_index"]
-    with np.load(Path(sweep_dir) / row["weights_path"]) as arrays:
+    with open_weights(Path(sweep_dir) / row["weights_path"]) as arrays:
         if str(arrays["model_ids"][index]) != row["model_id"]:
             raise StoreError(f"{row['weights_path']}[{index}] holds model {arrays['model_ids'][index]}, "
                              f"not {row['model_id']}: the weights file does not match trials.parquet")
@@ -225,21 +242,21 @@ def read_weights(sweep_dir: Path | str, rows: pl.DataFrame, names: tuple[str, ..
     Yields, per weights file, the positions in ``rows`` of the rows stored there ``(k,)``
     and those rows' arrays ``{name: (k, ...)}``, in the same order, for the ``names`` the
     file holds (``W`` (feature, hidden) always; e.g. the deep families' blocks ``A``, ``c``,
-    ``B`` only where stored; ``curve_steps`` is not per model and cannot be asked for).
+    ``B`` only where stored; ``curve_steps``, one array per file, is repeated for each row).
     Files come in the order of their first row; each row's model id is checked against the
     file's. rows: trials rows with ``model_id``, ``weights_path`` and ``weights_index``.
     """
-    if "curve_steps" in names:
-        raise ValueError("curve_steps is one array per file, not per model: use load_weights")
     positions = rows.select("model_id", "weights_path", "weights_index").with_row_index("_row")
     for (path,), group in positions.group_by(["weights_path"], maintain_order=True):
         take = group["weights_index"].to_numpy()  # (k,) positions inside the file
-        with np.load(Path(sweep_dir) / path) as arrays:
+        with open_weights(Path(sweep_dir) / path) as arrays:
             stored = arrays["model_ids"][take]
             wanted = [name for name in names if name in arrays.files]
             if "W" not in arrays.files:
                 raise StoreError(f"{path} holds no weights W: it is not an sfs weights file")
-            selected = {name: arrays[name][take] for name in dict.fromkeys(["W", *wanted])}
+            selected = {name: np.broadcast_to(arrays[name], (take.size, *arrays[name].shape))
+                        if name == "curve_steps" else arrays[name][take]
+                        for name in dict.fromkeys(["W", *wanted])}
         for index, stored_id, model_id in zip(take.tolist(), stored.tolist(), group["model_id"].to_list()):
             if str(stored_id) != model_id:
                 raise StoreError(f"{path}[{index}] holds model {stored_id}, not {model_id}: the "

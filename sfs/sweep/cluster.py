@@ -38,9 +38,11 @@ def start_ray(cfg: Config) -> bool:
         # address="local": a new Ray of our own, even where RAY_ADDRESS or a `ray start` on
         # this machine (/tmp/ray/ray_current_cluster) advertises another; ray.init() would
         # join that one (and refuse num_cpus). cluster=remote is how to join a running Ray.
+        log.debug("starting a local Ray")
         ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count(), include_dashboard=False,
                  logging_level=logging.WARNING, configure_logging=True,
                  runtime_env=WORKER_RUNTIME_ENV)  # Ctrl-C stops the driver, never a worker
+        log.debug("Ray started")
     else:
         try:
             ray.init(address=cluster.address, logging_level=logging.WARNING,

@@ -143,7 +143,7 @@ def persist_pack(part: Part, pack: Pack, result, started_ms: int) -> None:
     run_id = (part.tracker.log_pack(pack, result, part.store.dir / weights_path, started_ms)
               if part.tracker else None)
     rows = [
-        _row(spec, pack, loss=model.loss, train_loss=model.train_loss,
+        _row(spec, pack, loss=model.loss, val_loss=model.val_loss, train_loss=model.train_loss,
              n_represented=model.n_represented, frobenius_sq=model.frobenius_sq,
              status=model.status, error=None, wall_s=result.wall_s, device=result.device,
              node=result.node,
@@ -176,6 +176,9 @@ def prepare_part(cfg: Config) -> Part:
         planned = plan_models(cfg)
         done = set(table.filter(table["status"].is_in(DONE_STATUSES))["model_id"].to_list())
         todo = [spec for spec in planned if spec.model_id not in done]
+    except OSError as error:  # e.g. a full disk: one message, nothing half-written
+        store.close()
+        raise unwritable(sweep_dir, error) from error
     except BaseException:
         store.close()
         raise
@@ -192,6 +195,7 @@ def connect_trackers(parts: list[Part]) -> None:
             uri = cfg.tracking.uri or default_uri(part.store.dir)
             part.tracker = Tracker(uri, cfg.tracking.experiment or cfg.sweep.name, part.store.dir)
             part.tracker.tidy(part.stored_run_ids)
+            log.debug("%s: MLflow ready", part.name)
 
 
 def write_shapes(cfg: Config, sweep_dir: Path) -> None:

@@ -3,12 +3,15 @@
 ``run_sweep(configs)`` is the launch's whole training stage: open every sweep's store
 (``persist.prepare_part``), start Ray (``cluster``) while MLflow sets up, hand Tune one
 trial per pack (``sfs.training.worker.run_pack_trial``), let ``persist.PersistCallback``
-store each finished pack, and read back the summary (``summary``). Ctrl-C stops it cleanly
-(``Interrupt``); re-running the same command trains only what is missing.
+store each finished pack, and read back the summary (``summary``). With ``sweep.iso_loss``
+the training repeats, one pass per round of the iso-loss search (``search_rounds``), until a
+round adds nothing. Ctrl-C stops it cleanly (``Interrupt``); re-running the same command
+trains only what is missing.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -22,9 +25,10 @@ from ray import tune
 
 from sfs.config import Config
 from sfs.core import faults
-from sfs.plan import Pack, auto_pack_size, make_packs
+from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs
 from sfs.sweep.cluster import start_ray, trial_resources
 from sfs.sweep.persist import Part, PersistCallback, connect_trackers, prepare_part, unwritable
+from sfs.sweep.search_rounds import next_round
 from sfs.sweep.summary import SweepSummary, summarise
 from sfs.training.worker import WorkerOptions, run_pack_trial
 
@@ -38,6 +42,7 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
     try:
         for cfg in cfgs:
             parts.append(prepare_part(cfg))
+            next_round(parts[-1], starting=True)  # a resumed search: the rounds stored so far
         for part in parts:
             log.info("%s: %d models planned, %d already stored, %d to train", part.name,
                      len(part.planned), len(part.planned) - len(part.todo), len(part.todo))
@@ -105,58 +110,76 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
                 ray.shutdown()
             raise
     try:
-        resources, slots = trial_resources(lead)
-        all_todo = [spec for part in parts for spec in part.todo]
-        injected = faults.from_environment()
-        if injected:
-            log.warning("fault injection on (%s): %s", faults.ENV, injected["ids"])
-        by_id: dict[str, tuple[Part, Pack]] = {}
-        items = []
-        for part in parts:
-            size = part.cfg.sweep.pack_size or auto_pack_size(all_todo, slots)
-            part.packs = make_packs(part.name, part.todo, size)
-            options = WorkerOptions(log_every=part.cfg.train.log_every,
-                                    device=part.cfg.train.device,
-                                    torch_threads=part.cfg.train.torch_threads, faults=injected)
-            for pack in part.packs:
-                by_id[pack.pack_id] = (part, pack)
-                items.append({"pack_id": pack.pack_id, "pack": pack.to_dict(), "options": options})
-        items.sort(key=lambda item: by_id[item["pack_id"]][1].cost, reverse=True)  # largest first
-        log.info("training %d models in %d packs, %d at a time (%s per trial)",
-                 len(all_todo), len(items), slots, resources)
         interrupt = Interrupt()
-        persist = PersistCallback(by_id, interrupt.event)
-        tune_dir = Path(lead.paths.out_dir) / ".tune"
-        run_name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-        try:
-            tuner = _make_tuner(lead, items, resources, interrupt, persist, tune_dir, run_name)
-        except OSError as error:  # Tune records its own state under paths.out_dir first
-            raise unwritable(tune_dir.parent, error) from error
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.getsignal(signal.SIGINT)
         if in_main_thread:  # signal handlers can only be set from the main thread
             signal.signal(signal.SIGINT, interrupt.on_sigint)
             interrupt.previous = previous
         try:
-            tuner.fit()
-        except OSError as error:
-            persist.store_error = persist.store_error or unwritable(tune_dir.parent, error)
-        except Exception as error:  # e.g. Ray killing workers for memory while they start
-            # Everything finished so far is already in the store; say what happened and let
-            # the summary count what is missing (re-running resumes from there).
-            log.error("Ray Tune stopped early: %s: %s", type(error).__name__,
-                      str(error).splitlines()[0] if str(error) else "")
-            log.warning("the traceback of the stop", exc_info=True)
+            n_packs, batch = 0, [(part, list(part.todo)) for part in parts]
+            run_name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+            for round_ in itertools.count():
+                n_packs += _train(lead, batch, interrupt, f"{run_name}-{round_}" if round_ else run_name)
+                if interrupt.event.is_set():
+                    break
+                # the iso-loss search's next round (sweep.iso_loss), read from the store
+                batch = [(part, next_round(part)) for part in parts]
+                if not any(todo for _, todo in batch):
+                    break
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
-        shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
-        if persist.store_error is not None:
-            raise persist.store_error
-        return len(items), interrupt.event.is_set()
+        return n_packs, interrupt.event.is_set()
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: Interrupt,
+           run_name: str) -> int:
+    """One Tune pass over the batch's models (per part); returns the packs it ran."""
+    resources, slots = trial_resources(lead)
+    all_todo = [spec for _, todo in batch for spec in todo]
+    injected = faults.from_environment()
+    if injected:
+        log.warning("fault injection on (%s): %s", faults.ENV, injected["ids"])
+    by_id: dict[str, tuple[Part, Pack]] = {}
+    items = []
+    for part, todo in batch:
+        size = part.cfg.sweep.pack_size or auto_pack_size(all_todo, slots)
+        part.packs = make_packs(part.name, todo, size)
+        options = WorkerOptions(log_every=part.cfg.train.log_every,
+                                device=part.cfg.train.device,
+                                torch_threads=part.cfg.train.torch_threads, faults=injected)
+        for pack in part.packs:
+            by_id[pack.pack_id] = (part, pack)
+            items.append({"pack_id": pack.pack_id, "pack": pack.to_dict(), "options": options})
+    if not items:
+        return 0
+    items.sort(key=lambda item: by_id[item["pack_id"]][1].cost, reverse=True)  # largest first
+    log.info("training %d models in %d packs, %d at a time (%s per trial)",
+             len(all_todo), len(items), slots, resources)
+    persist = PersistCallback(by_id, interrupt.event)
+    tune_dir = Path(lead.paths.out_dir) / ".tune"
+    try:
+        tuner = _make_tuner(lead, items, resources, interrupt, persist, tune_dir, run_name)
+    except OSError as error:  # Tune records its own state under paths.out_dir first
+        raise unwritable(tune_dir.parent, error) from error
+    try:
+        tuner.fit()
+    except OSError as error:
+        persist.store_error = persist.store_error or unwritable(tune_dir.parent, error)
+    except Exception as error:  # e.g. Ray killing workers for memory while they start
+        # Everything finished so far is already in the store; say what happened and let
+        # the summary count what is missing (re-running resumes from there).
+        log.error("Ray Tune stopped early: %s: %s", type(error).__name__,
+                  str(error).splitlines()[0] if str(error) else "")
+        log.warning("the traceback of the stop", exc_info=True)
+    shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
+    if persist.store_error is not None:
+        raise persist.store_error
+    return len(items)
 
 
 def _make_tuner(lead: Config, items: list, resources: dict, interrupt: Interrupt,

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from sfs.core.metrics import frobenius_sq, n_represented
 from sfs.core.results import ModelResult, PackResult
-from sfs.core.spec import derive_seed
+from sfs.core.spec import derive_seed, family
 from sfs.plan import ModelSpec, Pack
 from sfs.training import data as sfs_data
 from sfs.training.models import PackedToyModel, family_class
@@ -63,12 +63,13 @@ def pack_tensors(pack: Pack) -> tuple[Tensor, Tensor, Tensor]:
     return probs.float(), importance.float(), decays.float()
 
 
-def weighted_mse(x: Tensor, out: Tensor, importance: Tensor) -> Tensor:
+def weighted_mse(target: Tensor, out: Tensor, importance: Tensor) -> Tensor:
     """Importance-weighted MSE per instance, mean over batch and features (TMS reference).
 
-    x, out: ``(instance, batch, feature)``; importance ``(instance, feature)`` -> ``(instance,)``.
+    target, out: ``(instance, batch, feature)`` (target: ``sfs_data.task_target`` of the
+    inputs, x itself for the autoencoders); importance ``(instance, feature)`` -> ``(instance,)``.
     """
-    return (importance.unsqueeze(1) * (x - out).square()).mean(dim=(1, 2))
+    return (importance.unsqueeze(1) * (target - out).square()).mean(dim=(1, 2))
 
 
 def _lightning():
@@ -90,6 +91,7 @@ def make_module(pack: Pack, log_every: int):
             self.automatic_optimization = False
             self.pack = pack
             self.spec: ModelSpec = pack.shape
+            self.task = family(pack.shape.family)  # signed inputs? target x or |x|?
             self.model = build_model(pack)
             probs, importance, decays = pack_tensors(pack)
             self.register_buffer("probs", probs)
@@ -123,7 +125,8 @@ def make_module(pack: Pack, log_every: int):
         def on_train_start(self) -> None:
             seeds = [derive_seed(s.seed, "data") for s in self.pack.models]
             self.sampler = sfs_data.PackedSampler(
-                self.probs, seeds, self.spec.batch_size, self.spec.max_magnitude, self.device)
+                self.probs, seeds, self.spec.batch_size, self.spec.max_magnitude, self.device,
+                signed=self.task.signed_inputs)
             self.curve = torch.full((len(self.curve_steps), len(self.pack.models)), float("nan"),
                                     device=self.device)
             self._live_device = self.live.to(self.device)
@@ -143,7 +146,8 @@ def make_module(pack: Pack, log_every: int):
             start, end = self._chunks[batch_idx]
             for _ in range(start, end):
                 x = self.sampler.sample()  # (instance, batch, feature)
-                losses = weighted_mse(x, self.model(x), self.importance)  # (instance,)
+                target = sfs_data.task_target(x, self.task.target)  # x, or |x| (abs_mlp)
+                losses = weighted_mse(target, self.model(x), self.importance)  # (instance,)
                 # Diverged instances are frozen out of the objective, so their NaNs never
                 # reach an optimizer step again; the rest of the pack trains on unaffected.
                 total = torch.where(self._live_device, losses, torch.zeros_like(losses)).sum()
@@ -189,18 +193,33 @@ def make_module(pack: Pack, log_every: int):
 
 
 @torch.no_grad()
-def evaluate(model: PackedToyModel, pack: Pack, probs: Tensor, importance: Tensor) -> Tensor:
-    """Loss of every instance on the fixed held-out batch, ``(instance,)`` on the CPU."""
+def evaluate(model: PackedToyModel, pack: Pack, probs: Tensor, importance: Tensor,
+             batch: str = "eval") -> Tensor:
+    """Loss of every instance on a fixed held-out batch, ``(instance,)`` on the CPU.
+
+    batch: "eval", the reported loss's batch (``eval_seed``), or "validation", a second
+    batch of the same size drawn from its own stream (``validation_seed``): learning rates
+    are chosen on it, so the reported loss is never the one a choice was made on."""
     spec = pack.shape
-    uniform = sfs_data.eval_uniform(spec.n_features, spec.eval_seed, spec.eval_samples)
+    seed = spec.eval_seed if batch == "eval" else validation_seed(spec.eval_seed)
+    task = family(spec.family)  # the same inputs and target as in training
+    uniform = sfs_data.eval_uniform(spec.n_features, seed, spec.eval_samples)
     device = probs.device
     total = torch.zeros(len(pack.models), dtype=torch.float64, device=device)
     for start in range(0, spec.eval_samples, EVAL_CHUNK):
         chunk = uniform[start:start + EVAL_CHUNK].to(device).unsqueeze(0)  # (1, chunk, feat)
-        x = sfs_data.sparse_features(chunk, probs.unsqueeze(1), spec.max_magnitude)  # (inst, chunk, feat)
-        per_sample = (importance.unsqueeze(1) * (x - model(x)).square()).mean(dim=2)
+        x = sfs_data.sparse_features(chunk, probs.unsqueeze(1), spec.max_magnitude,
+                                     task.signed_inputs)  # (inst, chunk, feat)
+        target = sfs_data.task_target(x, task.target)
+        per_sample = (importance.unsqueeze(1) * (target - model(x)).square()).mean(dim=2)
         total += per_sample.sum(dim=1, dtype=torch.float64)
     return (total / spec.eval_samples).cpu()
+
+
+def validation_seed(eval_seed: int) -> int:
+    """The seed of the validation batch: derived from the eval seed, so no spec field (and
+    no model id) changes, and never equal to it."""
+    return derive_seed(eval_seed, "validation")
 
 
 def _quiet_lightning() -> None:
@@ -242,6 +261,7 @@ def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 
     trainer.fit(module, train_dataloaders=range(len(module._chunks)))
     module.to(device)
     losses = evaluate(module.model, pack, module.probs, module.importance)
+    val_losses = evaluate(module.model, pack, module.probs, module.importance, batch="validation")
     W = module.model.W.detach().cpu().numpy().astype(np.float32)  # (instance, feature, hidden)
     b = module.model.b_final.detach().cpu().numpy().astype(np.float32)
     extra = {name: p.detach().cpu().numpy().astype(np.float32)  # (instance, ...)
@@ -257,7 +277,7 @@ def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 
         results.append(ModelResult(
             model_id=spec.model_id, W=W[k], b=b[k], loss=loss,
             train_loss=float(logged[-1]) if len(logged) else float("nan"),
-            curve=curve[:, k], status="ok" if finite else "diverged",
+            curve=curve[:, k], status="ok" if finite else "diverged", val_loss=float(val_losses[k]),
             n_represented=int(represented[k]), frobenius_sq=float(frob[k]),
             extra={name: array[k] for name, array in extra.items()},
         ))

@@ -66,6 +66,9 @@ def analyse_aspect(metrics: pl.DataFrame, W: list[np.ndarray], spec_keys: list[s
             similarity=group_similarities([W[i] for i in index], features, n_perm, rng, held),
             decodable=held,
             n_features=n, sparsity=sparsity,
+            # not judged (null) counts as converged: nothing shows it still learning
+            converged=(group["converged"].fill_null(True).to_numpy() if "converged" in group.columns
+                       else None),
             cs_capacity={int(w): cs_capacity(n, int(w), sparsity) for w in group["width"].unique()}))
     verdict_rows, pair_rows = judge(groups, margins, n_boot, n_perm, ci, rng)
     control_rows = [row for g in groups for row in controls(g)]

@@ -74,6 +74,8 @@ def shape_summary(models: pl.DataFrame, keys: list[str], n_boot: int, ci: float,
                                     else math.nan),
                "cs_capacity": cs_capacity(int(shape["n_features"][0]), width,
                                           float(shape["sparsity"][0]))}
+        if "converged" in shape.columns:  # sfs.analysis.convergence
+            row["n_unconverged"] = int((shape["converged"] == False).sum())  # noqa: E712 (null: not judged)
         if "n_decodable" in shape.columns:  # probe-decodable at the bottleneck (sfs.analysis.probes)
             row["n_decodable"] = float(shape["n_decodable"].mean())
             row["n_decodable_sd"] = float(shape["n_decodable"].std()) if shape.height > 1 else math.nan

@@ -65,6 +65,7 @@ class Group:
     n_features: int
     sparsity: float
     cs_capacity: dict[int, float]  # width -> compressed-sensing estimate of features held
+    converged: np.ndarray | None = None  # (k,) bool (sfs.analysis.convergence); None: unknown
 
 
 def _shape_pairs(group: Group, margins: Margins) -> list[dict]:
@@ -143,6 +144,7 @@ def judge(groups: list[Group], margins: Margins, n_boot: int, n_perm: int, ci: f
                           if math.isfinite(p["loss_rel_diff"]) else math.inf)
             row.update(_pair_columns(closest))
         row["n_iso_loss_pairs"] = len(iso)
+        row.update(_unconverged(group, row))
         row["all_shapes_differ"] = bool(pairs) and all(p["loss_decision"] == "different" for p in pairs)
         rows.append(row)
     for row in rows:  # every row has every column (NaN where the step was not reached)
@@ -153,7 +155,20 @@ def judge(groups: list[Group], margins: Margins, n_boot: int, n_perm: int, ci: f
     for row, p in zip(rows, adjusted):
         row["less_alike_pvalue_holm"] = p
         row["verdict"], row["reason"], row["seeds_needed"] = _read(row, margins)
+        if row["n_unconverged_pair"] > 0:  # the verdict says what it rests on
+            row["reason"] += (f" ({row['n_unconverged_pair']} of the compared shapes' models "
+                              "still learning at the end of training: read with care)")
     return rows, pair_rows
+
+
+def _unconverged(group: Group, row: dict) -> dict:
+    """Unconverged models in the group and in the two shapes the verdict compares."""
+    if group.converged is None:
+        return {"n_unconverged": None, "n_unconverged_pair": 0}
+    unconverged = ~np.asarray(group.converged, dtype=bool)
+    in_pair = np.isin(group.depth, [row.get("depth_a"), row.get("depth_b")]) if "depth_a" in row \
+        else np.zeros_like(unconverged)
+    return {"n_unconverged": int(unconverged.sum()), "n_unconverged_pair": int((unconverged & in_pair).sum())}
 
 
 def _pair_columns(pair: dict) -> dict:
