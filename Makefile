@@ -9,7 +9,7 @@ ARGS ?=
 # A GPU is detected by its driver or device nodes, never by nvcc (CPU-only machines may have it).
 HAS_GPU := $(shell { nvidia-smi -L >/dev/null 2>&1 || ls /dev/nvidia[0-9]* >/dev/null 2>&1; } && echo yes)
 
-.PHONY: setup setup-test run test test-fast lint clean
+.PHONY: setup setup-test run test test-fast test-nightly lint clean
 
 setup: $(VENV)/.sfs-setup
 
@@ -42,7 +42,11 @@ run: setup
 # Lint (ruff), the architecture's import contracts (import-linter), then every test tier:
 # unit, integration and end-to-end (plain `pytest`, i.e. `make test-fast`, runs the unit tier).
 test: setup-test lint
-	$(PY) -m pytest -o addopts="-ra" $(ARGS)
+	$(PY) -m pytest -o addopts="-ra" -m "not nightly" $(ARGS)
+
+# The longest calibration runs (1000 datasets per case); their 120-dataset variants run in `make test`.
+test-nightly: setup-test
+	$(PY) -m pytest -o addopts="-ra" -m nightly $(ARGS)
 
 test-fast: setup-test
 	$(PY) -m pytest $(ARGS)

@@ -88,7 +88,7 @@ def test_coverage_at_3_seeds(E, truth):
     assert 0.85 <= rate <= 0.99, rate
 
 
-@pytest.mark.integration
+@pytest.mark.nightly
 @pytest.mark.parametrize("E, truth", [
     (0.001, "saturating"),  # E a tenth of the loss at the largest width: the hardest case
     (0.003, "saturating"),
