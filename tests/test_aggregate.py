@@ -34,9 +34,13 @@ def _weights(n: int, m: int, seed: int, sparsity: float) -> np.ndarray:
     return rng.normal(size=(n, m)) / np.sqrt(m)
 
 
-def build_store(out_dir: Path, alpha: float = 1.0, E: float = 0.0, noise: float = 0.03):
-    """Write a store for the plan of GRID with loss = E + 0.5 * m^-alpha * lognormal noise."""
-    (cfg,) = load_configs([*GRID, f"paths.out_dir={out_dir}"])
+def build_store(out_dir: Path, alpha: float = 1.0, E: float = 0.0, noise: float = 0.03,
+                extra: tuple[str, ...] = ()):
+    """Write a store for the plan of GRID with loss = E + 0.5 * m^-alpha * lognormal noise.
+    With several ``sweep.lrs`` (in ``extra``), the narrower half of the widths does best on
+    the validation batch at the smallest rate, the rest at the largest."""
+    (cfg,) = load_configs([*GRID, *extra, f"paths.out_dir={out_dir}"])
+    lrs = sorted(cfg.sweep.lrs)
     specs = plan_models(cfg)
     rng = np.random.default_rng(0)
     with TrialStore(out_dir / "smoke") as store:
@@ -52,9 +56,11 @@ def build_store(out_dir: Path, alpha: float = 1.0, E: float = 0.0, noise: float 
             rows = []
             for index, spec in enumerate(pack.models):
                 loss = (E + 0.5 * width ** -alpha) * float(np.exp(noise * rng.normal()))
+                best = lrs and spec.lr == (lrs[0] if width < WIDTHS[len(WIDTHS) // 2] else lrs[-1])
                 rows.append({**dataclasses.asdict(spec), "model_id": spec.model_id,
                              "pack_id": pack.pack_id, "sweep": "smoke", "n_params": spec.n_params,
-                             "loss": loss, "status": "ok", "weights_path": path,
+                             "loss": loss, "val_loss": loss * (1.0 if best or not lrs else 2.0),
+                             "status": "ok", "weights_path": path,
                              "weights_index": index, "finished_at": 1.0})
             store.write_rows(pack.pack_id, rows)
         store.consolidate()
@@ -130,6 +136,20 @@ def test_report_shows_every_plot_with_a_caption(tmp_path):
     assert page.count("<figcaption>") == len(images)
     assert f"{len(specs)} models planned" in page
     assert "alpha" in page and "[" in page  # the fits table with intervals
+
+
+def test_a_curve_whose_widths_kept_different_learning_rates_is_one_curve(tmp_path):
+    """sweep.lrs: each width keeps its own best rate; the fits, tables and report treat the
+    widths as one curve (the learning rate is not a curve key)."""
+    cfg, specs = build_store(tmp_path, alpha=0.8, extra=("sweep.lrs=[0.001,0.01]",))
+    result = aggregate(cfg)
+    assert set(result.metrics["lr"]) == {0.001, 0.01} and result.metrics.height == len(specs) // 2
+    narrow = result.metrics.filter(pl.col("width") < WIDTHS[len(WIDTHS) // 2])
+    assert set(narrow["lr"]) == {0.001}
+    fits = result.fits.filter(pl.col("x") == "width")
+    assert fits.height == 2 and (fits["n_widths"] == len(WIDTHS)).all()  # one curve per sparsity
+    page = (tmp_path / "smoke" / "report" / "index.html").read_text()
+    assert "Learning rate per shape" in page
 
 
 def test_too_few_seeds_or_widths_give_no_fit_and_a_reason(tmp_path):
