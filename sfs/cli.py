@@ -1,11 +1,15 @@
-"""The ``sfs`` command: run a sweep, aggregate a stored one, or browse its MLflow runs.
+"""The ``sfs`` command: run a sweep, aggregate a stored one, read or browse its results.
 
     sfs run +sweep=NAME [overrides]         # = python -m sfs.launch +sweep=NAME [overrides]
     sfs aggregate +sweep=NAME [overrides]   # = python -m sfs.aggregate ...
+    sfs show SWEEP_DIR                      # fits, headline checks, verdicts, failures
+    sfs status SWEEP_DIR                    # planned / stored / failed / missing models
     sfs ui SWEEP_DIR [--port 5000]          # MLflow's UI of one sweep folder, on 127.0.0.1
 
 Overrides are Hydra's, exactly as for ``python -m sfs.launch``; the configs ship inside the
-package, so every command works from any directory.
+package, so every command works from any directory. SWEEP_DIR is a sweep folder
+(``<paths.out_dir>/<sweep name>``, e.g. runs/smoke); ``show`` and ``status`` also take a
+``paths.out_dir`` and report each sweep in it. Neither starts Ray, imports torch or writes.
 """
 
 from __future__ import annotations
@@ -44,6 +48,65 @@ def ui(argv: list[str]) -> int:
     return 0  # not reached
 
 
+def _sweeps(command: str, argv: list[str]):
+    """The sweep folders named on the command line, or the exit status of an error."""
+    parser = argparse.ArgumentParser(prog=f"sfs {command}", description=(show if command == "show"
+                                                                         else status).__doc__)
+    parser.add_argument("sweep_dir", type=Path,
+                        help="a sweep folder (e.g. runs/smoke), or a paths.out_dir holding sweep folders")
+    args = parser.parse_args(argv)
+    from sfs.results import NotASweep, find_sweeps
+
+    try:
+        return find_sweeps(args.sweep_dir)
+    except NotASweep as error:
+        print(f"sfs: {error}", file=sys.stderr)
+        return 2
+
+
+def status(argv: list[str]) -> int:
+    """Print each sweep's planned, stored, failed and missing models (from the config its
+    launch recorded and its store), without starting Ray."""
+    from sfs.config import ConfigError
+    from sfs.results import SweepResults, format_status
+    from sfs.storage.store import StoreError
+
+    folders = _sweeps("status", argv)
+    if isinstance(folders, int):
+        return folders
+    try:
+        statuses = [SweepResults(folder).status() for folder in folders]
+    except (ConfigError, StoreError) as error:
+        print(f"sfs: {error}", file=sys.stderr)
+        return 2
+    print(format_status(statuses))
+    return 0
+
+
+def show(argv: list[str]) -> int:
+    """Print each sweep's headline results: fits with intervals, headline checks, verdicts
+    with their reasons, failures (exit 1 when a sweep is not aggregated yet)."""
+    from sfs.config import ConfigError
+    from sfs.results import SweepResults, format_show
+    from sfs.storage.store import StoreError
+
+    folders = _sweeps("show", argv)
+    if isinstance(folders, int):
+        return folders
+    code = 0
+    for number, folder in enumerate(folders):
+        try:
+            text, missing = format_show(SweepResults(folder))
+        except (ConfigError, StoreError) as error:
+            print(f"sfs: {error}", file=sys.stderr)
+            return 2
+        print(("\n" if number else "") + text, flush=True)
+        for message in missing:
+            print(f"sfs: {message}", file=sys.stderr)
+        code = code or (1 if missing else 0)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
@@ -65,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return aggregate.main(rest)
     if command == "ui":
         return ui(rest)
+    if command == "show":
+        return show(rest)
+    if command == "status":
+        return status(rest)
     print(f"sfs: unknown command {command!r}\nusage:\n{USAGE}", file=sys.stderr)
     return 2
 

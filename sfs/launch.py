@@ -33,9 +33,23 @@ INTERRUPTED = ("sfs: interrupted (Ctrl-C); every pack that finished is stored: r
                "again to resume")
 
 
+def quiet_third_party(verbose: bool) -> None:
+    """sfs's own lines only, unless ``sfs.verbose``: MLflow's INFO lines (its database set-up
+    and migrations, alembic's) are lowered to warnings; errors always show. Before anything
+    imports MLflow, which reads ``MLFLOW_LOGGING_LEVEL`` then (Ray's lines:
+    ``sfs.sweep.cluster.start_ray``)."""
+    if verbose:
+        return
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # a user's own choice stands
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+        for name in ("mlflow", "alembic"):  # in case MLflow was imported already
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def launch(cfgs: list[Config], overrides: list[str]) -> int:
     """Train what the configs plan and is not stored yet, aggregate each sweep, print the
     summary; returns the exit status (0 ok, 1 a model failed or is missing, 130 Ctrl-C)."""
+    quiet_third_party(any(cfg.sfs.verbose for cfg in cfgs))
     from sfs.storage.store import StoreError
     from sfs.storage.tracking import TrackingError
     from sfs.sweep.cluster import ClusterError

@@ -83,3 +83,25 @@ def _stop_ray_at_the_end():
     ray = sys.modules.get("ray")  # a run that never imported Ray has nothing to stop
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def wait_for_http() -> Callable[..., None]:
+    """``wait_for_http(url, process, what, timeout)``: poll ``url`` until it answers; fails
+    with ``what`` when ``process`` (the server) ends first or the time runs out."""
+    import subprocess
+    import time
+    import urllib.request
+
+    def wait(url: str, process: subprocess.Popen, what: str, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                return
+            except OSError:
+                assert process.poll() is None, f"{what} stopped"
+                assert time.time() < deadline, f"{what} did not answer within {timeout:.0f} s"
+                time.sleep(0.5)
+
+    return wait

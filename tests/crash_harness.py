@@ -37,7 +37,7 @@ SWEEP = ["+sweep=smoke", "train.steps=100", "sweep.pack_size=1", "hydra.verbose=
 PHASES: list[tuple[str, str | None, int]] = [
     ("start-up: imports, Hydra, the store opened", None, 0),
     ("Ray start, MLflow import", r"models planned, \d+ already stored", 0),
-    ("MLflow migration", r"Creating initial MLflow database tables", 0),
+    ("MLflow migration", r"creating the MLflow store", 0),
     ("Ray start, Tune start, training", r"MLflow ready", 0),
     ("persisting packs", r"\[1/\d+ packs\]", 0),
     ("Tune and Ray stop", r"\[(\d+)/\1 packs\]", 0),
@@ -216,7 +216,14 @@ def check_resumed(launch: Launch, code: int, before: pl.DataFrame | list[pl.Data
     pack_runs = {r.info.run_id: r.info.status for r in runs if "sfs.pack_id" in r.data.tags}
     assert set(pack_runs) == set(table["mlflow_run_id"]), "an MLflow run without its stored pack"
     assert set(pack_runs.values()) == {"FINISHED"}
-    assert [r.info.status for r in runs if r.info.run_id not in pack_runs] == ["FINISHED"]  # aggregate
+    # a run per stored model, under its stored pack's run: none of a pack the store lacks
+    model_runs = [r for r in runs if r.data.tags.get("sfs.kind") == "model"]
+    parents = {r.data.tags["sfs.model_id"]: r.data.tags.get("mlflow.parentRunId") for r in model_runs}
+    assert len(parents) == len(model_runs), "two MLflow runs of one model"
+    assert parents == dict(zip(table["model_id"], table["mlflow_run_id"])), "a model run without its stored pack"
+    assert {r.info.status for r in model_runs} <= {"FINISHED"}
+    others = [r for r in runs if r.info.run_id not in pack_runs and r.data.tags.get("sfs.kind") != "model"]
+    assert [r.info.status for r in others] == ["FINISHED"]  # aggregate
     tables = aggregate_tables(sweep_dir)
     assert tables.keys() == expected_tables.keys()
     for name, frame in tables.items():

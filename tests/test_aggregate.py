@@ -1,6 +1,7 @@
 """Aggregation and report on stores with known answers (hand-built weights and losses)."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,16 @@ def test_report_shows_every_plot_with_a_caption(tmp_path):
     assert page.count("<figcaption>") == len(images)
     assert f"{len(specs)} models planned" in page
     assert "alpha" in page and "[" in page  # the fits table with intervals
+    # the findings come first: the summary (fits with intervals, the Liu check, failures),
+    # then the contents, then the plots
+    summary = page[page.index("<section id='summary'>"):page.index("</section>")]
+    assert page.index("<section id='summary'>") < page.index("<nav id='contents'>") < page.index("<img")
+    assert "Scaling fits" in summary and "Liu et al." in summary and "Failures" in summary
+    assert "0.5" in summary and " [" in summary  # a fitted alpha with its interval
+    for anchor in re.findall(r"href='#([^']+)'", page):
+        assert f"id='{anchor}'" in page, anchor
+    assert "feature_norms_relu_output.png" in images  # the TMS feature-norm figure
+    assert "<div class='table'><table>" in page  # tables scroll within the page, never widen it
 
 
 def test_a_curve_whose_widths_kept_different_learning_rates_is_one_curve(tmp_path):

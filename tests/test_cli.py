@@ -20,7 +20,8 @@ SFS = Path(sys.executable).parent / "sfs"  # the console script `pip install` pu
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("sfs run +sweep=NAME", "sfs aggregate +sweep=NAME", "sfs ui SWEEP_DIR"):
+    for command in ("sfs run +sweep=NAME", "sfs aggregate +sweep=NAME", "sfs show SWEEP_DIR",
+                    "sfs status SWEEP_DIR", "sfs ui SWEEP_DIR"):
         assert command in out
 
 

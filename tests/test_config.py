@@ -97,6 +97,8 @@ BAD_VALUES = [
     ("cluster.address=not/an/address", ["cluster.address", "host:port"]),
     ("cluster.cpus_per_trial=0", ["cluster.cpus_per_trial"]),
     ("tracking.uri=ftp://x", ["tracking.uri"]),
+    ("tracking.model_runs_max=-1", ["tracking.model_runs_max", "an integer from 0 to 100000", "-1"]),
+    ("tracking.model_runs_max=200000", ["tracking.model_runs_max", "from 0 to 100000"]),
     ("sweep.param_budgets=[1000]", ["sweep.widths", "empty when sweep.param_budgets"]),
     ("sweep.widths=[] sweep.param_budgets=[5]", ["sweep.param_budgets", "budget 5", "outside"]),
     ("sweep.widths=[] sweep.param_budgets=[1000] sweep.budget_tolerance=2",

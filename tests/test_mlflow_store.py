@@ -166,3 +166,168 @@ def test_only_sqlite_file_uris_name_a_file():
     assert sqlite_path("sqlite:///rel.db") == Path("rel.db")
     assert sqlite_path("sqlite:///:memory:") is None and sqlite_path("sqlite://") is None
     assert sqlite_path("http://127.0.0.1:5000") is None
+
+
+# --- runs per model, nested under their pack's run (real MLflow, no launch) ---
+
+def _pack(n_models: int = 2):
+    from sfs.config.compose import load_configs
+    from sfs.plan import make_packs, plan_models
+
+    (cfg,) = load_configs(["+sweep=smoke"])
+    return make_packs("smoke", plan_models(cfg), n_models)[0]
+
+
+def _result(pack, curve_steps=(50, 100, 150)):
+    import numpy as np
+
+    from sfs.core.results import ModelResult, PackResult
+
+    models = []
+    for i, spec in enumerate(pack.models):
+        W = np.full((spec.n_features, spec.width), 0.5 + i, np.float32)
+        models.append(ModelResult(spec.model_id, W, np.zeros(spec.n_features, np.float32), loss=0.1 + i,
+                                  train_loss=0.2 + i, curve=np.array([0.9, 0.5, 0.2 + i]), status="ok",
+                                  n_represented=3, frobenius_sq=float(np.square(W).sum())))
+    return PackResult(pack.pack_id, models, np.array(curve_steps), "cpu", 1.0, curve_steps[-1])
+
+
+def _weights(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.npz"
+    path.write_bytes(b"not really weights")
+    return path
+
+
+def _active(tracker):
+    from mlflow.entities import ViewType
+
+    return tracker.client.search_runs([tracker.experiment_id], run_view_type=ViewType.ACTIVE_ONLY)
+
+
+def test_every_model_is_a_run_with_scalar_params_and_metrics_under_its_pack(tmp_path, complete):
+    from sfs.storage.tracking import EXPERIMENT_KIND_TAG, TABLE_FILE, TRAINING_KIND
+
+    database = _copy(complete, tmp_path)
+    tracker = Tracker(f"sqlite:///{database}", "smoke", tmp_path)
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND  # MLflow opens it on its runs table
+    pack = _pack()
+    pack_run = tracker.log_pack(pack, _result(pack), _weights(tmp_path), start_ms=1)
+    runs = _active(tracker)
+    models = {r.data.tags["sfs.model_id"]: r for r in runs if r.data.tags.get("sfs.kind") == "model"}
+    assert set(models) == {m.model_id for m in pack.models}
+    for i, spec in enumerate(pack.models):
+        run = models[spec.model_id]
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == pack_run
+        for field in ("family", "n_features", "width", "depth", "sparsity", "importance", "feature_dist",
+                      "weight_decay", "seed", "lr", "steps", "batch_size"):
+            assert run.data.params[field] == str(getattr(spec, field)), field
+        assert run.data.params["model_id"] == spec.model_id and run.data.params["pack_id"] == pack.pack_id
+        assert run.data.params["n_params"] == str(spec.n_params)
+        metrics = run.data.metrics
+        assert metrics["loss"] == pytest.approx(0.1 + i) and metrics["n_represented"] == 3
+        assert metrics["dims_per_feature"] == pytest.approx(spec.width / (spec.n_features * spec.width
+                                                                          * (0.5 + i) ** 2))
+        assert "val_loss" not in metrics  # NaN: this model had no validation batch
+        history = tracker.client.get_metric_history(run.info.run_id, "train_loss")
+        assert [(h.step, h.value) for h in sorted(history, key=lambda h: h.step)] == [
+            (50, 0.9), (100, 0.5), (150, pytest.approx(0.2 + i))]
+    # MLflow's own filter and sort work on models
+    sparsity = pack.models[0].sparsity
+    found = tracker.client.search_runs([tracker.experiment_id], f"params.sparsity = '{sparsity}'",
+                                       order_by=["metrics.loss DESC"])
+    by_loss = [m.model_id for m in reversed(pack.models) if m.sparsity == sparsity]  # loss grows with i
+    assert [r.data.tags["sfs.model_id"] for r in found] == by_loss
+    parent = tracker.client.get_run(pack_run)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sfs.pack_id"] == pack.pack_id
+    assert not any(k.startswith("loss/") for k in parent.data.metrics)  # the models hold them
+    artifacts = {a.path for a in tracker.client.list_artifacts(pack_run)}
+    assert {TABLE_FILE, "weights"} <= artifacts
+    _forget(f"sqlite:///{database}")
+
+
+def test_above_model_runs_max_a_pack_run_holds_its_models(tmp_path, complete):
+    from sfs.storage.tracking import TABLE_FILE
+
+    database = _copy(complete, tmp_path)
+    tracker = Tracker(f"sqlite:///{database}", "smoke", tmp_path, model_runs=False)
+    pack = _pack()
+    pack_run = tracker.log_pack(pack, _result(pack), _weights(tmp_path), start_ms=1)
+    (run,) = _active(tracker)
+    assert run.info.run_id == pack_run
+    assert {k for k in run.data.metrics if k.startswith("loss/")} == {f"loss/{m.label}" for m in pack.models}
+    import json
+
+    assert {"path": TABLE_FILE, "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
+    table = json.loads(Path(tracker.client.download_artifacts(pack_run, TABLE_FILE, str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]  # pandas' "split" layout
+    assert sorted(r["model_id"] for r in rows) == sorted(m.model_id for m in pack.models)
+    assert {"sparsity", "loss", "n_represented", "status"} <= set(table["columns"])
+    _forget(f"sqlite:///{database}")
+
+
+def test_tidy_deletes_the_runs_of_packs_never_stored_with_their_model_runs(tmp_path, complete):
+    from sfs.config.compose import load_configs
+    from sfs.plan import make_packs, plan_models
+
+    database = _copy(complete, tmp_path)
+    tracker = Tracker(f"sqlite:///{database}", "smoke", tmp_path)
+    (cfg,) = load_configs(["+sweep=smoke"])
+    stored, lost, killed = make_packs("smoke", plan_models(cfg), 2)[:3]
+    keep = tracker.log_pack(stored, _result(stored), _weights(tmp_path), start_ms=1)
+    tracker.log_pack(lost, _result(lost), _weights(tmp_path), start_ms=1)  # killed before its rows
+    # killed while logging: the pack's run and one model run left RUNNING
+    half = tracker._start(killed, 1)
+    tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": half, "sfs.kind": "model",
+                                                           "sfs.store": tracker.store_dir})
+    aggregate = tracker.log_aggregate(tmp_path, [], None)
+    foreign = tracker.client.create_run(tracker.experiment_id).info.run_id  # not sfs's: untouched
+    assert len(_active(tracker)) == 3 + 3 + 2 + 2
+    reopened = Tracker(f"sqlite:///{database}", "smoke", tmp_path)
+    reopened.tidy({keep})
+    left = {r.info.run_id: r for r in _active(reopened)}
+    kept_models = {r.data.tags["sfs.model_id"] for r in left.values() if r.data.tags.get("sfs.kind") == "model"}
+    assert kept_models == {m.model_id for m in stored.models}
+    assert all(left[r].data.tags["mlflow.parentRunId"] == keep for r in left
+               if left[r].data.tags.get("sfs.kind") == "model")
+    assert set(left) - {r for r in left if left[r].data.tags.get("sfs.kind") == "model"} == {keep, aggregate, foreign}
+    _forget(f"sqlite:///{database}")
+
+
+def test_an_experiment_made_before_kinds_is_tagged_for_training(tmp_path, complete):
+    from sfs.storage.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND
+
+    database = _copy(complete, tmp_path)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{database}")
+    old = client.create_experiment("smoke")
+    client.create_experiment("other", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    tracker = Tracker(f"sqlite:///{database}", "smoke", tmp_path)
+    assert tracker.experiment_id == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    Tracker(f"sqlite:///{database}", "other", tmp_path)  # a kind someone chose is kept
+    assert client.get_experiment_by_name("other").tags[EXPERIMENT_KIND_TAG] == "genai_development"
+    _forget(f"sqlite:///{database}")
+
+
+@pytest.mark.parametrize("limit, model_runs", [(8, True), (7, False)])
+def test_a_sweep_above_model_runs_max_gets_runs_per_pack_and_says_so(tmp_path, complete, caplog, limit,
+                                                                      model_runs):
+    from types import SimpleNamespace
+
+    from sfs.config.compose import load_configs
+    from sfs.plan import plan_models
+    from sfs.sweep.persist import Part, connect_trackers
+
+    _copy(complete, tmp_path)
+    (cfg,) = load_configs(["+sweep=smoke", f"tracking.model_runs_max={limit}"])
+    planned = plan_models(cfg)
+    assert len(planned) == 8
+    part = Part(cfg, SimpleNamespace(dir=tmp_path), None, planned, planned)
+    with caplog.at_level("INFO"):
+        connect_trackers([part])
+    assert part.tracker.model_runs is model_runs
+    said = "smoke: 8 models > tracking.model_runs_max=7: MLflow gets a run per pack, with its models as the table"
+    assert (said in caplog.text) is not model_runs
+    _forget(f"sqlite:///{tmp_path / 'mlflow.db'}")

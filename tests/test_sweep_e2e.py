@@ -46,16 +46,23 @@ def test_smoke_sweep_stores_every_model_and_logs_every_pack(local_ray, tmp_path)
         arrays = load_weights(sweep_dir, row)
         assert arrays["W"].shape == (row["n_features"], row["width"])
         assert np.linalg.norm(arrays["W"], axis=1).__gt__(0.5).sum() == row["n_represented"]
-    client, runs = _mlflow(sweep_dir, "smoke")
+    client, all_runs = _mlflow(sweep_dir, "smoke")
+    runs = [r for r in all_runs if r.data.tags.get("sfs.kind") == "pack"]
     assert len(runs) == table["pack_id"].n_unique() == summary.packs_run
     assert {r.info.run_id for r in runs} == set(table["mlflow_run_id"])
+    model_runs = {r.data.tags["sfs.model_id"]: r for r in all_runs if r.data.tags.get("sfs.kind") == "model"}
+    assert len(model_runs) == table.height and len(all_runs) == len(runs) + table.height  # nothing else
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.params["n_features"] == "5"
         models = table.filter(pl.col("mlflow_run_id") == run.info.run_id)
-        assert sum(k.startswith("loss/") for k in run.data.metrics) == models.height
-        curve_key = next(k for k in run.data.metrics if k.startswith("train_loss/"))
-        assert len(client.get_metric_history(run.info.run_id, curve_key)) == cfg.train.steps // cfg.train.log_every
+        for row in models.iter_rows(named=True):  # a run per model, nested under its pack's
+            model = model_runs[row["model_id"]]
+            assert model.data.tags["mlflow.parentRunId"] == run.info.run_id
+            assert model.data.params["sparsity"] == str(row["sparsity"])
+            assert model.data.metrics["loss"] == pytest.approx(row["loss"])
+            history = client.get_metric_history(model.info.run_id, "train_loss")
+            assert len(history) == cfg.train.steps // cfg.train.log_every
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "weights")}
         assert artifacts == {f"weights/{models['pack_id'][0]}.npz"}
 
@@ -102,7 +109,7 @@ def test_cli_runs_a_sweep_and_prints_how_to_browse_it(tmp_path):
 
 
 def test_a_killed_sweep_resumes_without_retraining_finished_models(tmp_path):
-    grid = ["sweep.seeds=[0,1,2,3,4,5]", "sweep.pack_size=1", "train.steps=1500"]
+    grid = ["sweep.seeds=[0,1,2,3,4,5]", "sweep.pack_size=1", "train.steps=600"]
     proc = _launch(tmp_path, *grid, start_new_session=True)
     parts = tmp_path / "smoke" / "parts"
     deadline = time.time() + 240
@@ -127,4 +134,8 @@ def test_a_killed_sweep_resumes_without_retraining_finished_models(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
     pack_runs = {r.info.run_id for r in runs if "sfs.pack_id" in r.data.tags}
     assert pack_runs == set(table["mlflow_run_id"])  # no orphan or duplicate pack runs
-    assert [r.data.tags["sfs.kind"] for r in runs if r.info.run_id not in pack_runs] == ["aggregate"]
+    parents = {r.data.tags["sfs.model_id"]: r.data.tags["mlflow.parentRunId"] for r in runs
+               if r.data.tags.get("sfs.kind") == "model"}
+    assert parents == dict(zip(table["model_id"], table["mlflow_run_id"]))  # nor model runs
+    assert sorted(r.data.tags["sfs.kind"] for r in runs if r.info.run_id not in pack_runs) == \
+        ["aggregate"] + ["model"] * 24

@@ -12,6 +12,7 @@ from sfs.config.schema import (
     DataConfig,
     ModelConfig,
     PathsConfig,
+    SfsConfig,
     SweepConfig,
     TrackingConfig,
     TrainConfig,
@@ -20,5 +21,5 @@ from sfs.config.schema import (
 
 __all__ = [
     "AggregateConfig", "ClusterConfig", "Config", "ConfigError", "DataConfig", "ModelConfig",
-    "PathsConfig", "SweepConfig", "TrackingConfig", "TrainConfig", "register_configs",
+    "PathsConfig", "SfsConfig", "SweepConfig", "TrackingConfig", "TrainConfig", "register_configs",
 ]

@@ -5,8 +5,9 @@ overrides, e.g. ``["+sweep=tms", "train.steps=2000"]``) without running anything
 entry points (``sfs.launch``, ``sfs.aggregate``, ``sfs.cli``) and the tests use it.
 ``to_config`` is the one ``DictConfig`` -> dataclass conversion: every value is checked there
 (``ConfigError`` names the field and its allowed range), and nothing below it sees a
-``DictConfig``. The configs ship inside the package (``sfs/conf``), so they are found from
-any working directory and from a plain (non-editable) install.
+``DictConfig``; ``recorded_config`` reads back the config a launch stored in its sweep
+folder (``sfs status``, ``sfs.open``). The configs ship inside the package (``sfs/conf``),
+so they are found from any working directory and from a plain (non-editable) install.
 """
 
 from __future__ import annotations
@@ -53,6 +54,26 @@ def to_config(composed: DictConfig) -> Config:
         raise ConfigError(str(error).splitlines()[0]) from error
     cfg.paths.out_dir = str(Path(cfg.paths.out_dir).expanduser().absolute())
     return cfg
+
+
+def recorded_config(path: Path | str) -> Config:
+    """The config a launch recorded in its sweep folder (``config.yaml``, written by
+    ``sfs.sweep.persist.prepare_part``), checked as at launch; keys added to the schema
+    since take their defaults. Raises ConfigError naming the file when it is not one."""
+    import yaml
+
+    path = Path(path)
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path} cannot be read as YAML: {error}") from error
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{path} is not a recorded sfs config (no mapping of config groups)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), recorded)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{path} is not a recorded sfs config: {str(error).splitlines()[0]}") from error
+    return to_config(merged)
 
 
 def without_sweep_choice(overrides: list[str]) -> list[str]:

@@ -108,6 +108,14 @@ class TrainConfig:
                  "train.torch_threads", "an integer >= 1", self.torch_threads)
 
 
+# A run per model costs the driver ~45 ms of CPU on SQLite (~230 ms of wall time on a 2-core
+# machine at load 17; benchmarks/mlflow_model_runs.py) and ~40 kB of mlflow.db with a 100-point
+# curve: 2000 model runs are at most ~8 minutes of driver time and ~80 MB, and cover every
+# shipped sweep at sweep.scale 1 and 2.
+MODEL_RUNS_MAX = 2000  # default tracking.model_runs_max
+MODEL_RUNS_LIMIT = 100_000  # more runs than this make MLflow's SQLite store and UI crawl
+
+
 @dataclass
 class TrackingConfig:
     """MLflow. The sweep driver is the only writer (SQLite breaks under concurrent writers)."""
@@ -115,8 +123,13 @@ class TrackingConfig:
     enabled: bool = True
     uri: Optional[str] = None  # None: sqlite:///<abs sweep dir>/mlflow.db; or http://host:port
     experiment: Optional[str] = None  # None: the sweep name
+    # one MLflow run per model (nested under its pack's run) up to this many models per sweep;
+    # above it, runs per pack only, with the per-model table as an artifact. 0: never.
+    model_runs_max: int = MODEL_RUNS_MAX
 
     def __post_init__(self) -> None:
+        _require(_is_int(self.model_runs_max) and 0 <= self.model_runs_max <= MODEL_RUNS_LIMIT,
+                 "tracking.model_runs_max", f"an integer from 0 to {MODEL_RUNS_LIMIT}", self.model_runs_max)
         if self.uri is not None:
             if re.search(r"//[^/@]+@", self.uri):  # never echo it: the value holds a secret
                 raise ConfigError("tracking.uri must not contain credentials (user:password@); "
@@ -374,6 +387,19 @@ def _is_feature_dist(value: Any) -> bool:
 
 
 @dataclass
+class SfsConfig:
+    """What a launch prints: sfs's own lines, or everything (third-party INFO lines too)."""
+
+    verbose: bool = False  # true: Ray's, MLflow's and the workers' own log lines come back
+    progress_every_s: float = 30.0  # the plain progress line when output is not a terminal
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.verbose, bool), "sfs.verbose", "true or false", self.verbose)
+        _require(_is_number(self.progress_every_s) and 0 < self.progress_every_s <= 3600,
+                 "sfs.progress_every_s", "a number of seconds in (0, 3600]", self.progress_every_s)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -383,6 +409,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    sfs: SfsConfig = field(default_factory=SfsConfig)
 
 
 def register_configs() -> None:

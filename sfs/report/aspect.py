@@ -154,11 +154,12 @@ def _cell(row: dict, name: str, fmt: str) -> str:
     return f"{value:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
-VERDICT_COLUMNS = ["family", "sparsity", "param_budget", "n_models", "n_unconverged", "depth_a",
-                   "depth_b", "width_a", "width_b",
+# the verdict and its reason first: what it rests on follows (the table scrolls sideways)
+VERDICT_COLUMNS = ["family", "sparsity", "param_budget", "verdict", "reason", "n_models", "n_unconverged",
+                   "depth_a", "depth_b", "width_a", "width_b",
                    "loss_rel_diff", "loss_equiv_pvalue", "measure", "r_index", "r_equiv_pvalue",
                    "less_alike_pvalue_holm", "decodable_a", "decodable_b", "shared_decodable",
-                   "cs_capacity_narrow", "verdict", "reason", "seeds_needed"]
+                   "cs_capacity_narrow", "seeds_needed"]
 
 
 def _order(frame: pl.DataFrame) -> list[str]:

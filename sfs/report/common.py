@@ -13,13 +13,22 @@ import polars as pl
 
 from sfs.storage.store import atomic_write_bytes
 
+# a cell of more characters (a reason, a warning) keeps a readable width in a wide table:
+# the table scrolls sideways rather than squeeze it to a word a line (the page's CSS)
+LONG_CELL = 60
+LONG = " class='long'"
 MAX_PANELS = 12  # figures of one kind per report; the tables hold everything
+# the axes a panel or table may be split by: the curves' keys (not the learning rate, which
+# may be chosen per shape: sfs.analysis.lr_selection)
+AXES_SHOWN = ("family", "n_features", "depth", "sparsity", "importance", "feature_dist",
+              "weight_decay", "steps", "batch_size")
 
 
 @dataclass
 class Figure:
     file: str  # PNG beside index.html
     caption: str
+    wide: bool = False  # the page's full width (several panels side by side), not half of it
 
 
 def pyplot():
@@ -40,6 +49,25 @@ def save_figure(fig, path: Path, **options) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def varying(frame: pl.DataFrame, keys) -> list[str]:
+    """The ``keys`` that take more than one value in ``frame`` (the ones a table must show)."""
+    return [k for k in keys if k in frame.columns and frame[k].n_unique() > 1]
+
+
+def with_interval(column: str, digits: str) -> Callable[[dict], str]:
+    """A cell: a fitted value with its interval (``column``_lo, ``column``_hi), or nothing
+    where there is no fit (``form`` "none" or no value)."""
+    def cell(row: dict) -> str:
+        value = row.get(column)
+        if row.get("form") == "none" or value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        lo, hi = row.get(column + "_lo"), row.get(column + "_hi")
+        if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+            return f"{value:{digits}}"
+        return f"{value:{digits}} [{lo:{digits}}, {hi:{digits}}]"
+    return cell
+
+
 def format_cell(value) -> str:
     """A table cell: floats to 3 significant digits, NaN and None empty."""
     if value is None:
@@ -52,11 +80,15 @@ def format_cell(value) -> str:
 def html_table(frame: pl.DataFrame, columns: list[str],
                formats: dict[str, Callable[[dict], str]] | None = None) -> str:
     """The rows of ``frame`` as an HTML table of ``columns`` (missing columns stay empty);
-    ``formats[column](row)`` renders a cell its own way (e.g. a value with its interval)."""
+    ``formats[column](row)`` renders a cell its own way (e.g. a value with its interval).
+    The table sits in a ``div.table`` that scrolls sideways when it is wider than the page,
+    its headers may break after an underscore, and cells longer than ``LONG_CELL``
+    characters are ``td.long`` (kept wide enough to read)."""
     formats = formats or {}
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in columns)
     body = []
     for row in frame.iter_rows(named=True):
         cells = (formats[c](row) if c in formats else format_cell(row.get(c)) for c in columns)
-        body.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+        body.append("<tr>" + "".join(f"<td{LONG if len(cell) > LONG_CELL else ''}>{html.escape(cell)}</td>"
+                                     for cell in cells) + "</tr>")
+    return f"<div class='table'><table><tr>{head}</tr>{''.join(body)}</table></div>"

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from sfs.core.shapes import width_for_budget
-from sfs.report.common import MAX_PANELS, Figure
+from sfs.report.common import MAX_PANELS, Figure, save_figure
 
 # the key columns a caption names (the rest, e.g. the eval seed, are the same for a whole sweep)
 _SHOWN = ("family", "n_features", "sparsity", "importance", "feature_dist", "weight_decay")
@@ -90,7 +90,7 @@ def iso_loss_contours(plt, width_depth: pl.DataFrame, metrics: pl.DataFrame, bud
             "".join(c if c.isalnum() or c in "._-" else "-" for c in f"{k}{v}")
             for k, v in key.items() if k in ("family", "sparsity", "n_features", "importance"))[:100] + ".png"
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        save_figure(fig, out / name, dpi=110)  # atomic: the old picture or the new one
         plt.close(fig)
         figures.append(Figure(name, (
             f"Fitted loss L = E + A m^-alpha + B (depth+1)^-beta over width and depth "

@@ -1,8 +1,10 @@
 """The report: plots of an aggregated sweep and one HTML page that opens from disk.
 
 ``write_report(cfg, result, loaded)`` writes ``<sweep>/report/index.html`` and PNGs beside
-it. Every figure has a caption saying what it shows and how many models back it; the
-fitted exponents are in a table with their intervals. A sweep with many panels (one per
+it. The page opens with its findings (``sfs.report.summary``: fits with intervals, the Liu
+check, the verdicts with their reasons, failures) and a table of contents; the sections with
+their plots and full tables follow. Every figure has a caption saying what it shows and how
+many models back it; the fitted exponents are in a table with their intervals. A sweep with many panels (one per
 combination of the axes not on a plot's axes) shows the first ``MAX_PANELS`` of each kind
 and says how many it left out; the tables hold everything.
 """
@@ -11,22 +13,15 @@ from __future__ import annotations
 
 import html
 import logging
-import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from sfs.report.common import MAX_PANELS, Figure, html_table, pyplot, save_figure
+from sfs.report.common import AXES_SHOWN, MAX_PANELS, Figure, html_table, pyplot, save_figure, varying, with_interval
 from sfs.storage.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-
-# the axes a panel may be split by: the curves' keys (not the learning rate, which may be
-# chosen per shape: sfs.analysis.lr_selection)
-AXES_SHOWN = ("family", "n_features", "depth", "sparsity", "importance", "feature_dist",
-              "weight_decay", "steps", "batch_size")
 
 
 def cs_represented_bound(width: np.ndarray, n_features: int, sparsity: float) -> np.ndarray:
@@ -38,16 +33,12 @@ def cs_represented_bound(width: np.ndarray, n_features: int, sparsity: float) ->
     return np.minimum(1.0, np.asarray(width, dtype=float) * ratio / n_features)
 
 
-def _varying(frame: pl.DataFrame, keys) -> list[str]:
-    return [k for k in keys if k in frame.columns and frame[k].n_unique() > 1]
-
-
 def _label(keys: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in keys.items()) or "all models"
 
 
 def _panels(frame: pl.DataFrame, exclude: tuple[str, ...]):
-    keys = [k for k in _varying(frame, AXES_SHOWN) if k not in exclude]
+    keys = [k for k in varying(frame, AXES_SHOWN) if k not in exclude]
     if not keys:
         yield {}, frame
         return
@@ -184,7 +175,7 @@ def _gram_heatmaps(plt, metrics: pl.DataFrame, loaded, out: Path) -> list[Figure
     chosen = metrics.filter(pl.col("n_features") == n_max)
     chosen = chosen.filter(pl.col("width") == chosen["width"].max())
     chosen = chosen.filter(pl.col("seed") == chosen["seed"].min())
-    fixed = {k: chosen.sort(k)[k][0] for k in _varying(chosen, AXES_SHOWN) if k != "sparsity"}
+    fixed = {k: chosen.sort(k)[k][0] for k in varying(chosen, AXES_SHOWN) if k != "sparsity"}
     for key, value in fixed.items():
         chosen = chosen.filter(pl.col(key) == value)
     sparsities = sorted(chosen["sparsity"].unique().to_list())
@@ -209,41 +200,28 @@ def _gram_heatmaps(plt, metrics: pl.DataFrame, loaded, out: Path) -> list[Figure
     return [Figure(name, (
         f"W W^T of {len(rows)} representative models ({described}) from dense to sparse: "
         "the diagonal is each feature's squared norm, off-diagonal entries its overlaps "
-        "(interference)."))]
-
-
-def _with_interval(column: str, digits: str) -> Callable[[dict], str]:
-    """A fitted value with its bootstrap interval, or nothing where there is no fit."""
-    def cell(row: dict) -> str:
-        value = row.get(column)
-        if row.get("form") == "none" or value is None or (isinstance(value, float) and math.isnan(value)):
-            return ""
-        lo, hi = row.get(column + "_lo"), row.get(column + "_hi")
-        if lo is None or hi is None:
-            return f"{row[column]:{digits}}"
-        return f"{row[column]:{digits}} [{lo:{digits}}, {hi:{digits}}]"
-    return cell
+        "(interference)."), wide=True)]
 
 
 def _fits_table(fits: pl.DataFrame) -> str:
     if fits.is_empty():
         return "<p>No fits.</p>"
-    keys = _varying(fits, AXES_SHOWN)
+    keys = varying(fits, AXES_SHOWN)
     columns = ["x", *keys, "form", "alpha", "E", "A", "n_points", "n_seeds", "heldout_rel_err", "warning"]
     return html_table(fits.sort(["x", *keys]), columns, {
-        "alpha": _with_interval("alpha", ".3f"), "E": _with_interval("E", ".3g"),
-        "A": _with_interval("A", ".3g")})
+        "alpha": with_interval("alpha", ".3f"), "E": with_interval("E", ".3g"),
+        "A": with_interval("A", ".3g")})
 
 
 def _headline_table(headline: pl.DataFrame) -> str:
     """The verdicts: computed from the fits and metrics by sfs.analysis.headline, never by hand."""
     from sfs.analysis.headline import PHI_STRONG, STRONG_ALPHA, WEAK_ALPHA_TOL, WEAK_RATIO
 
-    keys = _varying(headline, AXES_SHOWN)
+    keys = varying(headline, AXES_SHOWN)
     columns = ["regime", *[k for k in keys if k not in ("weight_decay", "feature_dist")], "weight_decay",
                "feature_dist", "widths", "phi_half_min", "represented_per_width_min",
                "represented_per_width_max", "alpha", "criterion", "reproduced", "note"]
-    alpha = _with_interval("alpha", ".3f")
+    alpha = with_interval("alpha", ".3f")
     table = html_table(headline, columns, {
         "alpha": lambda row: alpha(row) or "no fit",
         "reproduced": lambda row: "n/a" if row.get("reproduced") is None else str(row["reproduced"])})
@@ -260,11 +238,11 @@ def _control_table(control: pl.DataFrame) -> str:
     """Same-seed vs different-seed pairs of two widths: the confound pairing by seed brings."""
     if control.is_empty():
         return ""
-    keys = [k for k in _varying(control, AXES_SHOWN) if k != "width"]
+    keys = [k for k in varying(control, AXES_SHOWN) if k != "width"]
     table = html_table(control.sort([*keys, "width", "width_b"]), [
         *keys, "width", "width_b", "n_pairs_same_seed", "n_pairs_different_seed",
         "gram_cosine_same_seed", "gram_cosine_different_seed", "gram_cosine_same_minus_different"],
-        {"gram_cosine_same_minus_different": _with_interval("gram_cosine_same_minus_different", ".3f")})
+        {"gram_cosine_same_minus_different": with_interval("gram_cosine_same_minus_different", ".3f")})
     return ("<h3>Control: pairs of two widths that share a seed</h3><p>Two models of one seed "
             "share their data stream, so cross-width comparisons use different seeds only "
             "(as cross-seed ones do). The same-seed pairs are shown here, with the difference and "
@@ -274,10 +252,10 @@ def _control_table(control: pl.DataFrame) -> str:
 
 def _width_depth_table(width_depth: pl.DataFrame) -> str:
     """L = E + A m^-alpha + B l^-beta across depths (m width, l = depth + 1)."""
-    keys = _varying(width_depth, AXES_SHOWN)
+    keys = varying(width_depth, AXES_SHOWN)
     table = html_table(width_depth, [*keys, "E", "A", "alpha", "B", "beta", "n_widths", "n_depths",
                                      "n_seeds", "warning"],
-                       {name: _with_interval(name, ".3g") for name in ("E", "A", "alpha", "B", "beta")})
+                       {name: with_interval(name, ".3g") for name in ("E", "A", "alpha", "B", "beta")})
     return ("<p>Loss across widths and depths fitted with depth as a variable, "
             "L = E + A m^-alpha + B l^-beta (m width, l = depth + 1), 95% intervals from resampling "
             f"seeds within each (width, depth): width_depth_fits.parquet.</p>{table}")
@@ -288,7 +266,7 @@ def _lr_table(selection: pl.DataFrame) -> str:
     if selection.is_empty() or not (selection["n_lrs"] > 1).any():
         return ""
     chosen = selection.filter(pl.col("selected"))
-    keys = [k for k in (*_varying(chosen, AXES_SHOWN), "width") if k != "lr"]
+    keys = [k for k in (*varying(chosen, AXES_SHOWN), "width") if k != "lr"]
     keys = list(dict.fromkeys(keys))
     edge = int(chosen["at_grid_edge"].sum())
     warning = (f" <b>{edge} of {chosen.height} choices are at the smallest or largest rate tried:"
@@ -323,21 +301,44 @@ def _convergence_note(metrics: pl.DataFrame, options) -> str:
     return text + html_table(where, [*keys, "unconverged", "median_decrease"])
 
 
+STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;line-height:1.35}"
+    "h2{border-bottom:1px solid #ccc;padding-bottom:.15em;margin-top:1.6em}"
+    "figure{display:inline-block;width:48%;margin:0 1% 1em 0;vertical-align:top}"
+    "figure.wide{width:99%}img{max-width:100%}figure:not(.wide) img{width:100%}"
+    "figcaption{font-size:.85em;color:#333}"
+    "div.table{overflow-x:auto;max-width:100%;margin:.4em 0 1em}"
+    "table{border-collapse:collapse;font-size:.78em}"
+    "td,th{border:1px solid #ccc;padding:2px 5px;vertical-align:top;max-width:48em;overflow-wrap:break-word}"
+    "td.long{min-width:22em}"
+    "th{background:#f3f3f3;text-align:left}tr:nth-child(even) td{background:#fafafa}"
+    "nav ol{columns:2;font-size:.95em}#summary{background:#fbfbf7;border:1px solid #ddd;padding:0 1em .5em}"
+    "#summary h2{margin-top:.5em}"
+)
+
+
+def _anchor(title: str) -> str:
+    """A section's id: its title's letters and digits, dash-separated."""
+    return "s-" + "-".join("".join(c if c.isalnum() else " " for c in title.lower()).split())
+
+
 def write_report(cfg, result, loaded) -> Path:
-    """Write ``<sweep>/report/index.html`` and its PNGs; returns the HTML path."""
+    """Write ``<sweep>/report/index.html`` and its PNGs; returns the HTML path. The page opens
+    with its findings (``sfs.report.summary``) and a table of contents; plots follow."""
+    from sfs.report.features import feature_norm_figures
+    from sfs.report.summary import summary_html
+
     plt = pyplot()
     out = result.sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     metrics, fits, universality = result.metrics, result.fits, result.universality
     sections: list[tuple[str, list[Figure], str]] = []
+    links: dict[str, str] = {}  # what the summary links to: its section's title
     if metrics.is_empty():
         sections.append(("No models", [], "<p>No model of this sweep trained ok yet.</p>"))
     else:
-        lr_choice = _lr_table(result.lr_selection)
-        if lr_choice:
-            sections.append(("Learning rate per shape", [], lr_choice))
-        sections.append(("Scaling: loss vs width", _loss_vs_width(plt, metrics, fits, out),
-                         _fits_table(fits)))
+        links["fits"] = "Scaling: loss vs width"
+        sections.append((links["fits"], _loss_vs_width(plt, metrics, fits, out), _fits_table(fits)))
         if not result.width_depth.is_empty():
             from sfs.report.contours import iso_loss_contours
 
@@ -345,36 +346,46 @@ def write_report(cfg, result, loaded) -> Path:
             sections.append(("Scaling across depths", contours, _width_depth_table(result.width_depth)))
         sections.append(("Capacity: features represented", _represented_vs_width(plt, metrics, out)
                          + _dstar_vs_sparsity(plt, metrics, out), ""))
+        sections.append(("Features: norms and superposition", feature_norm_figures(plt, metrics, loaded, out)
+                         + _gram_heatmaps(plt, metrics, loaded, out), ""))
         if not result.headline.is_empty():
-            sections.append(("Liu et al. (2025) headline", [], _headline_table(result.headline)))
+            links["headline"] = "Liu et al. (2025) headline"
+            sections.append((links["headline"], [], _headline_table(result.headline)))
+        no_pairs = "" if not universality.is_empty() else "<p>No two seeds of one setting: no pairs to compare.</p>"
         sections.append(("Universality across seeds", _universality(plt, universality, out),
-                         _control_table(result.control)))
+                         no_pairs + _control_table(result.control)))
         if result.aspect:
             from sfs.report.aspect import section
 
             sections.append(section(plt, result.aspect, fits, out))
-        sections.append(("Geometry", _gram_heatmaps(plt, metrics, loaded, out), ""))
-    status = loaded.rows["status"].value_counts().sort("status")
-    counts = ", ".join(f"{s}: {c}" for s, c in status.iter_rows())
+            links["aspect"] = sections[-1][0]
+        # how the models were trained: reference tables, after the findings
+        lr_choice = _lr_table(result.lr_selection)
+        if lr_choice:
+            sections.append(("Learning rate per shape", [], lr_choice))
+        convergence = _convergence_note(metrics, cfg.aggregate)
+        if convergence:
+            links["convergence"] = "Convergence"
+            sections.append((links["convergence"], [], convergence))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>sfs report: {html.escape(cfg.sweep.name)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-        "figure{display:inline-block;width:48%;margin:0 1% 1em 0;vertical-align:top}"
-        "img{width:100%}figcaption{font-size:.85em;color:#333}"
-        "table{border-collapse:collapse;font-size:.8em}td,th{border:1px solid #ccc;padding:2px 6px}"
-        "</style></head><body>",
+        f"<style>{STYLE}</style></head><body>",
         f"<h1>sfs report: sweep <code>{html.escape(cfg.sweep.name)}</code></h1>",
-        f"<p>{result.n_planned} models planned; stored: {html.escape(counts or 'none')}; "
-        f"not yet trained: {result.n_missing}. Fits and intervals use the {metrics.height} "
-        "models that trained ok. Tables: fits.parquet, universality.parquet, metrics.parquet "
-        "beside this folder.</p>",
-        _convergence_note(metrics, cfg.aggregate),
+        "<p>The findings first, then every section's plots and full tables. The tables are "
+        "parquet files in the sweep folder (fits.parquet, headline.parquet, metrics.parquet, "
+        "universality.parquet, ...), beside this report's folder.</p>",
+        summary_html(result, loaded, {key: _anchor(title) for key, title in links.items()}),
+        "<nav id='contents'><h2>Contents</h2><ol><li><a href='#summary'>Summary</a></li>",
+        *(f"<li><a href='#{_anchor(title)}'>{html.escape(title)}</a></li>" for title, _, _ in sections),
+        "</ol></nav>",
     ]
     for title, figures, extra in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(f"<h2 id='{_anchor(title)}'>{html.escape(title)}</h2>")
         for figure in figures:
-            parts.append(f"<figure><img src='{html.escape(figure.file)}' alt='{html.escape(figure.caption)}'>"
+            wide = " class='wide'" if figure.wide else ""
+            parts.append(f"<figure{wide}><img src='{html.escape(figure.file)}' alt='{html.escape(figure.caption)}'>"
                          f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
         parts.append(extra)
     parts.append("</body></html>")

@@ -138,6 +138,7 @@ def _create(path: Path) -> Path:
     for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
         leftover.unlink(missing_ok=True)
     uri = f"sqlite:///{tmp}"
+    log.debug("creating the MLflow store %s (as %s until it is complete)", path, tmp.name)
     try:
         SqlAlchemyStore(uri, (path.parent / "mlartifacts").as_uri())  # creates and migrates
     except BaseException:

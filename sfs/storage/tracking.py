@@ -1,29 +1,48 @@
-"""MLflow: one experiment per sweep, one run per pack (= one Ray trial).
+"""MLflow: one experiment per sweep, one run per pack (= one Ray trial) and, nested under it,
+one run per model.
 
 Only the sweep driver talks to MLflow. A fresh SQLite store written by many processes at
 once breaks on schema migration, so workers never log; they return their results and the
 driver logs each finished pack in one short burst (so no run sits in RUNNING while a pack
-trains, and a killed driver leaves at most one). A SQLite store is created whole or not at
-all (``sfs.storage.mlflow_sqlite``); ``Tracker.tidy`` removes what a killed launch left.
+trains, and a killed driver leaves at most one pack's runs). A SQLite store is created whole
+or not at all (``sfs.storage.mlflow_sqlite``); ``Tracker.tidy`` removes what a killed launch
+left.
+
+Each model run (tag ``mlflow.parentRunId``: its pack's run) holds the model's spec as scalar
+params and its results as metrics (``loss``, ``train_loss`` with the training curve as its
+history, ``val_loss``, ``n_represented``, ``dims_per_feature`` = D*, ``frobenius_sq``), so
+MLflow's filter, sort, chart and compare views work on models. Above
+``tracking.model_runs_max`` models per sweep (``Tracker(model_runs=False)``) a pack's run
+holds its models instead: per-model metrics named by ``ModelSpec.label`` and the table
+``models.json``. Both ways a pack's run carries the per-model table and the weights.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from sfs.plan import PER_MODEL_FIELDS, Pack
+from sfs.core.metrics import dims_per_feature
+from sfs.plan import PER_MODEL_FIELDS, ModelSpec, Pack
 from sfs.storage.mlflow_sqlite import MlflowStoreError, ensure_store, sqlite_path
 
 log = logging.getLogger(__name__)
 
-MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits: metrics, params, and all together
 MAX_PARAMS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
 PER_MODEL_PLURALS = ("sparsities", "importances", "feature_dists", "weight_decays", "seeds")
+# MLflow 3 shows an experiment without a kind as a GenAI one (traces, "Detect issues"); this
+# kind opens it on its runs table. The UI may write an inferred kind: ours replaces it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+PARENT_TAG = "mlflow.parentRunId"
+TABLE_FILE = "models.json"  # the per-model table of a pack's run (an MLflow table artifact)
 
 
 class TrackingError(RuntimeError):
@@ -46,14 +65,49 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+def model_params(spec: ModelSpec, pack_id: str) -> dict[str, str]:
+    """A model run's params: every spec field, its id, its pack and its size, as strings."""
+    return {k: str(v) for k, v in {**asdict(spec), "model_id": spec.model_id, "pack_id": pack_id,
+                                    "n_params": spec.n_params}.items()}
+
+
+def model_metrics(spec: ModelSpec, model, curve_steps, now: int) -> list:
+    """A model run's metrics: final values at the last step, the training curve as the
+    history of ``train_loss``; NaN curve points (after a divergence) and an absent
+    validation loss are left out."""
+    from mlflow.entities import Metric
+
+    final = {"loss": model.loss, "n_represented": model.n_represented,
+             "frobenius_sq": model.frobenius_sq, "dims_per_feature": float(dims_per_feature(model.W))}
+    if model.val_loss == model.val_loss:
+        final["val_loss"] = model.val_loss
+    metrics = [Metric(k, float(v), now, spec.steps) for k, v in final.items()
+               if not (k == "dims_per_feature" and math.isnan(v))]
+    metrics += [Metric("train_loss", float(v), now, int(step))
+                for step, v in zip(curve_steps, model.curve) if v == v]
+    return metrics
+
+
+def _batches(metrics: list, params: list) -> list[tuple[list, list]]:
+    """Split into log_batch calls within MLflow's limits (params in the first ones)."""
+    out = []
+    while params or metrics or not out:
+        p, params = params[:MAX_PARAMS_PER_BATCH], params[MAX_PARAMS_PER_BATCH:]
+        room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(p))
+        m, metrics = metrics[:room], metrics[room:]
+        out.append((m, p))
+    return out
+
+
 class Tracker:
-    def __init__(self, uri: str, experiment: str, store_dir: Path) -> None:
+    def __init__(self, uri: str, experiment: str, store_dir: Path, model_runs: bool = True) -> None:
         # Fail fast on an unreachable server instead of MLflow's minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        self.model_runs = model_runs  # one run per model, nested under its pack's run
         self.store_dir = str(Path(store_dir).absolute())  # tags our runs: tidy() touches no others
         database = sqlite_path(uri)
         if database is not None:  # created whole or not at all, checked before MLflow opens it
@@ -71,40 +125,62 @@ class Tracker:
                 location = None
                 if not uri.startswith("http"):  # absolute: never relative to some process's cwd
                     location = (Path(store_dir).absolute() / "mlartifacts").as_uri()
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
             else:
                 self.experiment_id = found.experiment_id
+                kind = found.tags.get(EXPERIMENT_KIND_TAG)
+                if kind is None or kind.endswith("_inferred") or kind == "no_inferred_type":
+                    self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         except Exception as error:  # MLflow raises many types (requests, SQLAlchemy, MlflowException)
             raise TrackingError(f"cannot use MLflow at tracking.uri={redact(uri)!r}: "
                                 f"{redact(str(error))}") from None
 
-    def tidy(self, stored_run_ids: set[str]) -> None:
-        """After a crash: mark runs left RUNNING as KILLED, and delete runs whose pack never
-        reached the store (that pack is trained again and gets a new run)."""
+    def _search(self, filter_string: str) -> list:
+        """Every active run of the experiment that matches, page by page."""
         from mlflow.entities import ViewType
 
-        runs = self.client.search_runs([self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
-                                       max_results=50_000)
-        for run in runs:
-            tags = run.data.tags
-            if (run.info.run_id in stored_run_ids or tags.get("sfs.store") != self.store_dir
-                    or "sfs.pack_id" not in tags):  # only pack runs: never the aggregate run
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=10_000,
+                                           page_token=token)
+            runs += page
+            token = page.token
+            if not token:
+                return runs
+
+    def tidy(self, stored_run_ids: set[str]) -> None:
+        """After a crash: delete the runs of packs that never reached the store, with their
+        model runs (that pack is trained again and gets new runs); one left RUNNING is marked
+        KILLED first. Children go before their pack's run, so a launch killed while tidying
+        leaves the pack's run for the next one to find."""
+        for run in self._search("tags.`sfs.pack_id` != ''"):  # pack runs: never the aggregate run
+            run_id = run.info.run_id
+            if run_id in stored_run_ids or run.data.tags.get("sfs.store") != self.store_dir:
                 continue
+            children = self._search(f"tags.`{PARENT_TAG}` = '{run_id}'")
+            for child in children:
+                if child.info.status == "RUNNING":
+                    self.client.set_terminated(child.info.run_id, status="KILLED")
+                self.client.delete_run(child.info.run_id)
             if run.info.status == "RUNNING":
-                self.client.set_terminated(run.info.run_id, status="KILLED")
-            self.client.delete_run(run.info.run_id)
-            log.info("deleted MLflow run %s of a pack that was never stored", run.info.run_id)
+                self.client.set_terminated(run_id, status="KILLED")
+            self.client.delete_run(run_id)
+            log.info("deleted MLflow run %s (and %d model runs) of a pack that was never stored",
+                     run_id, len(children))
 
     def _start(self, pack: Pack, start_ms: int) -> str:
+        from mlflow.entities import Param
+
         shape = pack.shape
         name = f"{shape.family}-n{shape.n_features}-m{shape.width}-d{shape.depth}-{pack.pack_id[:8]}"
         run = self.client.create_run(
             self.experiment_id, start_time=start_ms, run_name=name,
-            tags={"sfs.pack_id": pack.pack_id, "sfs.sweep": pack.sweep, "sfs.store": self.store_dir},
+            tags={"sfs.pack_id": pack.pack_id, "sfs.sweep": pack.sweep, "sfs.store": self.store_dir,
+                  "sfs.kind": "pack"},
         )
         run_id = run.info.run_id
-        from mlflow.entities import Param
-
         shared = {k: v for k, v in asdict(shape).items() if k not in PER_MODEL_FIELDS}
         shared["pack_size"] = len(pack.models)
         for axis, plural in zip(PER_MODEL_FIELDS, PER_MODEL_PLURALS):
@@ -114,25 +190,58 @@ class Tracker:
             self.client.log_batch(run_id, params=params[start:start + MAX_PARAMS_PER_BATCH])
         return run_id
 
+    def _model_run(self, parent_id: str, pack_id: str, sweep: str, spec: ModelSpec, start_ms: int,
+                   end_ms: int, status: str, outcome: str, metrics: list) -> str:
+        """One model's run, nested under its pack's: three MLflow calls (create, one batch of
+        params and metrics, terminate), more only for curves of over ~950 points."""
+        from mlflow.entities import Param
+
+        shape = f"{spec.family}-n{spec.n_features}-m{spec.width}-d{spec.depth}"
+        run = self.client.create_run(
+            self.experiment_id, start_time=start_ms, run_name=f"{shape}-{spec.label}",
+            tags={PARENT_TAG: parent_id, "sfs.kind": "model", "sfs.model_id": spec.model_id,
+                  "sfs.sweep": sweep, "sfs.store": self.store_dir, "sfs.status": outcome},
+        )
+        run_id = run.info.run_id
+        params = [Param(k, v) for k, v in model_params(spec, pack_id).items()]
+        for batch_metrics, batch_params in _batches(metrics, params):
+            self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
+        self.client.set_terminated(run_id, status=status, end_time=end_ms)
+        return run_id
+
+    def _table(self, run_id: str, rows: list[dict]) -> None:
+        """The per-model table as an MLflow table artifact (shown by the run's artifact view)."""
+        columns = {key: [row.get(key) for row in rows] for key in rows[0]}
+        self.client.log_table(run_id, data=columns, artifact_file=TABLE_FILE)
+
     def log_pack(self, pack: Pack, result, weights_file: Path, start_ms: int) -> str:
-        """Log a finished pack: params, per-model final metrics and loss curves, weights."""
+        """Log a finished pack: its run (shared params, the per-model table, the weights)
+        and a run per model under it, or, without model runs, per-model metrics and loss
+        curves on the pack's run. Returns the pack's run id."""
         from mlflow.entities import Metric
 
         run_id = self._start(pack, start_ms)
+        pack_id = pack.pack_id  # a hash of every model's: computed once
         now = int(time.time() * 1000)
         metrics = []
-        models = []
+        rows = []
         for spec, model in zip(pack.models, result.models):
-            label = spec.label
-            metrics += [Metric(f"loss/{label}", model.loss, now, spec.steps),
-                        Metric(f"n_represented/{label}", model.n_represented, now, spec.steps)]
-            metrics += [Metric(f"train_loss/{label}", float(v), now, int(step))
-                        for step, v in zip(result.curve_steps, model.curve) if v == v]  # skip NaN
-            models.append({**asdict(spec), "model_id": spec.model_id, "loss": model.loss,
-                           "n_represented": model.n_represented, "status": model.status})
+            if self.model_runs:
+                self._model_run(run_id, pack_id, pack.sweep, spec, start_ms, now, "FINISHED", model.status,
+                                model_metrics(spec, model, result.curve_steps, now))
+            else:
+                label = spec.label
+                metrics += [Metric(f"loss/{label}", model.loss, now, spec.steps),
+                            Metric(f"n_represented/{label}", model.n_represented, now, spec.steps)]
+                metrics += [Metric(f"train_loss/{label}", float(v), now, int(step))
+                            for step, v in zip(result.curve_steps, model.curve) if v == v]  # skip NaN
+            rows.append({**asdict(spec), "model_id": spec.model_id, "loss": model.loss,
+                         "train_loss": model.train_loss, "val_loss": model.val_loss,
+                         "n_represented": model.n_represented, "frobenius_sq": model.frobenius_sq,
+                         "status": model.status})
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
-        self.client.log_dict(run_id, {"models": models}, "models.json")
+        self._table(run_id, rows)
         self.client.log_artifact(run_id, str(weights_file), artifact_path="weights")
         self.client.set_terminated(run_id, status="FINISHED", end_time=now)
         return run_id
@@ -140,18 +249,18 @@ class Tracker:
     def log_failed_pack(self, pack: Pack, error: str, start_ms: int) -> str:
         run_id = self._start(pack, start_ms)
         self.client.set_tag(run_id, "sfs.error", error[-4000:])
-        self.client.log_dict(run_id, {"models": [{**asdict(m), "model_id": m.model_id}
-                                                 for m in pack.models]}, "models.json")
-        self.client.set_terminated(run_id, status="FAILED")
+        now = int(time.time() * 1000)
+        if self.model_runs:
+            pack_id = pack.pack_id
+            for spec in pack.models:
+                self._model_run(run_id, pack_id, pack.sweep, spec, start_ms, now, "FAILED", "failed", [])
+        self._table(run_id, [{**asdict(m), "model_id": m.model_id, "status": "failed"} for m in pack.models])
+        self.client.set_terminated(run_id, status="FAILED", end_time=now)
         return run_id
 
     def log_aggregate(self, sweep_dir: Path, files: list[Path], report_dir: Path | None) -> str:
         """One "aggregate" run per sweep holding its tables and report; replaces the last."""
-        from mlflow.entities import ViewType
-
-        previous = self.client.search_runs(
-            [self.experiment_id], filter_string="tags.`sfs.kind` = 'aggregate'",
-            run_view_type=ViewType.ACTIVE_ONLY)
+        previous = self._search("tags.`sfs.kind` = 'aggregate'")
         for run in previous:
             if run.data.tags.get("sfs.store") == self.store_dir:
                 self.client.delete_run(run.info.run_id)

@@ -4,13 +4,15 @@
 workers that leave Ctrl-C to the driver (``sfs.training.worker_setup``);
 ``trial_resources`` turns ``cluster.*`` into the resources each trial asks for and the
 number of trials that fit at once. Errors are ``ClusterError``s with one clear message,
-raised before any training.
+raised before any training. Unless ``sfs.verbose``, Ray's lines that say nothing to an sfs
+user are dropped (``quiet_ray``); its errors and warnings about the sweep still show.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 
 from sfs.config import Config
 from sfs.training.worker_setup import WORKER_RUNTIME_ENV
@@ -22,12 +24,64 @@ class ClusterError(RuntimeError):
     """Ray cannot be started or joined as configured; raised before any training."""
 
 
+# absl's mutex tracing (``[mutex.cc : 452] RAW: Lock blocking 0x...``): Ray's idle
+# pre-started workers (which sfs's runtime env never uses) sometimes print it as Ray ends
+# them; it is not an error and says nothing about the sweep.
+ABSL_MUTEX_TRACE = re.compile(r"^\[mutex\.cc : \d+\] RAW: (Lock|Unlock|TryLock|Reader|Wait|Signal)")
+# Said once in the README instead of at every launch (the mode itself is unchanged).
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(TOKEN_NOTICE)
+
+
+def quiet_ray(started: bool) -> None:
+    """Before ``ray.init`` (``started`` False): drop Ray's notice that token authentication
+    is on (the default, kept). After it (True): drop absl's mutex tracing from the worker
+    output Ray forwards, and Tune's "operation took 1.0 s, which may be a performance
+    bottleneck" hints (storing a pack takes that long; they are not errors). Ray internals:
+    where they moved, the lines simply come back."""
+    if not started:
+        logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        if not any(isinstance(f, _DropTokenNotice) for f in logger.filters):
+            logger.addFilter(_DropTokenNotice())
+        return
+    logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    for name, handler in list(getattr(dispatcher, "handlers", [])):
+        if name == "ray_print_logs" and not getattr(handler, "sfs_filtered", False):
+            dispatcher.remove_handler(name)
+            dispatcher.add_handler(name, _without_mutex_traces(handler))
+
+
+def _without_mutex_traces(handler):
+    def handle(data: dict) -> None:
+        lines = data.get("lines")
+        if isinstance(lines, list):
+            kept = [line for line in lines if not ABSL_MUTEX_TRACE.match(line)]
+            if not kept and lines:
+                return
+            data = {**data, "lines": kept}
+        handler(data)
+
+    handle.sfs_filtered = True
+    return handle
+
+
 def start_ray(cfg: Config) -> bool:
     """Start or join Ray; returns whether this process started it (and must stop it)."""
     import ray
 
     if ray.is_initialized():
         return False
+    quiet = not cfg.sfs.verbose
+    if quiet:
+        quiet_ray(started=False)
     cluster = cfg.cluster
     if cluster.address is None:
         # No dashboard. Ray 2.60 resolves 127.0.0.1 to the node's address and binds its RPC
@@ -51,6 +105,8 @@ def start_ray(cfg: Config) -> bool:
             raise ClusterError(f"cannot join the Ray cluster at cluster.address={cluster.address!r}: "
                                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
                                ) from error
+    if quiet:
+        quiet_ray(started=True)
     return True
 
 

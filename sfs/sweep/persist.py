@@ -26,7 +26,7 @@ from sfs.config import Config
 from sfs.core.shapes import format_shapes
 from sfs.plan import ModelSpec, Pack, plan_models
 from sfs.storage.store import DONE_STATUSES, StoreError, TrialStore, atomic_write_bytes
-from sfs.storage.tracking import Tracker, default_uri
+from sfs.storage.tracking import TABLE_FILE, Tracker, default_uri
 from sfs.training.worker import PAYLOAD_KEY
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,14 @@ def connect_trackers(parts: list[Part]) -> None:
         cfg = part.cfg
         if cfg.tracking.enabled:
             uri = cfg.tracking.uri or default_uri(part.store.dir)
-            part.tracker = Tracker(uri, cfg.tracking.experiment or cfg.sweep.name, part.store.dir)
+            limit = cfg.tracking.model_runs_max
+            model_runs = len(part.planned) <= limit
+            if not model_runs:
+                log.info("%s: %d models > tracking.model_runs_max=%d: MLflow gets a run per pack, "
+                         "with its models as the table %s (raise tracking.model_runs_max for a run "
+                         "per model)", part.name, len(part.planned), limit, TABLE_FILE)
+            part.tracker = Tracker(uri, cfg.tracking.experiment or cfg.sweep.name, part.store.dir,
+                                   model_runs=model_runs)
             part.tracker.tidy(part.stored_run_ids)
             log.debug("%s: MLflow ready", part.name)
 

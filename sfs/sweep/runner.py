@@ -3,7 +3,8 @@
 ``run_sweep(configs)`` is the launch's whole training stage: open every sweep's store
 (``persist.prepare_part``), start Ray (``cluster``) while MLflow sets up, hand Tune one
 trial per pack (``sfs.training.worker.run_pack_trial``), let ``persist.PersistCallback``
-store each finished pack, and read back the summary (``summary``). With ``sweep.iso_loss``
+store each finished pack while ``progress`` shows the live line (models done, model-steps
+per second, packs running, elapsed, ETA), and read back the summary (``summary``). With ``sweep.iso_loss``
 the training repeats, one pass per round of the iso-loss search (``search_rounds``), until a
 round adds nothing. Ctrl-C stops it cleanly (``Interrupt``); re-running the same command
 trains only what is missing.
@@ -28,6 +29,7 @@ from sfs.core import faults
 from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs
 from sfs.sweep.cluster import start_ray, trial_resources
 from sfs.sweep.persist import Part, PersistCallback, connect_trackers, prepare_part, unwritable
+from sfs.sweep.progress import Progress, ProgressCallback, make_display
 from sfs.sweep.search_rounds import next_round
 from sfs.sweep.summary import SweepSummary, summarise
 from sfs.training.worker import WorkerOptions, run_pack_trial
@@ -116,11 +118,15 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
         if in_main_thread:  # signal handlers can only be set from the main thread
             signal.signal(signal.SIGINT, interrupt.on_sigint)
             interrupt.previous = previous
+        progress = Progress("+".join(part.name for part in parts),
+                            stored_before=sum(len(p.planned) - len(p.todo) for p in parts))
+        display = make_display(progress, every=lead.sfs.progress_every_s)
         try:
             n_packs, batch = 0, [(part, list(part.todo)) for part in parts]
             run_name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
             for round_ in itertools.count():
-                n_packs += _train(lead, batch, interrupt, f"{run_name}-{round_}" if round_ else run_name)
+                n_packs += _train(lead, batch, interrupt, f"{run_name}-{round_}" if round_ else run_name,
+                                  ProgressCallback(progress, display))
                 if interrupt.event.is_set():
                     break
                 # the iso-loss search's next round (sweep.iso_loss), read from the store
@@ -128,6 +134,7 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
                 if not any(todo for _, todo in batch):
                     break
         finally:
+            display.close()
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
         return n_packs, interrupt.event.is_set()
@@ -137,7 +144,7 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
 
 
 def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: Interrupt,
-           run_name: str) -> int:
+           run_name: str, progress: ProgressCallback) -> int:
     """One Tune pass over the batch's models (per part); returns the packs it ran."""
     resources, slots = trial_resources(lead)
     all_todo = [spec for _, todo in batch for spec in todo]
@@ -152,6 +159,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
         options = WorkerOptions(log_every=part.cfg.train.log_every,
                                 device=part.cfg.train.device,
                                 torch_threads=part.cfg.train.torch_threads, faults=injected)
+        progress.progress.add_packs(part.packs)
         for pack in part.packs:
             by_id[pack.pack_id] = (part, pack)
             items.append({"pack_id": pack.pack_id, "pack": pack.to_dict(), "options": options})
@@ -163,7 +171,8 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     persist = PersistCallback(by_id, interrupt.event)
     tune_dir = Path(lead.paths.out_dir) / ".tune"
     try:
-        tuner = _make_tuner(lead, items, resources, interrupt, persist, tune_dir, run_name)
+        # progress first: PersistCallback takes the payload out of each final result
+        tuner = _make_tuner(lead, items, resources, interrupt, [progress, persist], tune_dir, run_name)
     except OSError as error:  # Tune records its own state under paths.out_dir first
         raise unwritable(tune_dir.parent, error) from error
     try:
@@ -183,7 +192,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
 
 
 def _make_tuner(lead: Config, items: list, resources: dict, interrupt: Interrupt,
-                persist: PersistCallback, tune_dir: Path, run_name: str):
+                callbacks: list, tune_dir: Path, run_name: str):
     return tune.Tuner(
         tune.with_resources(run_pack_trial, resources),
         param_space={"sfs": tune.grid_search(items)},
@@ -195,6 +204,6 @@ def _make_tuner(lead: Config, items: list, resources: dict, interrupt: Interrupt
         run_config=tune.RunConfig(
             name=run_name, storage_path=str(tune_dir), verbose=0, stop=interrupt,
             failure_config=tune.FailureConfig(max_failures=lead.cluster.max_retries),
-            callbacks=[persist],
+            callbacks=callbacks,
         ),
     )

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -80,7 +81,7 @@ def _lightning():
     return pl
 
 
-def make_module(pack: Pack, log_every: int):
+def make_module(pack: Pack, log_every: int, progress: Callable[[int], None] | None = None):
     pl = _lightning()
 
     class PackModule(pl.LightningModule):
@@ -109,6 +110,7 @@ def make_module(pack: Pack, log_every: int):
             self.curve: Tensor | None = None
             self.live = torch.ones(len(pack.models), dtype=torch.bool)  # host-side: not diverged
             self.steps_done = 0
+            self.report_progress = progress  # called with the steps done at each log point
 
         def configure_optimizers(self):
             # Weight decay is applied by hand (per instance, on the feature matrices only):
@@ -188,6 +190,8 @@ def make_module(pack: Pack, log_every: int):
                 self._live_device = self.live.to(self.device)
                 if not self.live.any():
                     self.trainer.should_stop = True
+            if self.report_progress is not None:
+                self.report_progress(step)
 
     return PackModule()
 
@@ -230,15 +234,18 @@ def _quiet_lightning() -> None:
 
 
 def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 100,
-               start_as_nan: frozenset[str] = frozenset()) -> PackResult:
+               start_as_nan: frozenset[str] = frozenset(),
+               progress: Callable[[int], None] | None = None) -> PackResult:
     """Train every model of the pack together, evaluate each on the held-out batch.
 
-    start_as_nan: ids of models whose weights start as NaN (fault injection, sfs.core.faults)."""
+    start_as_nan: ids of models whose weights start as NaN (fault injection, sfs.core.faults).
+    progress: called with the steps done at every log point (after the loss check; the
+    worker's ``ProgressReports`` decides whether to tell the driver)."""
     pl = _lightning()
     _quiet_lightning()
     device = torch.device(device)
     started = time.perf_counter()
-    module = make_module(pack, log_every)
+    module = make_module(pack, log_every, progress)
     with torch.no_grad():
         for k, spec in enumerate(pack.models):
             if spec.model_id in start_as_nan:

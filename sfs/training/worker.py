@@ -2,20 +2,28 @@
 
 The driver passes each trial its pack and a ``WorkerOptions``; the trial trains on the device
 Ray gave it (``trial_device``) and hands back a pickled ``PackResult`` under
-``PAYLOAD_KEY`` in a single ``tune.report``. Torch is imported inside the trial, so the
-driver, which only needs a reference to ``run_pack_trial``, never loads it.
+``PAYLOAD_KEY`` in its last ``tune.report``. While it trains, it reports the steps its pack
+has done (``STEPS_DONE_KEY``, no payload) at a log point of the loop at most every
+``WorkerOptions.progress_every_s``: each report waits for the driver to take it (Tune's
+function trainables report synchronously), so they are rare (the driver's progress line:
+``sfs.sweep.progress``). Torch is imported inside the trial, so the driver, which only needs
+a reference to ``run_pack_trial``, never loads it.
 """
 
 from __future__ import annotations
 
 import pickle
+import time
 from dataclasses import dataclass
 
 from ray import tune
 
 from sfs.plan import Pack
 
-PAYLOAD_KEY = "sfs_payload"  # the pickled PackResult inside a trial's single report
+PAYLOAD_KEY = "sfs_payload"  # the pickled PackResult inside a trial's last report
+STEPS_DONE_KEY = "sfs_steps_done"  # steps the pack has done, in its progress reports
+TRAIN_S_KEY = "sfs_train_s"  # seconds the pack has trained, in its progress reports
+PROGRESS_EVERY_S = 5.0  # seconds between a trial's progress reports, at least
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class WorkerOptions:
     device: str  # auto | cpu | cuda (``trial_device``)
     torch_threads: int
     faults: dict | None = None  # ``sfs.core.faults.from_environment()``; None: none injected
+    progress_every_s: float = PROGRESS_EVERY_S  # 0: no progress reports
 
 
 def trial_device(option: str):
@@ -47,8 +56,26 @@ def trial_device(option: str):
     return torch.device("cpu")
 
 
+class ProgressReports:
+    """Called by the loop at each log point with the steps done; reports them to Tune when
+    ``every`` seconds have passed since the trial started or last reported."""
+
+    def __init__(self, pack_id: str, n_models: int, every: float) -> None:
+        self.pack_id, self.n_models, self.every = pack_id, n_models, every
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, steps_done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        tune.report({"pack_id": self.pack_id, "n_models": self.n_models, STEPS_DONE_KEY: steps_done,
+                     TRAIN_S_KEY: now - self.started})
+        self.last = time.monotonic()  # after the driver took it: a busy driver means fewer
+
+
 def run_pack_trial(config: dict) -> None:
-    """Ray Tune function trainable: train one pack, report its results once."""
+    """Ray Tune function trainable: train one pack, report its progress now and then and its
+    results once."""
     import ray
     import torch
 
@@ -60,7 +87,10 @@ def run_pack_trial(config: dict) -> None:
     torch.set_num_threads(options.torch_threads)
     pack = Pack.from_dict(item["pack"])
     start_as_nan = faults.before_training(options.faults, pack)
-    result = train_pack(pack, trial_device(options.device), options.log_every, start_as_nan)
+    progress = (ProgressReports(pack.pack_id, len(pack.models), options.progress_every_s)
+                if options.progress_every_s > 0 else None)
+    result = train_pack(pack, trial_device(options.device), options.log_every, start_as_nan,
+                        progress=progress)
     result.node = ray.get_runtime_context().get_node_id()
     tune.report({"pack_id": pack.pack_id, "n_models": len(pack.models),
                  "pack_wall_s": result.wall_s, PAYLOAD_KEY: pickle.dumps(result)})

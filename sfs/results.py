@@ -1,0 +1,475 @@
+"""A sweep's results from Python, a notebook or the terminal: ``sfs.open(sweep_dir)``.
+
+    import sfs
+
+    sweep = sfs.open("runs/tms")             # a sweep folder: <paths.out_dir>/<sweep name>
+    sweep.trials                             # polars: one row per stored model
+    sweep.fits                               # polars: one row per fitted curve, with intervals
+    sweep.weights(sweep.trials["model_id"][0])["W"]   # numpy (n_features, width)
+
+``SweepResults`` reads the store (``sfs.storage.store``: ``trials.parquet`` and its pending
+``parts/``, the weights files) and the tables ``sfs.aggregate`` wrote (``TABLES``); a table
+not written yet raises ``TableMissing`` naming the file and the command that writes it.
+``status()`` counts planned / stored / failed / missing models from the config the launch
+recorded (``config.yaml``) and the store, as the launch itself decides what is left to train
+(``sfs.plan.plan_models``, and the iso-loss search replayed from the store); ``format_show``
+and ``format_status`` are what ``sfs show`` and ``sfs status`` print. Nothing here starts
+Ray, writes to the sweep folder or imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from sfs.core.text import text_table
+from sfs.plan import ModelSpec
+from sfs.storage.store import TrialStore, load_weights
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TABLES", "NotASweep", "SweepResults", "SweepStatus", "TableMissing", "find_sweeps",
+           "format_show", "format_status", "open_sweep"]
+
+# What sfs.aggregate writes into a sweep folder (README, "Results, fits and the report").
+TABLES: dict[str, str] = {
+    "metrics": "per model: loss, represented features, D*, superposition, convergence",
+    "fits": "per curve: L(width) = E + A width^-alpha (or the power law) with bootstrap intervals",
+    "width_depth_fits": "where depth varies: L = E + A m^-alpha + B l^-beta with intervals",
+    "universality": "per spec and width (and pair of widths): how alike seeds' features are",
+    "universality_pairs": "every compared pair of models",
+    "universality_control": "same-seed vs different-seed pairs across widths",
+    "headline": "Liu et al.'s headline (power-law features, weight decay): reproduced or why not",
+    "lr_selection": "per setting and learning rate: validation loss and which rate was kept",
+    "aspect_shapes": "per shape at a parameter budget: loss, represented and decodable features",
+    "aspect_spread": "per budget: does shape matter at fixed N (loss spread, Kruskal-Wallis)",
+    "aspect_shape_pairs": "per two shapes of one budget: loss equivalence (TOST)",
+    "aspect_verdict": "per budget and sparsity: the aspect verdict and its reason",
+    "aspect_controls": "same-seed vs different-seed similarity across shapes",
+    "iso_loss_shapes": "per target and depth: the width the iso-loss search found",
+    "aspect_iso_verdict": "the aspect verdict on the iso-loss shapes",
+    "aspect_iso_shape_pairs": "per two iso-loss shapes: loss equivalence",
+}
+_BUDGET_ONLY = {"aspect_shapes", "aspect_spread", "aspect_shape_pairs", "aspect_verdict", "aspect_controls"}
+_ISO_ONLY = {"iso_loss_shapes", "aspect_iso_verdict", "aspect_iso_shape_pairs"}
+_SPEC_FIELDS = [f.name for f in dataclasses.fields(ModelSpec)]
+
+
+class NotASweep(FileNotFoundError):
+    """The folder is not a sweep folder (no ``config.yaml`` and no ``trials.parquet``)."""
+
+
+class TableMissing(FileNotFoundError):
+    """An aggregate table that is not (yet) in the sweep folder; the message says why and
+    which command writes it."""
+
+
+def is_sweep_dir(path: Path) -> bool:
+    """A folder a launch wrote: its recorded config or its results store."""
+    return path.is_dir() and ((path / "config.yaml").is_file() or (path / "trials.parquet").is_file()
+                              or (path / "parts").is_dir())
+
+
+def find_sweeps(path: Path | str) -> list[Path]:
+    """The sweep folders at ``path``: itself if it is one, else its sub-folders that are
+    (the ``paths.out_dir`` of a launch, one folder per sweep part). Raises NotASweep."""
+    path = Path(path).expanduser()
+    if is_sweep_dir(path):
+        return [path]
+    children = sorted(p for p in path.iterdir() if is_sweep_dir(p)) if path.is_dir() else []
+    if not children:
+        what = "is not a folder" if not path.is_dir() else "holds no config.yaml or trials.parquet"
+        raise NotASweep(f"{path} {what}: expected a sweep folder written by `sfs run` "
+                        "(<paths.out_dir>/<sweep name>, e.g. runs/smoke), or a paths.out_dir holding some")
+    return children
+
+
+def open_sweep(sweep_dir: Path | str) -> SweepResults:
+    """The results of the sweep in ``sweep_dir`` (``sfs.open``; see ``SweepResults``)."""
+    return SweepResults(sweep_dir)
+
+
+def _table(name: str) -> property:
+    def get(self: SweepResults) -> pl.DataFrame:
+        return self.table(name)
+
+    return property(get, doc=f"``{name}.parquet``: {TABLES[name]} (``TableMissing`` if not written).")
+
+
+@dataclass
+class SweepStatus:
+    """Where one sweep stands: counts of its planned models by what the store holds."""
+
+    name: str
+    folder: Path
+    planned: int | None  # None: no recorded config to plan from
+    ok: int
+    diverged: int
+    failed: int
+    missing: int | None  # planned, never stored: the next launch trains them (and the failed)
+    unplanned: int  # stored but outside the recorded plan (a grid since shrunk)
+    pending_parts: int  # packs stored since the last consolidation (parts/*.parquet)
+    failed_ids: list[str] = field(default_factory=list)
+    aggregated: str = "no"  # "yes", "no" or "stale" (the store changed since)
+
+    @property
+    def stored(self) -> int:
+        """Planned models that need no training: ok or diverged."""
+        return self.ok + self.diverged
+
+
+class SweepResults:
+    """One sweep folder's results, read on access (a table changed on disk is read again).
+
+    Tables, as polars frames: ``trials`` (the store: one row per model, ``TRIAL_SCHEMA``),
+    and what ``sfs.aggregate`` wrote (``TABLES``: ``metrics``, ``fits``, ``universality``,
+    ``headline``, ``lr_selection``, ``aspect_verdict`` ...), as properties, through
+    ``table(name)``, or all present ones in ``tables``. ``weights(model_id)`` reads one
+    model's arrays; ``status()`` counts planned, stored, failed and missing models.
+    """
+
+    def __init__(self, sweep_dir: Path | str) -> None:
+        path = Path(sweep_dir).expanduser()
+        if not is_sweep_dir(path):
+            find_sweeps(path)  # raises NotASweep for a folder without sweeps
+            raise NotASweep(f"{path} holds several sweeps ({', '.join(p.name for p in find_sweeps(path))}): "
+                            "open one of them, e.g. sfs.open(PATH / NAME)")
+        self.dir = path.absolute()
+        self._store = TrialStore(self.dir)
+        self._cache: dict[str, tuple[tuple, pl.DataFrame]] = {}
+        self._config = None
+
+    def __repr__(self) -> str:
+        return f"SweepResults({str(self.dir)!r}: tables {self.available()})"
+
+    @property
+    def name(self) -> str:
+        """The sweep's name (its folder's name, as the launch makes it)."""
+        return self.dir.name
+
+    @property
+    def config(self):
+        """The ``sfs.config.Config`` the latest launch recorded (``config.yaml``); None if
+        the folder has none. Raises ``sfs.config.ConfigError`` for one that is not valid."""
+        if self._config is None and (self.dir / "config.yaml").is_file():
+            from sfs.config.compose import recorded_config
+
+            self._config = recorded_config(self.dir / "config.yaml")
+        return self._config
+
+    # -- tables -----------------------------------------------------------------------------
+    @property
+    def trials(self) -> pl.DataFrame:
+        """Every stored model, one row each (``sfs.storage.store.TRIAL_SCHEMA``): its spec,
+        ``loss``, ``n_represented``, ``status`` (ok / diverged / failed), ``error``, where its
+        weights are; ``trials.parquet`` and the packs stored since its last consolidation."""
+        key = tuple(_stamp(p) for p in self._store_files())
+        cached = self._cache.get("trials")
+        if cached is None or cached[0] != key:
+            cached = (key, self._store.load())
+            self._cache["trials"] = cached
+        return cached[1]
+
+    def available(self) -> list[str]:
+        """The aggregate tables present in the folder, in ``TABLES`` order."""
+        return [name for name in TABLES if (self.dir / f"{name}.parquet").is_file()]
+
+    @property
+    def tables(self) -> dict[str, pl.DataFrame]:
+        """``trials`` and every aggregate table present, by name."""
+        return {"trials": self.trials, **{name: self.table(name) for name in self.available()}}
+
+    def table(self, name: str) -> pl.DataFrame:
+        """The aggregate table ``<name>.parquet`` (a name of ``TABLES``, or ``trials``).
+        Raises TableMissing, saying why it is not there and what writes it."""
+        if name == "trials":
+            return self.trials
+        if name not in TABLES:
+            raise KeyError(f"no table {name!r}: sfs writes {['trials', *TABLES]}")
+        path = self.dir / f"{name}.parquet"
+        if not path.is_file():
+            raise TableMissing(self._missing_reason(name, path))
+        stamp = _stamp(path)
+        cached = self._cache.get(name)
+        if cached is None or cached[0] != (stamp,):
+            cached = ((stamp,), pl.read_parquet(path))
+            self._cache[name] = cached
+        return cached[1]
+
+    def _missing_reason(self, name: str, path: Path) -> str:
+        cfg = self._config_or_none()
+        if cfg is not None and name in _BUDGET_ONLY | _ISO_ONLY and not cfg.sweep.param_budgets:
+            return (f"{path} does not exist: sweep {cfg.sweep.name} is not sized by parameter budget "
+                    "(sweep.param_budgets), and only such sweeps (e.g. aspect) have aspect tables")
+        if cfg is not None and name in _ISO_ONLY and not cfg.sweep.iso_loss.enabled:
+            return (f"{path} does not exist: sweep {cfg.sweep.name} ran without the iso-loss search "
+                    "(sweep.iso_loss.enabled=true writes it)")
+        sweep = cfg.sweep.name if cfg is not None else self.name
+        return (f"{path} does not exist: the sweep is not aggregated yet. Write it with "
+                f"`sfs aggregate +sweep={sweep} paths.out_dir={self.dir.parent}` and the launch's other "
+                "overrides (a launch aggregates at its end unless aggregate.enabled=false)")
+
+    def _config_or_none(self):
+        try:
+            return self.config
+        except Exception as error:  # a damaged config.yaml must not hide the table's own message
+            log.debug("cannot read %s: %s", self.dir / "config.yaml", error)
+            return None
+
+    metrics = _table("metrics")
+    fits = _table("fits")
+    width_depth_fits = _table("width_depth_fits")
+    universality = _table("universality")
+    universality_pairs = _table("universality_pairs")
+    universality_control = _table("universality_control")
+    headline = _table("headline")
+    lr_selection = _table("lr_selection")
+    aspect_shapes = _table("aspect_shapes")
+    aspect_spread = _table("aspect_spread")
+    aspect_shape_pairs = _table("aspect_shape_pairs")
+    aspect_verdict = _table("aspect_verdict")
+    aspect_controls = _table("aspect_controls")
+    iso_loss_shapes = _table("iso_loss_shapes")
+    aspect_iso_verdict = _table("aspect_iso_verdict")
+    aspect_iso_shape_pairs = _table("aspect_iso_shape_pairs")
+
+    # -- models -----------------------------------------------------------------------------
+    def model(self, model_id: str) -> dict:
+        """One model's ``trials`` row as a dict. Raises KeyError naming close matches."""
+        rows = self.trials.filter(pl.col("model_id") == model_id)
+        if rows.is_empty():
+            raise KeyError(self._unknown(model_id))
+        return rows.row(0, named=True)
+
+    def weights(self, model_id: str) -> dict[str, np.ndarray]:
+        """One model's stored arrays (numpy), by name (n features, m the width, depth L):
+
+        - ``W`` (n, m): the embedding, feature i's direction in row i; ``b`` (n,): the
+          output bias;
+        - ``curve`` (n_logs,): the training loss at ``curve_steps`` (n_logs,);
+        - untied families (deep, deep_mlp, abs_mlp): ``W_out`` (n, m); residual families
+          (deep, deep_tied, deep_mlp:r) at depth L > 0: blocks ``A`` (L, m, r m), ``c``
+          (L, r m), ``B`` (L, r m, m); abs_mlp: ``hidden_A`` (L, m, m), ``hidden_c`` (L + 1, m).
+
+        Raises KeyError for an id not in the store (naming close matches) and for a model
+        stored as failed (it has no weights; its error is in ``trials``)."""
+        row = self.model(model_id)
+        if row["weights_path"] is None:
+            error = (row["error"] or "").strip().splitlines()
+            raise KeyError(f"model {model_id} of sweep {self.name} is stored as {row['status']}, with no "
+                           f"weights" + (f" (error: {error[-1]})" if error else ""))
+        return load_weights(self.dir, row)
+
+    def _unknown(self, model_id: str) -> str:
+        ids = self.trials["model_id"].to_list()
+        close = [i for i in ids if i.startswith(model_id)] if model_id else []
+        close = (close or difflib.get_close_matches(model_id, ids, n=3, cutoff=0.5))[:3]
+        hint = f"close matches: {', '.join(close)}" if close else f"{len(ids)} models are stored"
+        return f"no model {model_id!r} in sweep {self.name} ({self.dir}); {hint}"
+
+    # -- status -----------------------------------------------------------------------------
+    def planned_ids(self) -> set[str] | None:
+        """The model ids the recorded config plans: its grid (``plan_models``) and, with
+        ``sweep.iso_loss``, the search's models as far as the store has led it. None
+        without a recorded config."""
+        cfg = self.config
+        if cfg is None:
+            return None
+        from sfs.plan import plan_models
+
+        planned = {spec.model_id for spec in plan_models(cfg)}
+        if cfg.sweep.iso_loss.enabled:
+            from sfs.plan_search import choice_losses, replay_search, stored_outcomes
+
+            table = self.trials
+            search = replay_search(cfg, stored_outcomes(table["model_id"], table["status"], table["loss"],
+                                                        choice_losses(table)))
+            planned |= search.model_ids
+        return planned
+
+    def status(self) -> SweepStatus:
+        """Planned / stored / failed / missing counts (``SweepStatus``), as a launch of the
+        recorded config would see them: it trains the missing and the failed models."""
+        table = self.trials
+        planned = self.planned_ids()
+        rows = table if planned is None else table.filter(pl.col("model_id").is_in(list(planned)))
+        status = rows["status"].to_list()
+        failed_ids = sorted(rows.filter(pl.col("status") == "failed")["model_id"].to_list())
+        return SweepStatus(
+            name=self.config.sweep.name if self.config is not None else self.name, folder=self.dir,
+            planned=None if planned is None else len(planned), ok=status.count("ok"),
+            diverged=status.count("diverged"), failed=len(failed_ids),
+            missing=None if planned is None else len(planned) - rows.height,
+            unplanned=table.height - rows.height,
+            pending_parts=len(list((self.dir / "parts").glob("*.parquet"))) if (self.dir / "parts").is_dir() else 0,
+            failed_ids=failed_ids, aggregated=self._aggregated())
+
+    def _aggregated(self) -> str:
+        if not (self.dir / "metrics.parquet").is_file():
+            return "no"
+        written = _stamp(self.dir / "metrics.parquet")[0]
+        store = max((_stamp(p)[0] for p in self._store_files()), default=0)
+        return "yes" if written >= store else "stale"
+
+    def _store_files(self) -> list[Path]:
+        files = [self._store.trials_path] if self._store.trials_path.is_file() else []
+        if self._store.parts_dir.is_dir():
+            files += sorted(self._store.parts_dir.glob("*.parquet"))
+        return files
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+# -- the terminal's view ----------------------------------------------------------------------
+def format_status(statuses: Sequence[SweepStatus]) -> str:
+    """``sfs status``: one table row per sweep, then what is left to do."""
+    def count(value: int | None) -> object:
+        return "?" if value is None else value
+
+    rows: list[Sequence[object]] = [("sweep", "planned", "stored", "ok", "diverged", "failed", "missing",
+                                     "aggregated", "folder")]
+    for s in statuses:
+        rows.append((s.name, count(s.planned), s.stored, s.ok, s.diverged, s.failed, count(s.missing),
+                     s.aggregated, s.folder))
+    lines = text_table(rows)
+    for s in statuses:
+        if s.planned is None:
+            lines.append(f"{s.name}: no config.yaml in {s.folder}: counts are of the stored models only")
+        if s.failed_ids:
+            lines.append(f"{s.name}: FAILED models: {', '.join(s.failed_ids)} (errors in trials.parquet, "
+                         "column 'error'; `sfs show` prints them)")
+        if s.failed or s.missing:
+            lines.append(f"{s.name}: {(s.missing or 0) + s.failed} models to train: run the launch's command "
+                         "again to resume")
+        if s.unplanned:
+            lines.append(f"{s.name}: {s.unplanned} stored models are outside the recorded plan (kept, not "
+                         "aggregated)")
+        if s.pending_parts:
+            lines.append(f"{s.name}: {s.pending_parts} packs stored since the last consolidation (parts/; "
+                         "read with trials.parquet)")
+        if s.aggregated == "stale":
+            lines.append(f"{s.name}: the store changed after the last aggregation: rerun `sfs aggregate`")
+    return "\n".join(lines)
+
+
+def _num(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _interval(row: dict, name: str) -> str:
+    value, low, high = row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi")
+    if _num(value) == "-":
+        return "-"
+    if _num(low) == "-" or _num(high) == "-":
+        return _num(value)
+    return f"{_num(value)} [{_num(low)}, {_num(high)}]"
+
+
+def _keys(frame: pl.DataFrame, always: Sequence[str] = ("family", "n_features")) -> list[str]:
+    """The spec columns that tell the rows apart (those that vary), and ``always``."""
+    keys = [k for k in _SPEC_FIELDS if k in frame.columns]
+    return [k for k in keys if k in always or frame[k].n_unique() > 1]
+
+
+def _section(title: str, frame: pl.DataFrame, columns: Sequence[tuple[str, object]]) -> list[str]:
+    """A titled table: ``columns`` are (header, column name or function of the row dict)."""
+    rows: list[Sequence[object]] = [[header for header, _ in columns]]
+    for row in frame.iter_rows(named=True):
+        rows.append([value(row) if callable(value) else _num(row.get(value)) for _, value in columns])
+    return ["", title, *("  " + line for line in text_table(rows))]
+
+
+def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[str]]:
+    """``sfs show``: the sweep's status, fits with intervals, headline checks, verdicts with
+    their reasons, unconverged models and failures (the sections of tables the sweep has).
+    Returns the text and, for a sweep not aggregated yet, ``fits``'s ``TableMissing``
+    message (which says how to aggregate it)."""
+    status = sweep.status()
+    lines = [f"sweep {status.name} ({sweep.dir})", *format_status([status]).splitlines()]
+    missing: list[str] = []
+    cfg = sweep._config_or_none()
+    ci = f"{cfg.aggregate.ci:.0%}" if cfg is not None else "bootstrap"
+
+    def get(name: str) -> pl.DataFrame | None:
+        try:
+            return sweep.table(name)
+        except TableMissing as error:
+            if name == "fits":  # the one a sweep without aggregation lacks first: say it once
+                missing.append(str(error))
+            return None
+
+    fits = get("fits")
+    if fits is not None and not fits.is_empty():
+        keys = _keys(fits)
+        lines += _section(f"Fits: L(x) = E + A x^-alpha (form 'power': E = 0), {ci} intervals over seeds "
+                          "(fits.parquet)", fits.sort([*keys, "x"]), [
+            *((k, k) for k in keys), ("x", "x"), ("form", "form"),
+            ("alpha", lambda r: _interval(r, "alpha")), ("E", lambda r: _interval(r, "E")),
+            ("widths", "n_widths"), ("seeds", "n_seeds"), ("warning", lambda r: r.get("warning") or ""),
+        ])
+    depth_fits = get("width_depth_fits")
+    if depth_fits is not None and not depth_fits.is_empty():
+        keys = _keys(depth_fits)
+        lines += _section(f"Width-depth fits: L = E + A m^-alpha + B l^-beta, {ci} intervals "
+                          "(width_depth_fits.parquet)", depth_fits.sort(keys), [
+            *((k, k) for k in keys), ("alpha", lambda r: _interval(r, "alpha")),
+            ("beta", lambda r: _interval(r, "beta")), ("E", lambda r: _interval(r, "E")),
+            ("warning", lambda r: r.get("warning") or ""),
+        ])
+    headline = get("headline")
+    if headline is not None and not headline.is_empty():
+        keys = _keys(headline)
+        lines += _section("Headline check: Liu et al.'s alpha reproduced? (headline.parquet)", headline.sort(keys), [
+            *((k, k) for k in keys), ("regime", "regime"), ("alpha", lambda r: _interval(r, "alpha")),
+            ("criterion", "criterion"),
+            ("reproduced", lambda r: {True: "yes", False: "NO"}.get(r["reproduced"], "n/a")),
+            ("note", lambda r: r.get("note") or ""),
+        ])
+    for name, title in (("aspect_verdict", "Aspect verdicts, per budget and sparsity (aspect_verdict.parquet)"),
+                        ("aspect_iso_verdict", "Aspect verdicts on the iso-loss shapes (aspect_iso_verdict.parquet)")):
+        verdict = get(name)
+        if verdict is None or verdict.is_empty():
+            continue
+        keys = _keys(verdict)
+        extra = [c for c in ("param_budget", "target_budget") if c in verdict.columns]
+        lines += _section(title, verdict.sort([*keys, *extra]), [
+            *((k, k) for k in [*keys, *extra]), ("verdict", "verdict"), ("reason", "reason")])
+    lr = get("lr_selection")
+    if lr is not None and "n_lrs" in lr.columns and not lr.is_empty() and lr["n_lrs"].max() > 1:
+        kept = lr.filter(pl.col("selected")).group_by("lr").len().sort("lr")
+        lines += ["", f"Learning rate: chosen per shape among {lr['lr'].n_unique()} on the validation batch; "
+                  f"kept: {', '.join(f'{v:g} ({n} shapes)' for v, n in kept.iter_rows())} (lr_selection.parquet)"]
+    metrics = get("metrics")
+    if metrics is not None and "converged" in metrics.columns and metrics.height:
+        learning = metrics.filter(pl.col("converged") == False)  # noqa: E712 (a polars expression)
+        lines += ["", f"Convergence: {learning.height} of {metrics.height} models still learning at the end "
+                  "of training (metrics.parquet, column converged)"]
+    bad = sweep.trials.filter(pl.col("status") != "ok")
+    if not bad.is_empty():
+        def error(row: dict) -> str:
+            text = (row.get("error") or "").strip().splitlines()
+            line = text[-1] if text else "loss became NaN or inf" if row["status"] == "diverged" else ""
+            return line if len(line) <= width_limit else line[:width_limit - 3] + "..."
+
+        lines += _section("Failures: models not ok (trials.parquet; `failed` ones are trained again by the "
+                          "next launch)", bad.sort("status", "model_id"), [
+            ("model_id", "model_id"), ("status", "status"),
+            *((k, k) for k in _keys(bad, ("family", "n_features", "width"))), ("error", error)])
+    else:
+        lines += ["", "Failures: none"]
+    return "\n".join(lines), missing
