@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sfs.analysis.fit import WidthDepthFit, fit_width_depth
+from sfs.analysis.fit.data import at_lower, at_upper
 
 WIDTHS = np.array([10, 15, 25, 39, 63, 100], dtype=float)
 DEPTHS = np.array([0, 1, 2, 3])
@@ -139,3 +140,18 @@ def test_bad_values_are_dropped_and_reported():
     assert_no_fit(fit_width_depth([], [], []), "no models left")
     with pytest.raises(ValueError):
         fit_width_depth(m, d[:-1], loss)
+
+
+def test_an_exponent_run_into_its_bound_is_flagged():
+    """Loss that drops in one step from the smallest width and is flat after it: alpha runs
+    into its maximum; the fit must say alpha is on its bound rather than report it as a
+    measurement. The trust-region solver may stop just inside its box: on the shipped
+    aspect sweep's abs_mlp at S = 0.99 it stopped at alpha = 9.99998, which counts as on it."""
+    m, d, _ = make_data(4, noise=0.01)
+    step = np.where(m == WIDTHS[0], 1.0, 0.1) * np.exp(np.random.default_rng(5).normal(0.0, 0.01, m.size))
+    res = fit_width_depth(m, d, step, n_boot=5, rng_seed=0)
+    assert 9.99 < res.alpha <= 10 and "alpha at a bound of its range [0, 10]" in res.warning, res
+    clean = fit_width_depth(*make_data(6, noise=0.01), n_boot=5, rng_seed=0)
+    assert clean.warning is None  # a well-measured fit is not flagged
+    assert at_upper(9.99998, 0.0, 10.0) and at_lower(0.0005, 0.0, 10.0)
+    assert not at_upper(9.99, 0.0, 10.0) and not at_lower(0.01, 0.0, 10.0)

@@ -14,6 +14,19 @@ import numpy as np
 FORMS = ("saturating", "power")
 ALPHA_MAX = 10.0  # a decade of widths cannot tell alpha = 10 from a step; beyond is nonsense
 LOG_A_RANGE = 30.0  # range of log A (at the centre of log x) around the observed log losses
+# A parameter this close to a bound of its range, relative to the range, is on it: the
+# trust-region solvers stop strictly inside their box (alpha = 9.99998 when it ran into 10).
+AT_BOUND_RTOL = 1e-4
+
+
+def at_lower(value: float, lo: float, hi: float) -> bool:
+    """Whether ``value`` sits on the lower bound of [lo, hi] (within AT_BOUND_RTOL of it)."""
+    return value <= lo + AT_BOUND_RTOL * (hi - lo)
+
+
+def at_upper(value: float, lo: float, hi: float) -> bool:
+    """Whether ``value`` sits on the upper bound of [lo, hi] (within AT_BOUND_RTOL of it)."""
+    return value >= hi - AT_BOUND_RTOL * (hi - lo)
 
 
 def _clean(x, loss) -> tuple[np.ndarray, np.ndarray, int]:

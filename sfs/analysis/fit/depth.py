@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
-from sfs.analysis.fit.data import ALPHA_MAX, LOG_A_RANGE
+from sfs.analysis.fit.data import ALPHA_MAX, LOG_A_RANGE, at_lower, at_upper
 from sfs.analysis.fit.noise import HUBER_K, SIGMA_FLOOR, _scatter_scale
 
 BETA_MAX = ALPHA_MAX  # as for alpha: a few depths cannot tell beta = 10 from a step
@@ -226,9 +226,9 @@ def fit_width_depth(width, depth, loss, *, n_boot: int = 1000, ci: float = 0.95,
 
     lo, hi = c.bounds()
     for name, j in (("alpha", 1), ("beta", 3)):
-        if not lo[j] + 1e-9 < theta[j] < hi[j] - 1e-9:
+        if at_lower(theta[j], lo[j], hi[j]) or at_upper(theta[j], lo[j], hi[j]):
             notes.append(f"{name} at a bound of its range [{lo[j]:g}, {hi[j]:g}]")
-    if theta[4] >= hi[4] - 1e-9:
+    if at_upper(theta[4], lo[4], hi[4]):
         notes.append("E at its upper bound (the loss does not fall with width or depth)")
     values = [float(v) for j in range(5) for v in (point[j], lo_hi[0, j], lo_hi[1, j])]
     return WidthDepthFit(*values, int(m.size), n_widths, n_depths, n_seeds, "; ".join(notes) or None)

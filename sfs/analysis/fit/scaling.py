@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sfs.analysis.fit.bootstrap import _bootstrap_counts, _count_weights, _resample_draws, _resample_rows
-from sfs.analysis.fit.data import FORMS, _clean, _predict, _prepare, _Prepared, _xsums
+from sfs.analysis.fit.data import FORMS, _clean, _predict, _prepare, _Prepared, _xsums, at_lower, at_upper
 from sfs.analysis.fit.lm import LM_RTOL_BOOT
 from sfs.analysis.fit.noise import _threshold
 from sfs.analysis.fit.scratch import _scratch
@@ -112,9 +112,9 @@ def _degenerate(d: _Prepared, theta_sat: np.ndarray) -> str | None:
     loss does not fall with x). E = 0 is not degenerate: that is the power law, which the
     saturating form contains (and its interval for E then reaches 0)."""
     lo, hi = d.bounds("saturating")
-    if not lo[1] + 1e-9 < theta_sat[1] < hi[1] - 1e-9:
+    if at_lower(theta_sat[1], lo[1], hi[1]) or at_upper(theta_sat[1], lo[1], hi[1]):
         return f"alpha at a bound of its range [{lo[1]:g}, {hi[1]:g}]"
-    if theta_sat[2] >= hi[2] - 1e-9:
+    if at_upper(theta_sat[2], lo[2], hi[2]):
         return "E at its upper bound"
     return None
 
@@ -249,9 +249,9 @@ def fit_scaling(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: floa
             notes.append("intervals not calibrated below 3 seeds per width")
 
     lo, hi = d.bounds(form)
-    if not lo[1] + 1e-9 < theta[form][1] < hi[1] - 1e-9:
+    if at_lower(theta[form][1], lo[1], hi[1]) or at_upper(theta[form][1], lo[1], hi[1]):
         notes.append(f"alpha at a bound of its range [{lo[1]:g}, {hi[1]:g}]")
-    if form == "saturating" and theta[form][2] >= hi[2] - 1e-9:
+    if form == "saturating" and at_upper(theta[form][2], lo[2], hi[2]):
         notes.append("E at its upper bound (the loss does not fall with x)")
     return FitResult(form, alpha, float(alpha_lo), float(alpha_hi), E, float(E_lo), float(E_hi),
                      A, float(A_lo), float(A_hi), n_points, n_widths, n_seeds,
