@@ -429,7 +429,7 @@ def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[
                           "(width_depth_fits.parquet)", depth_fits.sort(keys), [
             *((k, k) for k in keys), ("alpha", lambda r: _interval(r, "alpha")),
             ("beta", lambda r: _interval(r, "beta")), ("E", lambda r: _interval(r, "E")),
-            ("warning", lambda r: r.get("warning") or ""),
+            ("preferred", lambda r: r.get("preferred") or ""), ("warning", lambda r: r.get("warning") or ""),
         ])
     headline = get("headline")
     if headline is not None and not headline.is_empty():

@@ -253,12 +253,17 @@ def _control_table(control: pl.DataFrame) -> str:
 def _width_depth_table(width_depth: pl.DataFrame) -> str:
     """L = E + A m^-alpha + B l^-beta across depths (m width, l = depth + 1)."""
     keys = varying(width_depth, AXES_SHOWN)
-    table = html_table(width_depth, [*keys, "E", "A", "alpha", "B", "beta", "n_widths", "n_depths",
-                                     "n_seeds", "warning"],
+    columns = [*keys, "E", "A", "alpha", "B", "beta", "preferred", "heldout_additive", "heldout_width_only",
+               "n_widths", "n_depths", "n_seeds", "warning"]
+    table = html_table(width_depth, [c for c in columns if c in width_depth.columns],
                        {name: with_interval(name, ".3g") for name in ("E", "A", "alpha", "B", "beta")})
     return ("<p>Loss across widths and depths fitted with depth as a variable, "
             "L = E + A m^-alpha + B l^-beta (m width, l = depth + 1), 95% intervals from resampling "
-            f"seeds within each (width, depth): width_depth_fits.parquet.</p>{table}")
+            "seeds within each (width, depth). <code>preferred</code>: the form whose prediction of "
+            "each (width, depth) cell from the others is better (held-out RMSE of log loss): "
+            "<code>additive</code> (depth changes the loss at equal width) only when it cuts "
+            "<code>width_only</code>'s error (E + A m^-alpha, no depth term) by 10%: "
+            f"width_depth_fits.parquet.</p>{table}")
 
 
 def _lr_table(selection: pl.DataFrame) -> str:
