@@ -68,7 +68,8 @@ def status(argv: list[str]) -> int:
     """Print each sweep's planned, stored, failed and missing models (from the config its
     launch recorded and its store), without starting Ray."""
     from sfs.config import ConfigError
-    from sfs.results import SweepResults, format_status
+    from sfs.results import SweepResults
+    from sfs.show import format_status
     from sfs.storage.store import StoreError
 
     folders = _sweeps("status", argv)
@@ -87,7 +88,8 @@ def show(argv: list[str]) -> int:
     """Print each sweep's headline results: fits with intervals, headline checks, verdicts
     with their reasons, failures (exit 1 when a sweep is not aggregated yet)."""
     from sfs.config import ConfigError
-    from sfs.results import SweepResults, format_show
+    from sfs.results import SweepResults
+    from sfs.show import format_show
     from sfs.storage.store import StoreError
 
     folders = _sweeps("show", argv)

@@ -13,7 +13,8 @@ import sfs
 from sfs.cli import main
 from sfs.config.compose import load_configs
 from sfs.plan import make_packs
-from sfs.results import NotASweep, TableMissing, format_status
+from sfs.results import NotASweep, TableMissing
+from sfs.show import format_status
 from sfs.storage.store import write_table
 from sfs.sweep.persist import prepare_part
 
