@@ -75,7 +75,9 @@ def launch(cfgs: list[Config], overrides: list[str]) -> int:
                       " ".join([f"+sweep={cfg.sweep.name}", *overrides]))
             code = code or 1
             continue
-        except Exception:
+        except Exception as error:
+            if _interrupted(error):  # Ctrl-C that a library wrapped (matplotlib's __set_name__)
+                raise KeyboardInterrupt from error
             log.exception("%s: aggregation failed; the trained models are stored. Retry with: "
                           "python -m sfs.aggregate %s", cfg.sweep.name, " ".join(
                               [f"+sweep={cfg.sweep.name}", *overrides]))
@@ -147,3 +149,14 @@ if __name__ == "__main__":
         # Exiting: spare the interpreter's teardown its garbage-collector passes over every
         # object torch, Ray and MLflow created (~1-2 s of a launch; nothing is left to free).
         gc.freeze()
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of ``error``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
