@@ -88,6 +88,17 @@ def launch(cfgs: list[Config], overrides: list[str]) -> int:
     return code
 
 
+def _interrupted(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of ``error``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _task(composed: DictConfig) -> None:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
@@ -150,13 +161,3 @@ if __name__ == "__main__":
         # object torch, Ray and MLflow created (~1-2 s of a launch; nothing is left to free).
         gc.freeze()
 
-
-def _interrupted(error: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is among the causes of ``error``."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False

@@ -126,3 +126,37 @@ def test_sfs_ui_serves_a_sweep_folder_and_stops_with_its_process(tmp_path):
     assert f"sfs: MLflow UI of {sweep_dir} on {url}" in output
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
+
+
+def _chain(*errors: BaseException, how: str = "__cause__") -> BaseException:
+    """errors[0] raised from errors[1] raised from ...: each linked to the next by ``how``."""
+    for outer, inner in zip(errors, errors[1:]):
+        setattr(outer, how, inner)
+    return errors[0]
+
+
+@pytest.mark.parametrize("how", ["__cause__", "__context__"])
+def test_a_ctrl_c_that_a_library_wrapped_is_still_an_interrupt(how):
+    from sfs.launch import _interrupted
+
+    # matplotlib's __set_name__ turns a KeyboardInterrupt during its import into a RuntimeError
+    assert _interrupted(_chain(RuntimeError("wrapped"), KeyboardInterrupt(), how=how))
+    assert _interrupted(_chain(RuntimeError("a"), ValueError("b"), KeyboardInterrupt(), how=how))
+    assert not _interrupted(_chain(RuntimeError("a"), ValueError("b"), how=how))
+    assert not _interrupted(RuntimeError("a plain failure"))
+    looped = _chain(RuntimeError("a"), ValueError("b"), how=how)
+    getattr(looped, how).__context__ = looped  # a cycle ends the walk, it does not hang
+    assert not _interrupted(looped)
+
+
+@pytest.mark.parametrize("module", ["sfs/launch.py", "sfs/aggregate.py", "sfs/cli.py"])
+def test_the_main_guard_comes_last(module):
+    """``python -m`` runs the guard as the module executes: a function defined below it does
+    not exist yet when main() calls it (a NameError only on that path)."""
+    import ast
+
+    tree = ast.parse((Path(__file__).parents[1] / module).read_text())
+    last = tree.body[-1]
+    assert isinstance(last, ast.If) and "__main__" in ast.unparse(last.test), module
+    guards = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+    assert guards == [last], module
