@@ -165,12 +165,13 @@ class Progress:
         """Everything after ``done/total models``."""
         eta = self.eta()
         running = len(self.running)
-        parts = [f"{format_rate(self.rate())} model-steps/s",
-                 f"{running} pack{'' if running == 1 else 's'} running",
-                 f"elapsed {format_duration(self.elapsed())}",
-                 f"ETA {format_duration(eta) if eta is not None else '?'}"]
+        # most telling first: an 80-column terminal cuts tqdm's line after about the ETA
+        parts = [f"ETA {format_duration(eta) if eta is not None else '?'}"]
         if self.failed_models:
             parts.append(f"{self.failed_models} failed")
+        parts += [f"{format_rate(self.rate())} model-steps/s",
+                  f"elapsed {format_duration(self.elapsed())}",
+                  f"{running} pack{'' if running == 1 else 's'} running"]
         if self.stored_before:
             parts.append(f"resumed: {self.stored_before} already stored")
         return ", ".join(parts)
