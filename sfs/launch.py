@@ -112,6 +112,7 @@ def _task(composed: DictConfig) -> None:
                              lambda extra: compose(config_name="config", overrides=extra))
     except ConfigError as error:
         sys.exit(f"sfs: invalid config: {error}")
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since main(): act on it now
     code = launch(cfgs, overrides)
     if code:
         sys.exit(code)
@@ -124,6 +125,14 @@ def main() -> None:
     the resume hint, never a traceback (the Ray workers and the aggregation's processes
     leave Ctrl-C to this process)."""
     try:
+        # Ctrl-C waits while Hydra and OmegaConf compose the config (``_task`` lets it through
+        # once the typed configs exist): one landing inside OmegaConf's clean-up of a half-set
+        # node came out as an AttributeError, which Hydra printed as a traceback (1 in ~80
+        # Ctrl-Cs half a second into a launch); held, it is acted on a moment later.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        from sfs.core.signals import ctrl_c_never_swallowed
+
+        ctrl_c_never_swallowed()
         import hydra
 
         from sfs.config.compose import CONF_DIR

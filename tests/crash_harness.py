@@ -90,6 +90,14 @@ class Launch:
     def output(self) -> str:
         return "\n".join(line for _, line in self.lines)
 
+    def _python_handles_sigint(self, timeout: float) -> float:
+        """Seconds since start when the launch's Python installed its SIGINT handler."""
+        deadline = time.monotonic() + timeout
+        while not _catches(self.proc.pid, signal.SIGINT) and self.proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return time.monotonic() - self.started
+
     def wait(self, timeout: float = 600) -> int:
         code = self.proc.wait(timeout)
         self._reader.join(30)
@@ -106,6 +114,11 @@ class Launch:
             if self.phase < phase:
                 return None
             began = self.phase_at[phase] if self.phase == phase else None
+        if began is not None and phase == 0 and signum == signal.SIGINT:
+            # Ctrl-C means KeyboardInterrupt only once Python's handler is installed: before,
+            # CPython drops it or dies of it, in the first tens of ms of a launch (more under
+            # load); sfs cannot act then, so count the delay from that moment
+            began = self._python_handles_sigint(timeout)
         if began is not None:
             time.sleep(max(0.0, began + delay - (time.monotonic() - self.started)))
         self.family = family = _family(self.proc.pid)
@@ -121,6 +134,16 @@ class Launch:
         if signum == signal.SIGKILL:
             self.survivors = _reap(family)
         return hit, at
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (Linux: SigCgt of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (signum - 1) & 1)
 
 
 def _family(pid: int) -> list[psutil.Process]:

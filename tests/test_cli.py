@@ -160,3 +160,35 @@ def test_the_main_guard_comes_last(module):
     assert isinstance(last, ast.If) and "__main__" in ast.unparse(last.test), module
     guards = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
     assert guards == [last], module
+
+
+SWALLOWED = """
+import sys, weakref
+from sfs.core.signals import ctrl_c_never_swallowed
+if sys.argv[1] == "hook":
+    ctrl_c_never_swallowed()
+
+class Module: pass
+
+def lock_released(ref):  # as importlib's module-lock callback, when Ctrl-C lands inside it
+    raise KeyboardInterrupt
+
+try:
+    module = Module()
+    ref = weakref.ref(module, lock_released)
+    del module  # the callback runs here; its exception cannot propagate
+    import time
+    time.sleep(1.0)  # the launch going on with its work
+    print("went on")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("hook", ["hook", "none"])
+def test_a_ctrl_c_python_could_not_raise_where_it_landed_still_interrupts(hook):
+    done = subprocess.run([sys.executable, "-c", SWALLOWED, hook], capture_output=True, text=True, timeout=60)
+    if hook == "hook":  # the launch installs it first thing (sfs.launch.main)
+        assert done.stdout.strip() == "interrupted" and "Exception ignored" not in done.stderr, done
+    else:  # Python's own behaviour: the bug, as it was seen
+        assert done.stdout.strip() == "went on" and "Exception ignored" in done.stderr, done

@@ -5,11 +5,16 @@ every process it started. The driver stops cleanly and says how to resume; a chi
 took the signal would print a ``KeyboardInterrupt`` traceback into the user's terminal
 instead. ``children_deaf_to_ctrl_c`` starts child processes that ignore SIGINT from their
 first instruction on, as Ray starts its workers (``sfs.training.worker_setup``).
+
+In the driver a Ctrl-C must never be lost: ``ctrl_c_never_swallowed`` re-delivers one that
+Python could not raise where it arrived.
 """
 
 from __future__ import annotations
 
+import _thread
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,3 +35,28 @@ def children_deaf_to_ctrl_c() -> Iterator[None]:
         if in_main:
             signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def ctrl_c_never_swallowed() -> None:
+    """A KeyboardInterrupt raised where Python cannot propagate it (a weakref callback, a
+    ``__del__``: e.g. importlib's module-lock callback while the launch imports its
+    libraries, seen in ~1 of 40 Ctrl-Cs half a second into a launch) is printed as
+    "Exception ignored" and dropped, and the launch would train on. This
+    ``sys.unraisablehook`` interrupts the main thread again (``_thread.interrupt_main``)
+    ``REDELIVER_S`` later, from a timer thread: raised at once it would land in the hook
+    itself and be dropped the same way. The launch's handler then turns it into a clean
+    exit (should it land in such a callback again, it comes back once more). Anything else
+    is reported as Python would."""
+    sys.unraisablehook = _interrupt_main_again
+
+
+REDELIVER_S = 0.05  # long enough for the hook and the callback that raised to return
+
+
+def _interrupt_main_again(unraisable) -> None:
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        timer = threading.Timer(REDELIVER_S, _thread.interrupt_main)
+        timer.daemon = True
+        timer.start()
+        return
+    sys.__unraisablehook__(unraisable)
