@@ -178,6 +178,8 @@ def test_a_table_not_aggregated_yet_names_its_file_and_the_command(tmp_path, cap
         _ = sweep.fits
     with pytest.raises(TableMissing, match="not sized by parameter budget"):
         _ = sweep.aspect_verdict
+    with pytest.raises(TableMissing, match="no model of the phase-change toy"):
+        _ = sweep.phase
     with pytest.raises(KeyError, match="no table 'fit'"):
         sweep.table("fit")
     # sfs show still shows the status and the failures, says what is missing, exits 1
