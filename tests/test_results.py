@@ -208,6 +208,9 @@ def test_show_prints_fits_headline_verdicts_and_failures(tmp_path, capsys):
                                "reason": "too few seeds to tell the shapes apart"}]),
                 sweep_dir / "aspect_verdict.parquet")
     write_table(pl.DataFrame({"model_id": ["x"], "converged": [False]}), sweep_dir / "metrics.parquet")
+    write_table(pl.DataFrame({"importance_ratio": [0.1, 1.0, 10.0], "density": [1.0, 0.5, 1.0],
+                              "agrees": [True, False, True], "interior": [True, False, False]}),
+                sweep_dir / "phase.parquet")
     assert main(["show", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
     fits_line = next(line for line in out.splitlines() if "saturating" in line)
@@ -217,6 +220,7 @@ def test_show_prints_fits_headline_verdicts_and_failures(tmp_path, capsys):
     assert "NO" in headline_line and "alpha interval too wide" in headline_line
     assert "cannot tell  too few seeds to tell the shapes apart" in out
     assert "1 of 1 models still learning" in out
+    assert "agree in 1 of 1 cells away from the analytic boundaries, 2 of 3 in all" in out
     failed = packs[2].models[0].model_id
     (failure,) = [line for line in out.splitlines() if line.strip().startswith(failed)]
     assert "failed" in failure and failure.endswith("RuntimeError: boom")
