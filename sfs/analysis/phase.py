@@ -260,7 +260,8 @@ def phase_table(metrics: pl.DataFrame, W: list[np.ndarray], group_keys: Sequence
     lowest-loss seed (``phase``, its ``loss``, ``seed``, ``w1``, ``w2``), ``n_seeds``, the
     fraction of seeds in each phase (``frac_<phase>``, ``frac_other``), and the analytic
     phase (``analytic_phase``, ``analytic_loss`` and each candidate's ``loss_<phase>``,
-    scaled by max_magnitude^2), with ``agrees`` and ``interior`` (away from the analytic
+    scaled by max_magnitude^2; the candidates minimise the plain loss, so cells trained
+    with weight decay compare with the diagram of none), with ``agrees`` and ``interior`` (away from the analytic
     boundaries: ``interior``, per combination of the other keys). Empty when there is no
     such model."""
     mask = is_toy(metrics).to_numpy() if metrics.height else np.zeros(0, dtype=bool)
