@@ -33,6 +33,10 @@ and writes, into each sweep folder:
 - with ``sweep.iso_loss``: ``iso_loss_shapes`` (per setting, target budget and depth, the
   width the search found and its loss) and ``aspect_iso_verdict`` / ``aspect_iso_shape_pairs``
   (the aspect verdict on those iso-loss shapes); every other table reads the grid alone;
+- where a sweep trains the phase-change toy (n = 2 features, width 1, ReLU output: the
+  ``phase`` sweep): ``phase.parquet``, per (importance ratio, density) cell the phase of the
+  lowest-loss seed, the fraction of seeds in each phase, and the analytic phase from the
+  candidate solutions' expected losses (``sfs.analysis.phase``);
 - ``report/index.html`` with its plots (``sfs.report.page``).
 
 The work is in ``sfs.analysis`` (``model_metrics``, ``curves``: fits and compared pairs per
@@ -54,6 +58,7 @@ from sfs.analysis.curves import analyse
 from sfs.analysis.headline import liu_headline
 from sfs.analysis.lr_selection import select_learning_rates
 from sfs.analysis.model_metrics import GROUP_KEYS, SPEC_KEYS, Loaded, model_metrics
+from sfs.analysis.phase import phase_table
 from sfs.config import Config
 from sfs.core import metrics as M
 from sfs.core.spec import derive_seed
@@ -81,6 +86,7 @@ class AggregateResult:
     control: pl.DataFrame = field(default_factory=pl.DataFrame)  # same-seed vs different-seed, per width pair
     width_depth: pl.DataFrame = field(default_factory=pl.DataFrame)  # L(width, depth) across depths
     lr_selection: pl.DataFrame = field(default_factory=pl.DataFrame)  # per setting and lr (sfs.analysis.lr_selection)
+    phase: pl.DataFrame = field(default_factory=pl.DataFrame)  # the n=2, m=1 toy's cells (sfs.analysis.phase)
 
 
 def load_models(sweep_dir: Path, planned_ids: set[str]) -> Loaded:
@@ -150,6 +156,11 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     log.info("%s: %d fits, %d compared pairs in %.1f s", cfg.sweep.name, fits.height, pairs.height,
              time.perf_counter() - phase)
     headline = liu_headline(metrics, fits)
+    phase = time.perf_counter()
+    phases = phase_table(metrics, loaded.W, GROUP_KEYS)  # empty unless the n=2, m=1 toy
+    if not phases.is_empty():
+        log.info("%s: phase diagram of %d cells (analytic candidates solved) in %.1f s",
+                 cfg.sweep.name, phases.height, time.perf_counter() - phase)
     aspect_tables = {}
     if budgets:
         from sfs.analysis.aspect import analyse_aspect
@@ -176,11 +187,12 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
                         (pairs, "universality_pairs"), (control, "universality_control"),
                         (width_depth, "width_depth_fits"),
                         (headline, "headline"), (lr_choice.table, "lr_selection"),
+                        *(((phases, "phase"),) if not phases.is_empty() else ()),
                         *((frame, name) for name, frame in aspect_tables.items())):
         write_table(frame, sweep_dir / f"{name}.parquet")
     result = AggregateResult(sweep_dir, metrics, fits, universality, pairs, headline, len(planned),
                              len(planned) - loaded.rows.height, time.perf_counter() - started,
-                             aspect_tables, control, width_depth, lr_choice.table)
+                             aspect_tables, control, width_depth, lr_choice.table, phases)
     report_dir = None
     if report:
         from sfs.report.page import write_report
@@ -192,7 +204,8 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
         tracker = Tracker(cfg.tracking.uri or default_uri(sweep_dir),
                           cfg.tracking.experiment or cfg.sweep.name, sweep_dir)
         tables = [sweep_dir / f"{name}.parquet"
-                  for name in ("metrics", "fits", "universality", "headline", *aspect_tables)]
+                  for name in ("metrics", "fits", "universality", "headline", *aspect_tables,
+                               *(("phase",) if not phases.is_empty() else ()))]
         tracker.log_aggregate(sweep_dir, tables, report_dir)
     log.info("%s: aggregated %d models into %s in %.1f s", cfg.sweep.name, metrics.height,
              sweep_dir, time.perf_counter() - started)

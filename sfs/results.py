@@ -53,6 +53,7 @@ TABLES: dict[str, str] = {
     "iso_loss_shapes": "per target and depth: the width the iso-loss search found",
     "aspect_iso_verdict": "the aspect verdict on the iso-loss shapes",
     "aspect_iso_shape_pairs": "per two iso-loss shapes: loss equivalence",
+    "phase": "the n=2, m=1 toy's cells: trained phase (lowest-loss seed), seed fractions, analytic phase",
 }
 _BUDGET_ONLY = {"aspect_shapes", "aspect_spread", "aspect_shape_pairs", "aspect_verdict", "aspect_controls"}
 _ISO_ONLY = {"iso_loss_shapes", "aspect_iso_verdict", "aspect_iso_shape_pairs"}
@@ -86,6 +87,12 @@ def find_sweeps(path: Path | str) -> list[Path]:
         raise NotASweep(f"{path} {what}: expected a sweep folder written by `sfs run` "
                         "(<paths.out_dir>/<sweep name>, e.g. runs/smoke), or a paths.out_dir holding some")
     return children
+
+
+def _trains_phase_toy(sweep) -> bool:
+    """Whether a sweep's grid holds the phase-change toy (``sfs.analysis.phase.TOY``)."""
+    return ("relu_output" in sweep.families and 2 in sweep.n_features and 1 in sweep.widths
+            and 0 in sweep.depths and "uniform" in sweep.feature_dists)
 
 
 def open_sweep(sweep_dir: Path | str) -> SweepResults:
@@ -205,6 +212,9 @@ class SweepResults:
         if cfg is not None and name in _BUDGET_ONLY | _ISO_ONLY and not cfg.sweep.param_budgets:
             return (f"{path} does not exist: sweep {cfg.sweep.name} is not sized by parameter budget "
                     "(sweep.param_budgets), and only such sweeps (e.g. aspect) have aspect tables")
+        if cfg is not None and name == "phase" and not _trains_phase_toy(cfg.sweep):
+            return (f"{path} does not exist: sweep {cfg.sweep.name} trains no model of the phase-change "
+                    "toy (relu_output, n_features 2, width 1, depth 0, uniform: e.g. +sweep=phase)")
         if cfg is not None and name in _ISO_ONLY and not cfg.sweep.iso_loss.enabled:
             return (f"{path} does not exist: sweep {cfg.sweep.name} ran without the iso-loss search "
                     "(sweep.iso_loss.enabled=true writes it)")
@@ -236,6 +246,7 @@ class SweepResults:
     iso_loss_shapes = _table("iso_loss_shapes")
     aspect_iso_verdict = _table("aspect_iso_verdict")
     aspect_iso_shape_pairs = _table("aspect_iso_shape_pairs")
+    phase = _table("phase")
 
     # -- models -----------------------------------------------------------------------------
     def model(self, model_id: str) -> dict:

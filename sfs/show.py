@@ -129,6 +129,12 @@ def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[
         extra = [c for c in ("param_budget", "target_budget") if c in verdict.columns]
         lines += _section(title, verdict.sort([*keys, *extra]), [
             *((k, k) for k in [*keys, *extra]), ("verdict", "verdict"), ("reason", "reason")])
+    phase = get("phase")
+    if phase is not None and {"agrees", "interior"} <= set(phase.columns) and phase.height:
+        inside = phase.filter(pl.col("interior"))
+        lines += ["", f"Phase change (n=2, m=1): trained and analytic phases agree in {int(inside['agrees'].sum())} "
+                  f"of {inside.height} cells away from the analytic boundaries, {int(phase['agrees'].sum())} of "
+                  f"{phase.height} in all (phase.parquet)"]
     lr = get("lr_selection")
     if lr is not None and "n_lrs" in lr.columns and not lr.is_empty() and lr["n_lrs"].max() > 1:
         kept = lr.filter(pl.col("selected")).group_by("lr").len().sort("lr")

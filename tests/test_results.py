@@ -178,6 +178,8 @@ def test_a_table_not_aggregated_yet_names_its_file_and_the_command(tmp_path, cap
         _ = sweep.fits
     with pytest.raises(TableMissing, match="not sized by parameter budget"):
         _ = sweep.aspect_verdict
+    with pytest.raises(TableMissing, match="no model of the phase-change toy"):
+        _ = sweep.phase
     with pytest.raises(KeyError, match="no table 'fit'"):
         sweep.table("fit")
     # sfs show still shows the status and the failures, says what is missing, exits 1
@@ -206,6 +208,9 @@ def test_show_prints_fits_headline_verdicts_and_failures(tmp_path, capsys):
                                "reason": "too few seeds to tell the shapes apart"}]),
                 sweep_dir / "aspect_verdict.parquet")
     write_table(pl.DataFrame({"model_id": ["x"], "converged": [False]}), sweep_dir / "metrics.parquet")
+    write_table(pl.DataFrame({"importance_ratio": [0.1, 1.0, 10.0], "density": [1.0, 0.5, 1.0],
+                              "agrees": [True, False, True], "interior": [True, False, False]}),
+                sweep_dir / "phase.parquet")
     assert main(["show", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
     fits_line = next(line for line in out.splitlines() if "saturating" in line)
@@ -215,6 +220,7 @@ def test_show_prints_fits_headline_verdicts_and_failures(tmp_path, capsys):
     assert "NO" in headline_line and "alpha interval too wide" in headline_line
     assert "cannot tell  too few seeds to tell the shapes apart" in out
     assert "1 of 1 models still learning" in out
+    assert "agree in 1 of 1 cells away from the analytic boundaries, 2 of 3 in all" in out
     failed = packs[2].models[0].model_id
     (failure,) = [line for line in out.splitlines() if line.strip().startswith(failed)]
     assert "failed" in failure and failure.endswith("RuntimeError: boom")

@@ -234,6 +234,11 @@ class AggregateConfig:
         _require(_is_int(self.seed) and self.seed >= 0, "aggregate.seed", "an integer >= 0", self.seed)
 
 
+# The largest importance r^(n-1) a sweep with r > 1 may give a feature: the phase sweep's
+# extra feature goes to 10; far larger weights would dominate float32 losses.
+MAX_IMPORTANCE = 1e4
+
+
 @dataclass
 class IsoLossConfig:
     """Iso-loss shapes by construction (``sfs.plan_search``): after the fixed-N grid, per
@@ -284,7 +289,7 @@ class SweepConfig:
     param_budgets: list[int] = field(default_factory=list)
     budget_tolerance: float = 0.1  # relative: |n_params - N| <= tolerance * N
     sparsities: list[float] = field(default_factory=list)
-    importances: list[float] = field(default_factory=lambda: [1.0])  # I_i = r^i per value r
+    importances: list[float] = field(default_factory=lambda: [1.0])  # I_i = r^i; r > 1: later ones weigh more
     feature_dists: list[str] = field(default_factory=lambda: ["uniform"])  # uniform | power:<a>
     weight_decays: list[float] = field(default_factory=lambda: [0.0])  # < 0: Liu's norm-pull rule
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -326,8 +331,16 @@ class SweepConfig:
                     "integers in [0, 1000]")
         _check_axis("sweep.sparsities", self.sparsities, lambda v: _is_number(v) and 0 <= v < 1,
                     "numbers in [0, 1)")
-        _check_axis("sweep.importances", self.importances, lambda v: _is_number(v) and 0 < v <= 1,
-                    "numbers in (0, 1] (I_i = r^i)")
+        _check_axis("sweep.importances", self.importances, lambda v: _is_number(v) and 0 < v,
+                    "numbers > 0 (I_i = r^i)")
+        # r > 1 makes the later features the more important ones (the phase sweep: n = 2,
+        # importances (1, r)); the largest importance r^(n-1) stays a modest float32 weight
+        n_max = max(self.n_features)
+        for value in self.importances:
+            _require(value <= 1 or (n_max - 1) * math.log10(value) <= math.log10(MAX_IMPORTANCE),
+                     "sweep.importances", f"numbers in (0, 1], or above 1 only while r^(n-1) <= "
+                     f"{MAX_IMPORTANCE:g} at the largest n_features={n_max} (I_i = r^i)",
+                     self.importances)
         _check_axis("sweep.feature_dists", self.feature_dists, _is_feature_dist,
                     "'uniform' or 'power:<a>' with a >= 0")
         _check_axis("sweep.weight_decays", self.weight_decays, lambda v: _is_number(v) and -10 <= v <= 10,

@@ -359,6 +359,11 @@ def write_report(cfg, result, loaded) -> Path:
         no_pairs = "" if not universality.is_empty() else "<p>No two seeds of one setting: no pairs to compare.</p>"
         sections.append(("Universality across seeds", _universality(plt, universality, out),
                          no_pairs + _control_table(result.control)))
+        if not result.phase.is_empty():
+            from sfs.report.phase import section as phase_section
+
+            sections.append(phase_section(plt, result.phase, out))
+            links["phase"] = sections[-1][0]
         if result.aspect:
             from sfs.report.aspect import section
 

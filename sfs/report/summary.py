@@ -104,7 +104,8 @@ def _counts(frame: pl.DataFrame, column: str) -> str:
 
 def summary_html(result, loaded, sections: dict[str, str]) -> str:
     """The summary section. ``sections``: the anchor of each section a part points to
-    (keys ``fits``, ``headline``, ``aspect``, ``convergence``; a missing key: no link)."""
+    (keys ``fits``, ``headline``, ``phase``, ``aspect``, ``convergence``; a missing key: no
+    link)."""
     tables = summary_tables(result, loaded)
 
     def link(key: str, text: str) -> str:
@@ -143,6 +144,16 @@ def summary_html(result, loaded, sections: dict[str, str]) -> str:
     else:
         parts.append("<p>Not checked: the check needs power-law feature frequencies "
                      "(<code>feature_dist: power:a</code>) and a nonzero weight decay.</p>")
+
+    phase = getattr(result, "phase", pl.DataFrame())
+    if not phase.is_empty():
+        from sfs.report.phase import agreement
+
+        counts = agreement(phase)
+        parts.append(f"<h3>Phase change (n = 2, m = 1)</h3><p>Trained and analytic phases agree in "
+                     f"{counts['interior_agree']} of {counts['interior']} cells away from the analytic "
+                     f"boundaries, {counts['agree']} of {counts['cells']} in all: "
+                     f"{link('phase', 'the phase diagrams')}.</p>")
 
     for name, what in (("aspect_verdict", "per parameter budget"),
                        ("aspect_iso_verdict", "on the iso-loss shapes, per target")):

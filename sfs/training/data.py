@@ -7,7 +7,8 @@ max_magnitude]); otherwise it is 0. The pieces are small and separately testable
 - ``feature_probabilities``: p for one model, from its sparsity S (mean firing rate 1 - S)
   and its feature distribution ("uniform": p_i = 1 - S; "power:a": p_i proportional to
   i^-a, scaled so the mean rate is still 1 - S, clipped at 1).
-- ``feature_importance``: I_i = r^i (r = 1: all features equally important).
+- ``feature_importance``: I_i = r^i (r = 1: all features equally important; r > 1, as in
+  the phase sweep's (1, r), makes the later features the more important).
 - ``sparse_features``: one uniform draw per entry gives both the firing decision and the
   magnitude: with u ~ U[0, 1), "fires" is u < p and, given that, u / p ~ U[0, 1). One random
   number per entry instead of two halves the sampling cost.
@@ -36,7 +37,7 @@ def feature_probabilities(n_features: int, sparsity: float, feature_dist: str) -
 
 
 def feature_importance(n_features: int, decay: float) -> Tensor:
-    """I_i = decay^i, ``(feature,)``; features are sorted most important first."""
+    """I_i = decay^i, ``(feature,)``; most important first when decay <= 1, last when > 1."""
     return decay ** torch.arange(n_features, dtype=torch.float64)
 
 
