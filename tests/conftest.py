@@ -57,6 +57,23 @@ def module_local_ray():
     yield _local_ray()
 
 
+@pytest.fixture(scope="module")
+def trained_sweep(module_local_ray, tmp_path_factory):
+    """``trained_sweep(overrides)``: one sweep trained in-process through the shared Ray and
+    aggregated, for a module's tests to share: (config, sweep folder, AggregateResult)."""
+    from sfs.aggregate import aggregate
+    from sfs.config.compose import load_configs
+    from sfs.sweep.runner import run_sweep
+
+    def train(overrides: list[str]):
+        out_dir = tmp_path_factory.mktemp("sweep")
+        (cfg,) = load_configs([*overrides, f"paths.out_dir={out_dir}"])
+        assert run_sweep([cfg]).exit_code == 0
+        return cfg, out_dir / cfg.sweep.name, aggregate(cfg)
+
+    return train
+
+
 @pytest.fixture
 def one_blas_thread():
     """One BLAS thread, as sfs.aggregate runs the fits: with several, small least-squares

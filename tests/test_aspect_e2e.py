@@ -4,9 +4,6 @@
 import polars as pl
 import pytest
 
-from sfs.aggregate import aggregate
-from sfs.config.compose import load_configs
-from sfs.sweep.runner import run_sweep
 from sfs.training.models import family_class
 
 pytestmark = pytest.mark.e2e
@@ -16,18 +13,16 @@ TINY = ["+sweep=aspect", "sweep.families=[deep_tied]", "sweep.lrs=[0.003,0.01]",
         "sweep.n_features=[12]", "sweep.param_budgets=[60,120]",
         "sweep.depths=[0,1]", "sweep.sparsities=[0.0,0.9]", "sweep.seeds=[0,1,2]",
         "sweep.budget_tolerance=0.25", "train.steps=300", "train.warmup_steps=20",
-        "train.batch_size=256", "tracking=off", "aggregate.n_boot=200", "aggregate.n_perm=50"]
+        "train.batch_size=256", "tracking=off", "aggregate.n_boot=200", "aggregate.n_perm=50",
+        "sweep.iso_loss.enabled=false"]  # the search has its own test (test_iso_loss_e2e)
 VERDICTS = {"premise fails", "contradicts 1 (superposition complete)",
             "contradicts 2 (universality)", "contradicts neither", "cannot tell"}
 
 
 @pytest.fixture(scope="module")
-def tiny_aspect(module_local_ray, tmp_path_factory):
+def tiny_aspect(trained_sweep):
     """The tiny aspect sweep, trained and aggregated once: (config, sweep folder, result)."""
-    out_dir = tmp_path_factory.mktemp("aspect_e2e")
-    (cfg,) = load_configs([*TINY, f"paths.out_dir={out_dir}"])
-    assert run_sweep([cfg]).exit_code == 0
-    return cfg, out_dir / "aspect", aggregate(cfg)
+    return trained_sweep(TINY)
 
 
 def test_a_tiny_aspect_sweep_plans_and_trains_every_shape(tiny_aspect):

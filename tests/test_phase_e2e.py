@@ -4,11 +4,8 @@ diagrams, and trained phases that agree with the analytic ones away from the bou
 import polars as pl
 import pytest
 
-from sfs.aggregate import aggregate
 from sfs.analysis.phase import OTHER, PHASES
-from sfs.config.compose import load_configs
 from sfs.results import open_sweep
-from sfs.sweep.runner import run_sweep
 
 pytestmark = pytest.mark.integration  # 32 models of 3000 steps through Ray: ~1 min on 2 cores
 
@@ -22,11 +19,8 @@ SMALL = ["+sweep=phase", "sweep.importances=[0.1,0.152,6.58,10.0]",
 
 
 @pytest.fixture(scope="module")
-def small_phase(module_local_ray, tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("phase_e2e")
-    (cfg,) = load_configs([*SMALL, f"paths.out_dir={out_dir}"])
-    assert run_sweep([cfg]).exit_code == 0
-    return cfg, out_dir / "phase", aggregate(cfg)
+def small_phase(trained_sweep):
+    return trained_sweep(SMALL)
 
 
 def test_phase_parquet_has_every_cell_and_the_columns(small_phase):

@@ -23,7 +23,8 @@ PINNED = ["+sweep=aspect", "sweep.families=[deep_tied]", "sweep.n_features=[100]
           "sweep.param_budgets=[1000,3000,10000]", "sweep.budget_tolerance=0.1",
           "sweep.depths=[0,1,2]", "sweep.sparsities=[0.9]", "sweep.importances=[0.97]",
           "sweep.feature_dists=[uniform]", "sweep.weight_decays=[0.0]", "sweep.lrs=[]",
-          "sweep.seeds=[0,1,2,3]", "sweep.scale=1", "sweep.iso_loss.enabled=true"]
+          "sweep.seeds=[0,1,2,3]", "sweep.scale=1", "sweep.iso_loss.enabled=true",
+          "sweep.iso_loss.tolerance=0.02", "sweep.iso_loss.max_rounds=4", "train.batch_size=1024"]
 E, A, ALPHA, NOISE = 0.05, 1.0, 0.5, 0.005
 DEPTH_COST = 0.3  # depth d matches depth 0's loss at (1 + 0.3 d) times the width
 
