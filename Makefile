@@ -41,8 +41,12 @@ run: setup
 
 # Lint (ruff), the architecture's import contracts (import-linter), then every test tier:
 # unit, integration and end-to-end (plain `pytest`, i.e. `make test-fast`, runs the unit tier).
+# Two processes (pytest-xdist), a whole test file to each: many tests wait on a subprocess,
+# Ray's start or a server, and a file's module-scoped sweeps are built once.
+# XDIST= runs them in one process.
+XDIST ?= -n 2 --dist loadfile
 test: setup-test lint
-	$(PY) -m pytest -o addopts="-ra" -m "not nightly" $(ARGS)
+	$(PY) -m pytest -o addopts="-ra" -m "not nightly" $(XDIST) $(ARGS)
 
 # The longest calibration runs (1000 datasets per case); their 120-dataset variants run in `make test`.
 test-nightly: setup-test
