@@ -148,7 +148,8 @@ setup() {
     echo "FAILED: torch installed but torch.cuda.is_available() is False:"
     "$PY" -c 'import torch; print("torch", torch.__version__, "built for CUDA", torch.version.cuda)' || true
     nvidia-smi 2>&1 | head -5 || true
-    echo "(a driver older than the CUDA build needs, or a CPU wheel picked from SFS_WHEELS?)"
+    echo "(a driver older than the CUDA build needs, or pip took a CPU wheel, torch-*+cpu, from a"
+    echo " find-links folder: SFS_WHEELS or pip's own config, pip config list)"
     return 1
   fi
 }
