@@ -6,6 +6,7 @@
     python benchmarks/throughput.py --grid tiny --repeats 5
     python benchmarks/throughput.py --grid large --naive-large
     python benchmarks/throughput.py --quick --grid tiny --steps 200 --repeats 1   # smoke check
+    python benchmarks/throughput.py --device cuda --modes limit,sfs --cpus 4   # on a GPU
 
 On the same grid of toy models (same n_features, widths, sparsities, seeds, steps, batch
 size, learning rate) it times three ways of training them:
@@ -35,6 +36,13 @@ ratios ``sfs/limit``, ``sfs/limit_packed`` and ``sfs/naive`` (throughput of sfs 
 the other), then one line per grid (``tiny: sfs/limit=.. sfs/naive=.. sfs/limit_packed=..``)
 and, last, ``sfs/limit=<x> sfs/naive=<y>`` of the tiny grid (of the only grid run, with
 ``--grid large``); a ratio that was not measured prints as ``nan``.
+
+Device: by default (``--device cpu``) every mode trains on the CPU, also on a machine with a
+GPU (sfs gets ``train.device=cpu cluster.gpus_per_trial=0``). ``--device cuda`` puts limit,
+limit_packed and sfs on the GPU: each limit worker process trains its packs there, and sfs's
+trials ask for ``--gpus-per-trial`` of a GPU each (default 0.25, sfs's own default, so four
+packs share one GPU) with ``train.device=cuda``; the naive mode stays CPU-only (not allowed
+with ``--device cuda``).
 """
 
 from __future__ import annotations
@@ -137,21 +145,24 @@ def init_seed(model: dict) -> int:
 # limit: the bare loop.
 
 
-def train_limit_shape(grid: Grid, width: int, models: list[dict]) -> tuple[float, float]:
-    """Train the models of one width as one batched model; returns (start, end) on the
-    system-wide monotonic clock, so spans from several processes can be merged."""
+def train_limit_shape(grid: Grid, width: int, models: list[dict],
+                      device: str = "cpu") -> tuple[float, float]:
+    """Train the models of one width as one batched model on ``device``; returns (start,
+    end) on the system-wide monotonic clock, so spans from several processes can be merged."""
     torch.set_num_threads(1)
     start = time.monotonic()
+    dev = torch.device(device)
     n, k = grid.n_features, len(models)
     W = torch.stack([xavier_normal(n, width, torch.Generator().manual_seed(init_seed(m)))
-                     for m in models]).requires_grad_()  # (instance, n, m)
-    b = torch.zeros(k, n, requires_grad=True)  # (instance, n)
-    probs = torch.tensor([1.0 - m["sparsity"] for m in models]).view(k, 1, 1)  # (instance, 1, 1)
-    importance = (grid.importance ** torch.arange(n, dtype=torch.float32)).view(1, 1, n)
+                     for m in models]).to(dev).requires_grad_()  # (instance, n, m)
+    b = torch.zeros(k, n, device=dev, requires_grad=True)  # (instance, n)
+    probs = torch.tensor([1.0 - m["sparsity"] for m in models],
+                         device=dev).view(k, 1, 1)  # (instance, 1, 1)
+    importance = (grid.importance ** torch.arange(n, dtype=torch.float32, device=dev)).view(1, 1, n)
     # One generator and one draw for the whole pack: the cheapest way to get the same
     # distribution (sfs draws per instance, so each model's stream is pack-independent).
-    data_gen = torch.Generator().manual_seed(width)
-    uniform = torch.empty(k, grid.batch_size, n)
+    data_gen = torch.Generator(device=dev).manual_seed(width)
+    uniform = torch.empty(k, grid.batch_size, n, device=dev)
     optimizer = torch.optim.AdamW([W, b], lr=grid.lr, weight_decay=0.0)
     for _ in range(grid.steps):
         torch.rand(uniform.shape, generator=data_gen, out=uniform)
@@ -162,19 +173,23 @@ def train_limit_shape(grid: Grid, width: int, models: list[dict]) -> tuple[float
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)  # the kernels queued are part of the time
+    end = time.monotonic()
     if not torch.isfinite(loss):
         raise RuntimeError(f"limit: width {width} diverged")
-    return start, time.monotonic()
+    return start, end
 
 
-def warm_up(grid: Grid) -> None:
+def warm_up(grid: Grid, device: str = "cpu") -> None:
     """A few steps of every shape, untimed: the first optimizer step of a process pays
-    one-time lazy imports and initialisation (about a second), which a bound excludes."""
+    one-time lazy imports and initialisation (about a second; on a GPU the CUDA context),
+    which a bound excludes."""
     for width in grid.widths:
-        train_limit_shape(replace(grid, steps=2), width, grid.models()[:1])
+        train_limit_shape(replace(grid, steps=2), width, grid.models()[:1], device)
 
 
-def run_limit(grid: Grid, workers: int, pack_size: int | None = None) -> dict:
+def run_limit(grid: Grid, workers: int, pack_size: int | None = None, device: str = "cpu") -> dict:
     """One batched model per shape, or (pack_size) each shape split into near-equal packs
     of at most pack_size, as sfs.plan.make_packs splits it."""
     by_width: dict[int, list[dict]] = {}
@@ -190,15 +205,15 @@ def run_limit(grid: Grid, workers: int, pack_size: int | None = None) -> dict:
     if workers <= 1:
         threads = torch.get_num_threads()
         try:
-            warm_up(grid)
-            spans = [train_limit_shape(grid, width, models) for width, models in shapes]
+            warm_up(grid, device)
+            spans = [train_limit_shape(grid, width, models, device) for width, models in shapes]
         finally:
             torch.set_num_threads(threads)
     else:
         # spawn, not fork: a forked child of a process that has used torch's thread pool can hang.
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=warm_up, initargs=(grid,)) as pool:
-            futures = [pool.submit(train_limit_shape, grid, width, models)
+                                 initializer=warm_up, initargs=(grid, device)) as pool:
+            futures = [pool.submit(train_limit_shape, grid, width, models, device)
                        for width, models in shapes]
             spans = [future.result() for future in futures]
     # Worker start-up (spawn + import torch) is excluded: the span is first start to last end.
@@ -316,9 +331,11 @@ def run_naive(grid: Grid, cpus: int, workdir: Path, timeout: float) -> dict:
 # sfs: the real launch, end to end.
 
 
-def sfs_overrides(grid: Grid, cpus: int, out_dir: Path, aggregate: bool) -> list[str]:
+def sfs_overrides(grid: Grid, cpus: int, out_dir: Path, aggregate: bool, device: str = "cpu",
+                  gpus_per_trial: float = 0.25) -> list[str]:
     """The grid as Hydra overrides on +sweep=smoke; every axis is set, so the grid does not
-    depend on what smoke.yaml holds."""
+    depend on what smoke.yaml holds. The device is set too: on the CPU no trial asks for a
+    GPU, even where Ray finds one."""
     def axis(values) -> str:
         return "[" + ",".join(str(v) for v in values) + "]"
 
@@ -333,47 +350,56 @@ def sfs_overrides(grid: Grid, cpus: int, out_dir: Path, aggregate: bool) -> list
         f"data.max_magnitude={grid.max_magnitude}", "model=toy",
         f"cluster.num_cpus={cpus}", f"paths.out_dir={out_dir}",
         f"aggregate.enabled={str(aggregate).lower()}",
+        *(["train.device=cpu", "cluster.gpus_per_trial=0"] if device == "cpu" else
+          ["train.device=cuda", f"cluster.gpus_per_trial={gpus_per_trial}"]),
     ]
 
 
-def sfs_plan(grid: Grid, cpus: int) -> dict:
+def sfs_plan(grid: Grid, cpus: int, device: str = "cpu", gpus_per_trial: float = 0.25) -> dict:
     """What sfs will do with the grid: checks the overrides give exactly the grid's models,
     and records sfs's packing (for reading the numbers)."""
     sys.path.insert(0, str(ROOT))
     from sfs.config.compose import load_configs
     from sfs.plan import auto_pack_size, make_packs, plan_models
 
-    (cfg,) = load_configs(sfs_overrides(grid, cpus, Path(tempfile.gettempdir()), False))
+    (cfg,) = load_configs(sfs_overrides(grid, cpus, Path(tempfile.gettempdir()), False, device,
+                                        gpus_per_trial))
     specs = plan_models(cfg)
     if len(specs) != grid.n_models or {s.steps for s in specs} != {grid.steps}:
         raise SystemExit(f"sfs plans {len(specs)} models for a grid of {grid.n_models}: "
                          "the overrides no longer match sfs's config")
     slots = max(1, int(cpus // cfg.cluster.cpus_per_trial))
+    if device != "cpu":  # as sfs.sweep.cluster.trial_resources counts them
+        slots = max(1, min(slots, int(torch.cuda.device_count() // gpus_per_trial)))
     size = cfg.sweep.pack_size or auto_pack_size(specs, slots)
     packs = make_packs(cfg.sweep.name, specs, size)
     return {"pack_size": size, "pack_sizes": [len(p.models) for p in packs], "slots": slots}
 
 
-def run_sfs(grid: Grid, cpus: int, workdir: Path, timeout: float, aggregate: bool) -> dict:
+def run_sfs(grid: Grid, cpus: int, workdir: Path, timeout: float, aggregate: bool,
+            device: str = "cpu", gpus_per_trial: float = 0.25) -> dict:
     workdir.mkdir(parents=True)
-    overrides = sfs_overrides(grid, cpus, workdir / "runs", aggregate)
+    overrides = sfs_overrides(grid, cpus, workdir / "runs", aggregate, device, gpus_per_trial)
     command = [sys.executable, "-m", "sfs.launch", *overrides]
     log_path = workdir / "sfs.log"
     wall_s = run_timed(command, log_path, timeout, "sfs")
-    stored = stored_ok(workdir / "runs" / f"bench_{grid.name}" / "trials.parquet")
+    stored = stored_ok(workdir / "runs" / f"bench_{grid.name}" / "trials.parquet", device)
     if stored != grid.n_models:
-        raise SystemExit(f"sfs: {stored} models stored ok of {grid.n_models} (log: {log_path})")
+        raise SystemExit(f"sfs: {stored} models stored ok on {device} of {grid.n_models} "
+                         f"(log: {log_path})")
     # The launch's own count, from its summary line: what is left of wall_s is start-up.
     found = re.search(r"packs run in ([0-9.]+) s", log_path.read_text())
     return {"wall_s": wall_s, "inner_s": float(found[1]) if found else None}
 
 
-def stored_ok(trials: Path) -> int:
+def stored_ok(trials: Path, device: str = "cpu") -> int:
+    """Models stored ok that trained on ``device`` (its type: the store records cuda:0)."""
     import polars as pl
 
     if not trials.exists():
         return 0
-    return pl.read_parquet(trials).filter(pl.col("status") == "ok").height
+    return pl.read_parquet(trials).filter(
+        (pl.col("status") == "ok") & (pl.col("device").str.split(":").list.first() == device)).height
 
 
 # ---------------------------------------------------------------------------------------
@@ -409,21 +435,26 @@ def summarise(runs: list[dict], model_steps: int) -> dict:
 def benchmark_grid(grid: Grid, modes: list[str], args: argparse.Namespace, tmp: Path) -> dict:
     report = {"grid": asdict(grid), "n_models": grid.n_models, "model_steps": grid.model_steps,
               "cpus": args.cpus, "limit_workers": args.limit_workers, "repeats": args.repeats,
-              "sfs_aggregate": args.sfs_aggregate}
+              "sfs_aggregate": args.sfs_aggregate, "device": args.device}
+    if args.device != "cpu":
+        report["gpus_per_trial"] = args.gpus_per_trial
+        report["gpu"] = torch.cuda.get_device_name()
     if "sfs" in modes or "limit_packed" in modes:
-        report["sfs_plan"] = sfs_plan(grid, args.cpus)
+        report["sfs_plan"] = sfs_plan(grid, args.cpus, args.device, args.gpus_per_trial)
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for repeat in range(args.repeats):
         for mode in modes:
             workdir = tmp / f"{grid.name}-{mode}-{repeat}"
             if mode == "limit":
-                run = run_limit(grid, args.limit_workers)
+                run = run_limit(grid, args.limit_workers, device=args.device)
             elif mode == "limit_packed":
-                run = run_limit(grid, args.limit_workers, report["sfs_plan"]["pack_size"])
+                run = run_limit(grid, args.limit_workers, report["sfs_plan"]["pack_size"],
+                                args.device)
             elif mode == "naive":
                 run = run_naive(grid, args.cpus, workdir, args.timeout)
             else:
-                run = run_sfs(grid, args.cpus, workdir, args.timeout, args.sfs_aggregate)
+                run = run_sfs(grid, args.cpus, workdir, args.timeout, args.sfs_aggregate,
+                              args.device, args.gpus_per_trial)
             if not args.keep_files:
                 shutil.rmtree(workdir, ignore_errors=True)
             runs[mode].append(run)
@@ -475,6 +506,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per subprocess run")
     parser.add_argument("--keep-files", action="store_true",
                         help="keep every run's folder (logs, stores) and print where")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where limit, limit_packed and sfs train (default cpu, also on a GPU "
+                             "machine); cuda: on the GPU, sfs with train.device=cuda")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.25,
+                        help="with --device cuda: sfs's cluster.gpus_per_trial (default 0.25: "
+                             "four packs share a GPU)")
+    parser.add_argument("--json-out", type=Path, default=None,
+                        help="also write every grid's report (the printed JSON) to this file")
     parser.add_argument("--naive-worker", type=Path, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -490,6 +529,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--repeats, --cpus and --limit-workers must be >= 1")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.device == "cuda":
+        if "naive" in modes:
+            parser.error("--device cuda: the naive mode runs on the CPU only; "
+                         "pass --modes without naive (e.g. limit,sfs)")
+        if not torch.cuda.is_available():
+            parser.error(f"--device cuda: torch sees no CUDA device (torch {torch.__version__}, "
+                         f"built for CUDA {torch.version.cuda})")
+        if args.gpus_per_trial <= 0:
+            parser.error("--gpus-per-trial must be > 0 with --device cuda")
     return args
 
 
@@ -514,6 +562,8 @@ def main(argv: list[str] | None = None) -> None:
             report = benchmark_grid(grid, modes, args, tmp)
             print(json.dumps(report, indent=2), flush=True)
             reports[grid.name] = report
+            if args.json_out is not None:
+                args.json_out.write_text(json.dumps(reports))
     finally:
         if args.keep_files:
             print(f"run folders kept in {tmp}")
