@@ -62,8 +62,8 @@ from sfs.analysis.phase import phase_table
 from sfs.config import Config
 from sfs.core import metrics as M
 from sfs.core.spec import derive_seed
-from sfs.plan import plan_models
-from sfs.plan_search import SearchResult, choice_losses, replay_search, stored_outcomes
+from sfs.plan_lr import outcomes_of, planned_grid
+from sfs.plan_search import SearchResult, replay_search
 from sfs.storage.store import TrialStore, read_weights, write_table
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,9 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     if not (sweep_dir / "trials.parquet").exists() and not (sweep_dir / "parts").exists():
         raise FileNotFoundError(f"no results store at {sweep_dir}: run the sweep first "
                                 f"(python -m sfs.launch +sweep={cfg.sweep.name} ...)")
-    grid = {spec.model_id for spec in plan_models(cfg)}
-    search = _replay_search(cfg, sweep_dir)  # None unless sweep.iso_loss.enabled
+    outcomes = outcomes_of(TrialStore(sweep_dir).load())
+    grid = {spec.model_id for spec in planned_grid(cfg, outcomes)}
+    search = replay_search(cfg, outcomes) if cfg.sweep.iso_loss.enabled else None  # sfs.plan_search
     planned = grid | (search.model_ids if search else set())
     loaded = load_models(sweep_dir, planned)
     log.info("%s: %d planned models, %d stored, %d ok (read in %.1f s)", cfg.sweep.name,
@@ -210,15 +211,6 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     log.info("%s: aggregated %d models into %s in %.1f s", cfg.sweep.name, metrics.height,
              sweep_dir, time.perf_counter() - started)
     return result
-
-
-def _replay_search(cfg: Config, sweep_dir: Path) -> SearchResult | None:
-    """The iso-loss search as far as the store has trained it (``sfs.plan_search``)."""
-    if not cfg.sweep.iso_loss.enabled:
-        return None
-    table = TrialStore(sweep_dir).load()
-    return replay_search(cfg, stored_outcomes(table["model_id"], table["status"], table["loss"],
-                                              choice_losses(table)))
 
 
 def _iso_loss_tables(cfg: Config, sweep_dir: Path, search: SearchResult, every: Loaded,

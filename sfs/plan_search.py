@@ -24,22 +24,25 @@ One step for one target, over the measured (width, mean loss) points of its dept
   log-log slope of the two end widths, by at most ``EXTRAPOLATION_FACTOR`` in width; then,
   still beyond, **out of range**.
 
-Each proposed width trains every seed of the sweep at each learning rate the grid uses
-(``sweep.lrs`` or ``train.lr``), with the grid's training settings; a width's loss is the
-mean over its seeds at the learning rate with the lowest mean validation loss, the rule of
-``sfs.analysis.lr_selection``, which then chooses the same one in the aggregation.
+Each proposed width trains the seeds of the sweep at the learning rates the grid uses
+(``sweep.lrs`` or ``train.lr``) as a grid shape does (``sfs.plan_lr``: every seed at every
+rate, or with ``sweep.lr_probe_seeds`` the probe seeds at every rate and the others at the
+rate they chose), with the grid's training settings; a width is measured once all of those
+are stored, and its loss is the mean over its seeds at the chosen rate (``choose_lr``, the
+rule of ``sfs.analysis.lr_selection``, which then chooses the same one in the aggregation).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sfs.config import Config
 from sfs.core.shapes import MAX_WIDTH
 from sfs.plan import ModelSpec, plan_models
+from sfs.plan_lr import Outcome, as_outcome, choose_lr, probe_seeds, to_train
 
 # An extrapolation beyond the grid goes at most this factor in width (x2 wider, /2
 # narrower): far enough to reach targets just past the grid, not so far that one untested
@@ -53,15 +56,6 @@ SETTING_KEYS = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in S
 STATUSES = ("met", "out of range", "no width between", "not met after max_rounds", "diverged",
             "pending", "no target", "reference")
 PROPOSING = ("interpolate", "bisect", "extrapolate")  # step kinds that train a new width
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the store holds for one trained model."""
-
-    loss: float  # the held-out (eval) loss; NaN when it diverged
-    val_loss: float = math.nan  # the loss the lr is chosen on (choice_losses; NaN: use loss)
-    diverged: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,32 +174,19 @@ def next_step(points: Sequence[tuple[int, float]], target: float, tolerance: flo
 # -- the replay ----------------------------------------------------------------------------
 
 
-def _outcome(value: Outcome | float) -> Outcome:
-    return value if isinstance(value, Outcome) else Outcome(float(value))
-
-
-def measure(width: int, specs: Sequence[ModelSpec], outcomes: Mapping[str, Outcome | float]) -> Point | None:
-    """The point of one width (specs: every lr x seed), or None while a model is missing.
-
-    The lr is chosen as ``sfs.analysis.lr_selection`` does: never one where a model
-    diverged when another has none, then the lowest mean validation loss, then the lowest lr.
-    """
-    if any(spec.model_id not in outcomes for spec in specs):
+def measure(width: int, specs: Sequence[ModelSpec], outcomes: Mapping[str, Outcome | float],
+            probe: frozenset[int] = frozenset()) -> Point | None:
+    """The point of one width (specs: every lr x seed), or None while a model it trains
+    (``sfs.plan_lr.to_train``) is missing. The lr is chosen by ``sfs.plan_lr.choose_lr``,
+    the rule of ``sfs.analysis.lr_selection``; the loss is the mean over that lr's ok seeds."""
+    trained = to_train(specs, outcomes, probe)
+    if any(spec.model_id not in outcomes for spec in trained):
         return None
-    by_lr: dict[float, list[tuple[str, Outcome]]] = {}
-    for spec in specs:
-        by_lr.setdefault(spec.lr, []).append((spec.model_id, _outcome(outcomes[spec.model_id])))
-    candidates = []
-    for lr, models in by_lr.items():
-        ok = [(i, o) for i, o in models if not o.diverged and math.isfinite(o.loss)]
-        if not ok:
-            continue
-        vals = [o.val_loss for _, o in ok if math.isfinite(o.val_loss)]
-        score = sum(vals) / len(vals) if len(vals) == len(ok) else sum(o.loss for _, o in ok) / len(ok)
-        candidates.append((len(ok) < len(models), score, lr, ok))
-    if not candidates:
+    lr = choose_lr([(spec, outcomes[spec.model_id]) for spec in trained])
+    ok = [(spec.model_id, as_outcome(outcomes[spec.model_id])) for spec in trained if spec.lr == lr]
+    ok = [(i, o) for i, o in ok if not o.diverged and math.isfinite(o.loss)]
+    if lr is None or not ok:
         return Point(width, math.nan, None, ())
-    _, _, lr, ok = min(candidates, key=lambda c: c[:3])
     return Point(width, sum(o.loss for _, o in ok) / len(ok), lr, tuple(i for i, _ in ok))
 
 
@@ -234,6 +215,7 @@ def replay_search(cfg: Config, outcomes: Mapping[str, Outcome | float]) -> Searc
     """Every round the stored ``outcomes`` (model_id -> Outcome or eval loss of models
     stored ok or diverged) allow, and where each (setting, target, depth) stands."""
     iso = cfg.sweep.iso_loss
+    probe = probe_seeds(cfg)
     specs: list[ModelSpec] = []
     rows: list[SearchRow] = []
     rounds = 0
@@ -242,14 +224,14 @@ def replay_search(cfg: Config, outcomes: Mapping[str, Outcome | float]) -> Searc
         targets: dict[int, tuple[float, Point | None]] = {}
         for width, grid in reference.items():
             budget = setting.budget[(iso.reference_depth, width)]
-            point = measure(width, grid, outcomes)
+            point = measure(width, grid, outcomes, probe)
             targets[budget] = (point.loss if point else math.nan, point)
             status = "pending" if point is None else "reference" if math.isfinite(point.loss) else "diverged"
             rows.append(SearchRow(setting.key, budget, targets[budget][0], iso.reference_depth, status,
                                   point, reference=True))
         for depth in iso.search_depths(cfg.sweep.depths):
             new, unit_rows, reached = _replay_depth(setting.specs[depth], targets, depth, setting.key,
-                                                    iso.tolerance, iso.max_rounds, outcomes)
+                                                    iso.tolerance, iso.max_rounds, outcomes, probe)
             specs += new
             rows += unit_rows
             rounds = max(rounds, reached)
@@ -258,13 +240,14 @@ def replay_search(cfg: Config, outcomes: Mapping[str, Outcome | float]) -> Searc
 
 def _replay_depth(grid: dict[int, list[ModelSpec]], targets: dict[int, tuple[float, Point | None]],
                   depth: int, key: dict, tolerance: float, max_rounds: int,
-                  outcomes: Mapping[str, Outcome | float]) -> tuple[list[ModelSpec], list[SearchRow], int]:
+                  outcomes: Mapping[str, Outcome | float],
+                  probe: frozenset[int]) -> tuple[list[ModelSpec], list[SearchRow], int]:
     """The rounds of one (setting, depth): its new specs, one row per target, rounds reached."""
     # a reference not stored yet: pending; stored but every model diverged: no target
     rows = {b: SearchRow(key, b, loss, depth, "no target" if ref and not math.isfinite(loss) else "pending")
             for b, (loss, ref) in targets.items()}
     active = [b for b, (loss, ref) in targets.items() if ref is not None and math.isfinite(loss)]
-    measured = {w: measure(w, s, outcomes) for w, s in grid.items()}
+    measured = {w: measure(w, s, outcomes, probe) for w, s in grid.items()}
     if any(p is None for p in measured.values()):  # the grid of this depth is not all stored
         return [], list(rows.values()), 0
     points: dict[int, Point] = dict(measured)  # type: ignore[arg-type]
@@ -295,8 +278,8 @@ def _replay_depth(grid: dict[int, list[ModelSpec]], targets: dict[int, tuple[flo
         measured = {}
         for width in sorted(proposed):
             widened = [dataclasses.replace(spec, width=width) for spec in template]
-            new_specs += widened
-            measured[width] = measure(width, widened, outcomes)
+            new_specs += to_train(widened, outcomes, probe)
+            measured[width] = measure(width, widened, outcomes, probe)
         if any(p is None for p in measured.values()):  # this round is not all stored yet
             for b in active:
                 rows[b].point = _closest(points, rows[b].target_loss)
@@ -335,24 +318,3 @@ def _finish(row: SearchRow, step: Step, points: Mapping[int, Point]) -> None:
         row.note = "every model of the last width tried diverged"
     elif "extrapolate" in row.kinds:
         row.note = f"extrapolated once beyond the grid's widths (at most x{EXTRAPOLATION_FACTOR:g})"
-
-
-def choice_losses(table):
-    """The loss a learning rate is chosen on, per stored row: the validation loss, or where a
-    store predates it the last training loss (never the reported eval loss), as
-    ``sfs.analysis.lr_selection`` chooses."""
-    return table["val_loss"].fill_null(table["train_loss"])
-
-
-def stored_outcomes(model_ids: Iterable[str], statuses: Iterable[str], losses: Iterable[float | None],
-                    val_losses: Iterable[float | None]) -> dict[str, Outcome]:
-    """The store's columns as outcomes: models stored ok or diverged (failed ones are
-    trained again, so they count as missing)."""
-    out = {}
-    for model_id, status, loss, val in zip(model_ids, statuses, losses, val_losses):
-        if status == "ok":
-            out[model_id] = Outcome(math.nan if loss is None else float(loss),
-                                    math.nan if val is None else float(val))
-        elif status == "diverged":
-            out[model_id] = Outcome(math.nan, diverged=True)
-    return out

@@ -284,22 +284,21 @@ class SweepResults:
 
     # -- status -----------------------------------------------------------------------------
     def planned_ids(self) -> set[str] | None:
-        """The model ids the recorded config plans: its grid (``plan_models``) and, with
+        """The model ids the recorded config plans: its grid (``plan_models``; with
+        ``sweep.lr_probe_seeds``, as far as the store has led it) and, with
         ``sweep.iso_loss``, the search's models as far as the store has led it. None
         without a recorded config."""
         cfg = self.config
         if cfg is None:
             return None
-        from sfs.plan import plan_models
+        from sfs.plan_lr import outcomes_of, planned_grid
 
-        planned = {spec.model_id for spec in plan_models(cfg)}
+        outcomes = outcomes_of(self.trials)
+        planned = {spec.model_id for spec in planned_grid(cfg, outcomes)}
         if cfg.sweep.iso_loss.enabled:
-            from sfs.plan_search import choice_losses, replay_search, stored_outcomes
+            from sfs.plan_search import replay_search
 
-            table = self.trials
-            search = replay_search(cfg, stored_outcomes(table["model_id"], table["status"], table["loss"],
-                                                        choice_losses(table)))
-            planned |= search.model_ids
+            planned |= replay_search(cfg, outcomes).model_ids
         return planned
 
     def status(self) -> SweepStatus:

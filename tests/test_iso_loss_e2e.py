@@ -11,11 +11,13 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
-# 2 budgets x depths 0, 1 at one sparsity, 2 seeds, 200 steps; one search round
+# 2 budgets x depths 0, 1 at one sparsity, 3 seeds, 200 steps; one search round. Two learning
+# rates, chosen on a probe of 2 seeds (the third trains at the chosen rate only)
 TINY = ["+sweep=aspect", "sweep.families=[deep_tied]", "sweep.n_features=[12]",
         "sweep.param_budgets=[60,120]", "sweep.budget_tolerance=0.25", "sweep.depths=[0,1]",
         "sweep.sparsities=[0.9]", "sweep.importances=[0.97]", "sweep.feature_dists=[uniform]",
-        "sweep.weight_decays=[0.0]", "sweep.lrs=[]", "sweep.seeds=[0,1]", "sweep.scale=1",
+        "sweep.weight_decays=[0.0]", "sweep.lrs=[0.003,0.03]", "sweep.lr_probe_seeds=2",
+        "sweep.seeds=[0,1,2]", "sweep.scale=1",
         "train.steps=200", "train.warmup_steps=20", "train.batch_size=256", "tracking=off",
         "aggregate.n_boot=100", "aggregate.n_perm=10", "sweep.iso_loss.enabled=true",
         "sweep.iso_loss.max_rounds=1", "sweep.iso_loss.tolerance=0.1"]
@@ -30,6 +32,8 @@ def _launch(out_dir: Path, *extra: str) -> str:
 
 def test_a_sweep_with_the_search_builds_iso_loss_shapes_and_a_rerun_trains_nothing(tmp_path):
     output = _launch(tmp_path)
+    assert "16 models planned" in output and "4 more follow as the probe seeds choose" in output, output
+    assert "learning rates chosen on the probe seeds of 4 settings" in output, output
     assert re.search(r"iso-loss search, round 1: .*training \d+ models", output), output
     sweep_dir = tmp_path / "aspect"
     shapes = pl.read_parquet(sweep_dir / "iso_loss_shapes.parquet")
@@ -37,12 +41,16 @@ def test_a_sweep_with_the_search_builds_iso_loss_shapes_and_a_rerun_trains_nothi
     searched = shapes.filter(pl.col("depth") == 1)
     assert (searched["rounds"] <= 1).all() and set(searched["status"]) <= {
         "met", "out of range", "no width between", "not met after max_rounds"}
-    assert (searched["n_seeds"] == 2).all() and searched["loss"].is_finite().all()
+    assert (searched["n_seeds"] == 3).all() and searched["loss"].is_finite().all()
     trained = pl.read_parquet(sweep_dir / "trials.parquet")
-    assert trained.height > 8  # the grid's 8 and the round's widths
+    # per shape: 2 probe seeds x 2 rates + the third seed at the chosen rate; the grid's 4
+    # shapes and at least one searched width
+    per_shape = trained.group_by("width", "depth").len()["len"]
+    assert (per_shape == 5).all() and per_shape.len() > 4, per_shape
+    assert trained.group_by("width", "depth", "seed").len().filter(pl.col("seed") == 2)["len"].max() == 1
     assert (sweep_dir / "aspect_iso_verdict.parquet").exists()
     assert (sweep_dir / "aspect_verdict.parquet").exists()  # the fixed-N study stays
-    assert pl.read_parquet(sweep_dir / "metrics.parquet").height == 8  # ... on the grid alone
+    assert pl.read_parquet(sweep_dir / "metrics.parquet").height == 12  # ... grid alone, chosen rates
 
     again = _launch(tmp_path, "aggregate.enabled=false")
     assert "sfs: 0 packs run" in again, again

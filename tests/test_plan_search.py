@@ -16,7 +16,8 @@ from sfs.analysis.aspect.stats import Margins
 from sfs.config import ConfigError
 from sfs.config.compose import load_configs
 from sfs.plan import ModelSpec, plan_models
-from sfs.plan_search import EXTRAPOLATION_FACTOR, Outcome, measure, next_step, replay_search, stored_outcomes
+from sfs.plan_lr import Outcome, stored_outcomes
+from sfs.plan_search import EXTRAPOLATION_FACTOR, measure, next_step, replay_search
 
 # Every axis pinned, so the shipped aspect sweep's values do not move these tests.
 PINNED = ["+sweep=aspect", "sweep.families=[deep_tied]", "sweep.n_features=[100]",

@@ -13,8 +13,12 @@ bias from it.
 A choice at the smallest or largest of three or more rates (``at_grid_edge``) may not be the
 shape's best: the report says so, and a wider ``sweep.lrs`` settles it.
 
-A learning rate at which any model of the setting diverged is never chosen over one at which
-none did: an unstable rate is not a shape's best. Models not yet trained are left out (the
+Rates are compared on the seeds stored at every rate of the setting (``n_compared``): all of
+them when every seed trains at every rate, the probe seeds with ``sweep.lr_probe_seeds``
+(``sfs.plan_lr``, whose ``choose_lr`` is this rule, used while the sweep plans), so the seeds
+trained at the chosen rate alone never tilt the choice. A learning rate at which any compared
+model diverged is never chosen over one at which none did: an unstable rate is not a
+shape's best. Models not yet trained are left out (the
 choice is made on what is stored, and ``n_models`` says how many that was).
 """
 
@@ -39,7 +43,7 @@ class LrChoice:
 def select_learning_rates(rows: pl.DataFrame, group_keys: list[str]) -> LrChoice:
     """Choose, per setting, the learning rate with the lowest mean validation loss.
 
-    rows: stored models (any status) with the spec fields, ``status``, ``val_loss`` and
+    rows: stored models (any status) with the spec fields, ``seed``, ``status``, ``val_loss`` and
     ``train_loss``; group_keys: the setting's columns (spec fields without ``lr``; ``seed``
     is dropped here). Failed models (to be trained again) take no part. Where a setting's
     validation losses are missing (a store written before they were recorded), the last
@@ -49,13 +53,19 @@ def select_learning_rates(rows: pl.DataFrame, group_keys: list[str]) -> LrChoice
     done = rows.filter(pl.col("status").is_in(["ok", "diverged"]))
     if done.is_empty():
         return LrChoice(pl.DataFrame(), set())
+    # the compared seeds: those stored at every rate of the setting (all, if none is)
+    at_every = pl.col("lr").n_unique().over([*keys, "seed"]) == pl.col("lr").n_unique().over(keys)
+    done = done.with_columns(at_every.alias("_compared"))
+    done = done.with_columns(pl.col("_compared") | ~pl.col("_compared").any().over(keys))
+    ok = (pl.col("status") == "ok") & pl.col("_compared")
     per_lr = (done.group_by([*keys, "lr"], maintain_order=True).agg(
         pl.len().alias("n_models"),
-        (pl.col("status") == "diverged").sum().alias("n_diverged"),
-        pl.col("val_loss").filter(pl.col("status") == "ok").mean().alias("val_loss_mean"),
-        pl.col("val_loss").filter(pl.col("status") == "ok").std().alias("val_loss_sd"),
-        pl.col("train_loss").filter(pl.col("status") == "ok").mean().alias("train_loss_mean"),
-        pl.col("val_loss").is_null().any().alias("_no_val"),
+        pl.col("_compared").sum().alias("n_compared"),
+        ((pl.col("status") == "diverged") & pl.col("_compared")).sum().alias("n_diverged"),
+        pl.col("val_loss").filter(ok).mean().alias("val_loss_mean"),
+        pl.col("val_loss").filter(ok).std().alias("val_loss_sd"),
+        pl.col("train_loss").filter(ok).mean().alias("train_loss_mean"),
+        pl.col("val_loss").filter(ok).is_null().any().alias("_no_val"),  # diverged: none expected
     ))
     per_lr = per_lr.with_columns(
         pl.col("_no_val").any().over(keys).alias("_no_val"),

@@ -297,6 +297,9 @@ class SweepConfig:
     # the one with the lowest mean loss on the validation batch (sfs.analysis.lr_selection).
     # Empty: train.lr for every model, no selection.
     lrs: list[float] = field(default_factory=list)
+    # With several lrs: the first k seeds train at every rate, the others only at the rate those
+    # k chose (sfs.plan_lr); 0 (or k >= the number of seeds): every seed at every rate.
+    lr_probe_seeds: int = 0
     scale: int = 1
     scale_batch: bool = False  # sweep.scale also multiplies the batch size (scaling: Liu's budget)
     pack_size: int = 0  # models trained together in one trial; 0: automatic (plan.auto_pack_size)
@@ -350,6 +353,9 @@ class SweepConfig:
         if self.lrs:
             _check_axis("sweep.lrs", self.lrs, lambda v: _is_number(v) and 0 < v <= 10,
                         "numbers in (0, 10] (empty: train.lr)")
+        _require(_is_int(self.lr_probe_seeds) and self.lr_probe_seeds >= 0, "sweep.lr_probe_seeds",
+                 "an integer >= 0 (0, or at least the number of seeds: every seed at every "
+                 "learning rate)", self.lr_probe_seeds)
         for name in self.families:
             max_depth = family(name).max_depth
             _require(max(self.depths) <= max_depth, "sweep.depths",

@@ -276,11 +276,16 @@ def _lr_table(selection: pl.DataFrame) -> str:
     edge = int(chosen["at_grid_edge"].sum())
     warning = (f" <b>{edge} of {chosen.height} choices are at the smallest or largest rate tried:"
                " the best may lie outside sweep.lrs; widen it.</b>") if edge else ""
-    return ("<p>Each shape and setting was trained at every rate of sweep.lrs; the rate with the "
+    probed = "n_compared" in chosen.columns and bool((chosen["n_compared"] < chosen["n_models"]).any())
+    how = ("its probe seeds were trained at every rate of sweep.lrs and its other seeds at the rate "
+           "they chose (sweep.lr_probe_seeds); rates were compared on the probe seeds (n_compared): "
+           if probed else "was trained at every rate of sweep.lrs; ")
+    return (f"<p>Each shape and setting {how}the rate with the "
             "lowest mean loss on the validation batch (not the reported eval batch) was kept, and "
             "every table and plot here uses only those models (lr_selection.parquet; "
             f"docs/science.md, \"Fair comparisons\").{warning}</p>"
-            + html_table(chosen.sort(keys), [*keys, "lr", "val_loss_mean", "n_models", "n_diverged",
+            + html_table(chosen.sort(keys), [*keys, "lr", "val_loss_mean", "n_models",
+                                             *(["n_compared"] if probed else []), "n_diverged",
                                              "at_grid_edge", "chosen_on"]))
 
 

@@ -26,7 +26,8 @@ from ray import tune
 
 from sfs.config import Config
 from sfs.core import faults
-from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs
+from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs, plan_models
+from sfs.plan_lr import grid_size
 from sfs.sweep.cluster import start_ray, trial_resources
 from sfs.sweep.persist import Part, PersistCallback, connect_trackers, prepare_part, unwritable
 from sfs.sweep.progress import Progress, ProgressCallback, make_display
@@ -46,8 +47,9 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
             parts.append(prepare_part(cfg))
             next_round(parts[-1], starting=True)  # a resumed search: the rounds stored so far
         for part in parts:
-            log.info("%s: %d models planned, %d already stored, %d to train", part.name,
-                     len(part.planned), len(part.planned) - len(part.todo), len(part.todo))
+            log.info("%s: %d models planned, %d already stored, %d to train%s", part.name,
+                     len(part.planned), len(part.planned) - len(part.todo), len(part.todo),
+                     _still_to_plan(part))
         n_packs, interrupted = 0, False
         if any(part.todo for part in parts):
             n_packs, interrupted = _run_tune(parts)
@@ -58,6 +60,16 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
         for part in parts:
             part.store.consolidate()
             part.store.close()
+
+
+def _still_to_plan(part: Part) -> str:
+    """What later rounds add to the grid: the seeds beyond the learning-rate probe."""
+    grid = {spec.model_id for spec in plan_models(part.cfg)}
+    later = grid_size(part.cfg) - sum(spec.model_id in grid for spec in part.planned)
+    if later <= 0:
+        return ""
+    return (f"; {later} more follow as the probe seeds choose each shape's learning rate "
+            "(sweep.lr_probe_seeds)")
 
 
 class Interrupt(tune.Stopper):

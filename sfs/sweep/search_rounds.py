@@ -1,11 +1,13 @@
-"""The iso-loss search's rounds in a launch (``sweep.iso_loss``, ``sfs.plan_search``).
+"""A launch's rounds: models planned from what earlier passes stored.
 
-After each training pass the runner asks ``next_round`` what to train next: it reads the
-store, replays the search from the stored losses and adds to the sweep's plan the models of
-every round reached that are neither stored nor already tried in this launch (a failed
-model is tried again by the next launch, as in the grid, not in a loop here). Because the
-replay depends only on the store, a rerun after Ctrl-C or a crash proposes the same widths
-and continues from the first round not yet trained.
+Two things plan from the store: the grid's seeds beyond the learning-rate probe
+(``sweep.lr_probe_seeds``, ``sfs.plan_lr``: trained at the rate the probe seeds chose) and
+the iso-loss search (``sweep.iso_loss``, ``sfs.plan_search``). After each training pass the
+runner asks ``next_round`` what to train next: it reads the store, replays both from the
+stored losses and adds to the sweep's plan the models that are neither stored nor already
+tried in this launch (a failed model is tried again by the next launch, as in the grid, not
+in a loop here). Because the replay depends only on the store, a rerun after Ctrl-C or a
+crash plans the same models and continues from the first round not yet trained.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import logging
 
 from sfs.plan import ModelSpec
-from sfs.plan_search import SearchResult, choice_losses, replay_search, stored_outcomes
+from sfs.plan_lr import outcomes_of, planned_grid, setting_key
+from sfs.plan_search import SearchResult, replay_search
 from sfs.storage.store import DONE_STATUSES
 from sfs.sweep.persist import Part
 
@@ -24,20 +27,27 @@ STOPPED = ("out of range", "no width between", "not met after max_rounds", "dive
 
 
 def next_round(part: Part, starting: bool = False) -> list[ModelSpec]:
-    """The search's models to train now (also added to ``part.planned`` and ``part.todo``);
+    """The models to train now (also added to ``part.planned`` and ``part.todo``): the grid's
+    seeds whose learning-rate probe is now stored, and the search's next widths;
     ``starting``: before the launch's first training pass (a resumed search)."""
-    if not part.cfg.sweep.iso_loss.enabled:
-        return []
+    cfg = part.cfg
     table = part.store.load()
-    result = replay_search(part.cfg, stored_outcomes(table["model_id"], table["status"], table["loss"],
-                                                     choice_losses(table)))
+    outcomes = outcomes_of(table)
     done = set(table.filter(table["status"].is_in(DONE_STATUSES))["model_id"].to_list())
     planned = {spec.model_id for spec in part.planned}
     tried = {spec.model_id for spec in part.todo}
-    part.planned += [spec for spec in result.specs if spec.model_id not in planned]
-    new = [spec for spec in result.specs if spec.model_id not in done and spec.model_id not in tried]
+    grid = [spec for spec in planned_grid(cfg, outcomes) if spec.model_id not in planned]
+    if grid and not starting:
+        log.info("%s: learning rates chosen on the probe seeds of %d settings; training their "
+                 "other seeds", part.name, len({setting_key(s) for s in grid}))
+    grid_ids = {spec.model_id for spec in grid}
+    result = replay_search(cfg, outcomes) if cfg.sweep.iso_loss.enabled else None
+    specs = grid + (result.specs if result else [])
+    part.planned += [spec for spec in specs if spec.model_id not in planned]
+    new = [spec for spec in specs if spec.model_id not in done and spec.model_id not in tried]
     part.todo += new
-    log.info("%s: %s", part.name, describe(result, new, starting))
+    if result is not None:
+        log.info("%s: %s", part.name, describe(result, [s for s in new if s.model_id not in grid_ids], starting))
     return new
 
 
