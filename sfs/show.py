@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from sfs.analysis.curves import preferred_form
 from sfs.core.text import text_table
 from sfs.results import _SPEC_FIELDS, SweepResults, SweepStatus, TableMissing
 
@@ -74,6 +75,19 @@ def _section(title: str, frame: pl.DataFrame, columns: Sequence[tuple[str, objec
     return ["", title, *("  " + line for line in text_table(rows))]
 
 
+def _is_no_fit(fits: pl.DataFrame) -> pl.Expr:
+    return pl.col("warning").fill_null("").str.starts_with("no fit") if "warning" in fits.columns else pl.lit(False)
+
+
+def _no_fit(fits: pl.DataFrame) -> list[str]:
+    """One line per reason a curve was not fitted: how many curves, and the reason."""
+    if "warning" not in fits.columns:
+        return []
+    counts = fits.filter(_is_no_fit(fits)).group_by("warning").len().sort("warning")
+    return [f"{n} curve{'s' if n > 1 else ''} not fitted: {reason.removeprefix('no fit: ')}"
+            for reason, n in counts.iter_rows()]
+
+
 def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[str]]:
     """``sfs show``: the sweep's status, fits with intervals, headline checks, verdicts with
     their reasons, unconverged models and failures (the sections of tables the sweep has).
@@ -95,21 +109,31 @@ def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[
 
     fits = get("fits")
     if fits is not None and not fits.is_empty():
-        keys = _keys(fits)
-        lines += _section(f"Fits: L(x) = E + A x^-alpha (form 'power': E = 0), {ci} intervals over seeds "
-                          "(fits.parquet)", fits.sort([*keys, "x"]), [
-            *((k, k) for k in keys), ("x", "x"), ("form", "form"),
-            ("alpha", lambda r: _interval(r, "alpha")), ("E", lambda r: _interval(r, "E")),
-            ("widths", "n_widths"), ("seeds", "n_seeds"), ("warning", lambda r: r.get("warning") or ""),
-        ])
+        title = (f"Fits: L(x) = E + A x^-alpha (form 'power': E = 0), {ci} intervals over seeds "
+                 "(fits.parquet)")
+        # a curve that could not be fitted says only why: one line per reason, not a row each
+        unfitted = _no_fit(fits)
+        fitted = fits.filter(~_is_no_fit(fits))
+        if not fitted.is_empty():
+            keys = _keys(fitted)
+            lines += _section(title, fitted.sort([*keys, "x"]), [
+                *((k, k) for k in keys), ("x", "x"), ("form", "form"),
+                ("alpha", lambda r: _interval(r, "alpha")), ("E", lambda r: _interval(r, "E")),
+                ("widths", "n_widths"), ("seeds", "n_seeds"), ("warning", lambda r: r.get("warning") or ""),
+            ])
+            lines += [f"  {line}" for line in unfitted]
+        else:
+            lines += ["", title, *(f"  {line}" for line in unfitted)]
     depth_fits = get("width_depth_fits")
     if depth_fits is not None and not depth_fits.is_empty():
         keys = _keys(depth_fits)
-        lines += _section(f"Width-depth fits: L = E + A m^-alpha + B l^-beta, {ci} intervals "
-                          "(width_depth_fits.parquet)", depth_fits.sort(keys), [
-            *((k, k) for k in keys), ("alpha", lambda r: _interval(r, "alpha")),
+        lines += _section(f"Width-depth fits: L = E + A m^-alpha + B l^-beta (additive) or E + A m^-alpha "
+                          f"(width_only), the form the held-out error prefers, {ci} intervals "
+                          "(width_depth_fits.parquet)", preferred_form(depth_fits).sort(keys), [
+            *((k, k) for k in keys), ("form", lambda r: r.get("preferred") or ""),
+            ("alpha", lambda r: _interval(r, "alpha")),
             ("beta", lambda r: _interval(r, "beta")), ("E", lambda r: _interval(r, "E")),
-            ("preferred", lambda r: r.get("preferred") or ""), ("warning", lambda r: r.get("warning") or ""),
+            ("warning", lambda r: r.get("warning") or ""),
         ])
     headline = get("headline")
     if headline is not None and not headline.is_empty():

@@ -215,7 +215,7 @@ def test_show_prints_fits_headline_verdicts_and_failures(tmp_path, capsys):
     out = capsys.readouterr().out
     fits_line = next(line for line in out.splitlines() if "saturating" in line)
     assert "1.05 [0.871, 1.24]" in fits_line and "0.0123 [0.01, 0.015]" in fits_line
-    assert "no fit: fewer than 4 widths (2)" in out
+    assert "1 curve not fitted: fewer than 4 widths (2)" in out  # one line per reason
     headline_line = next(line for line in out.splitlines() if "weak" in line)
     assert "NO" in headline_line and "alpha interval too wide" in headline_line
     assert "cannot tell  too few seeds to tell the shapes apart" in out

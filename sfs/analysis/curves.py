@@ -194,6 +194,27 @@ def _width_depth_fit(task: tuple[dict, list, list, list, AggregateConfig]) -> di
     return {**keys, **result.as_row()}
 
 
+def preferred_form(width_depth: pl.DataFrame) -> pl.DataFrame:
+    """``width_depth_fits`` with E, A, alpha (and their intervals) of the form each row's data
+    prefer: where ``preferred`` is width_only, its own fit (``*_width_only``), B = 0 and beta
+    null (no depth term); elsewhere the additive form's. The numbers a reader should see."""
+    if width_depth.is_empty() or "alpha_width_only" not in width_depth.columns:
+        return width_depth
+    width_only = pl.col("preferred") == "width_only"
+    names = [f"{p}{s}" for p in ("E", "A", "alpha") for s in ("", "_lo", "_hi")]
+    return width_depth.with_columns(
+        *(pl.when(width_only).then(pl.col(f"{n.split('_')[0]}_width_only"
+                                          + (f"_{n.split('_')[1]}" if "_" in n else "")))
+          .otherwise(pl.col(n)).alias(n) for n in names),
+        *(pl.when(width_only).then(0.0).otherwise(pl.col(n)).alias(n) for n in ("B", "B_lo", "B_hi")),
+        *(pl.when(width_only).then(None).otherwise(pl.col(n)).alias(n)
+          for n in ("beta", "beta_lo", "beta_hi")),
+        # a caution about the depth term's exponent concerns the form not shown
+        pl.when(width_only).then(pl.col("warning").str.replace_all(r"(; )?beta at a bound of its range \[[^\]]*\]", "")
+                                 .str.strip_prefix("; ").replace("", None))
+        .otherwise(pl.col("warning")).alias("warning"))
+
+
 # -- running tasks ---------------------------------------------------------------------------
 
 _ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",

@@ -27,7 +27,8 @@ _FIT_COLUMNS = {"E", "A", "alpha", "B", "beta", "n_points", "n_widths", "n_depth
 def _surface(row: dict, width: np.ndarray, depth: np.ndarray) -> np.ndarray:
     """L on the grid: width ``(w,)``, depth ``(d,)`` -> ``(d, w)``."""
     layers = depth[:, None] + 1.0
-    return row["E"] + row["A"] * width[None, :] ** -row["alpha"] + row["B"] * layers ** -row["beta"]
+    depth_term = 0.0 if row["beta"] is None else row["B"] * layers ** -row["beta"]  # width_only: none
+    return row["E"] + row["A"] * width[None, :] ** -row["alpha"] + depth_term
 
 
 def _key(row: dict, metrics: pl.DataFrame) -> dict:
@@ -92,8 +93,11 @@ def iso_loss_contours(plt, width_depth: pl.DataFrame, metrics: pl.DataFrame, bud
         fig.tight_layout()
         save_figure(fig, out / name, dpi=110)  # atomic: the old picture or the new one
         plt.close(fig)
+        form = ("L = E + A m^-alpha (the form the held-out error prefers: no depth term, so the "
+                "contours are vertical)" if row.get("preferred") == "width_only"
+                else "L = E + A m^-alpha + B (depth+1)^-beta")
         figures.append(Figure(name, (
-            f"Fitted loss L = E + A m^-alpha + B (depth+1)^-beta over width and depth "
+            f"Fitted loss {form} over width and depth "
             f"({', '.join(f'{k}={v}' for k, v in key.items() if k in _SHOWN)}): contours of equal loss, the "
             "trained shapes as dots (mean over seeds, same colour scale), and dashed white lines "
             "of equal parameter count N. A dashed line that crosses contours: shape matters at "

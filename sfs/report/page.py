@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from sfs.analysis.curves import preferred_form
 from sfs.report.common import AXES_SHOWN, MAX_PANELS, Figure, html_table, pyplot, save_figure, varying, with_interval
 from sfs.storage.store import atomic_write_bytes
 
@@ -252,8 +253,9 @@ def _control_table(control: pl.DataFrame) -> str:
 
 def _width_depth_table(width_depth: pl.DataFrame) -> str:
     """L = E + A m^-alpha + B l^-beta across depths (m width, l = depth + 1)."""
+    width_depth = preferred_form(width_depth)  # the preferred form's parameters
     keys = varying(width_depth, AXES_SHOWN)
-    columns = [*keys, "E", "A", "alpha", "B", "beta", "preferred", "heldout_additive", "heldout_width_only",
+    columns = [*keys, "preferred", "E", "A", "alpha", "B", "beta", "heldout_additive", "heldout_width_only",
                "n_widths", "n_depths", "n_seeds", "warning"]
     table = html_table(width_depth, [c for c in columns if c in width_depth.columns],
                        {name: with_interval(name, ".3g") for name in ("E", "A", "alpha", "B", "beta")})
@@ -262,7 +264,8 @@ def _width_depth_table(width_depth: pl.DataFrame) -> str:
             "seeds within each (width, depth). <code>preferred</code>: the form whose prediction of "
             "each (width, depth) cell from the others is better (held-out RMSE of log loss): "
             "<code>additive</code> (depth changes the loss at equal width) only when it cuts "
-            "<code>width_only</code>'s error (E + A m^-alpha, no depth term) by 10%: "
+            "<code>width_only</code>'s error (E + A m^-alpha, no depth term) by 10%. Each row shows "
+            "the preferred form's parameters and intervals (width_only: B = 0, no beta): "
             f"width_depth_fits.parquet.</p>{table}")
 
 
@@ -352,7 +355,7 @@ def write_report(cfg, result, loaded) -> Path:
         if not result.width_depth.is_empty():
             from sfs.report.contours import iso_loss_contours
 
-            contours = iso_loss_contours(plt, result.width_depth, metrics, cfg.sweep.param_budgets, out)
+            contours = iso_loss_contours(plt, preferred_form(result.width_depth), metrics, cfg.sweep.param_budgets, out)
             sections.append(("Scaling across depths", contours, _width_depth_table(result.width_depth)))
         sections.append(("Capacity: features represented", _represented_vs_width(plt, metrics, out)
                          + _dstar_vs_sparsity(plt, metrics, out), ""))

@@ -26,7 +26,10 @@ preferred only when its held-out error is below DEPTH_TERM_GAIN (0.9) times widt
 (with no depth effect the additive form's error came out 0.95-1.06 times width_only's
 over 30 simulated sweeps, never below 0.9; with a small one, B = 0.003 against
 E + A m^-alpha ~ 0.01-0.1, 0.69-0.94). The held-out fits start from the full fit of
-their form.
+their form. Intervals are computed for the preferred form only: where width_only is
+preferred, its own parameters (``*_width_only``) get them from the same bootstrap and the
+additive form keeps its point estimates (its intervals NaN: a depth term the data do not
+support is not a number to read).
 """
 
 from __future__ import annotations
@@ -78,6 +81,18 @@ class WidthDepthFit:
     heldout_additive: float = math.nan  # RMSE (log loss) of each cell predicted from the rest
     heldout_width_only: float = math.nan  # the same for E + A m^-alpha (no depth term)
     preferred: str | None = None  # DEPTH_FORMS: additive when its held-out error is clearly smaller
+    # The width_only form's own fit, E + A m^-alpha over every depth, with its intervals (same
+    # bootstrap): filled when it is the preferred form (then the additive intervals above are
+    # NaN); NaN otherwise (the additive form's numbers above are the ones to read).
+    E_width_only: float = math.nan
+    E_width_only_lo: float = math.nan
+    E_width_only_hi: float = math.nan
+    A_width_only: float = math.nan
+    A_width_only_lo: float = math.nan
+    A_width_only_hi: float = math.nan
+    alpha_width_only: float = math.nan
+    alpha_width_only_lo: float = math.nan
+    alpha_width_only_hi: float = math.nan
 
     def as_row(self) -> dict:
         """Flat dict of the fields, for one row of a polars table."""
@@ -173,13 +188,10 @@ def _grid_starts(c: _Cells, delta: float, form: str = "additive") -> np.ndarray:
     return np.array(cands)[order]
 
 
-def _heldout_rmse(c: _Cells, delta: float, form: str) -> float:
+def _heldout_rmse(c: _Cells, delta: float, form: str, start: np.ndarray) -> float:
     """RMSE (log loss) of each (width, depth) cell's models predicted by ``form`` fitted to
-    every other cell, over cells. The held-out fits start from the form's full fit."""
+    every other cell, over cells. The held-out fits start from the form's full fit ``start``."""
     free = ALL_FREE if form == "additive" else WIDTH_ONLY_FREE
-    everything = np.arange(c.y.size)
-    start = min((_solve(t0, c, everything, delta, free) for t0 in _grid_starts(c, delta, form)),
-                key=lambda res: res.cost).x
     errors = np.empty(c.u.size)  # (cells,) mean squared error of the held-out cell's models
     for k in range(c.u.size):
         theta = _solve(start, c, np.flatnonzero(c.cell != k), delta, free).x
@@ -248,10 +260,7 @@ def fit_width_depth(width, depth, loss, *, n_boot: int = 1000, ci: float = 0.95,
     c = _Cells(y=np.log(L), cell=cell, u=np.log(cells[:, 0]) - ubar, v=np.log(cells[:, 1] + 1.0) - vbar,
                ubar=ubar, vbar=vbar, lref=float(L.min()))
     delta = HUBER_K * max(_scatter_scale(c.y, cell) or 0.0, SIGMA_FLOOR)
-    everything = np.arange(m.size)
-    best = min((_solve(t0, c, everything, delta) for t0 in _grid_starts(c, delta)),
-               key=lambda res: res.cost)
-    theta = best.x
+    theta = _full_fit(c, delta, "additive")
 
     # Bootstrap: n_c - 1 of the n_c seeds of each cell, with replacement (1 of 1 for a
     # single seed), each resample solved from the point estimate. All draws at once: slot
@@ -262,21 +271,44 @@ def fit_width_depth(width, depth, loss, *, n_boot: int = 1000, ci: float = 0.95,
     slot_cell = np.repeat(np.arange(counts.size), np.maximum(counts - 1, 1))  # (slots,)
     picks = np.floor(rng.random((n_boot, slot_cell.size)) * counts[slot_cell]).astype(np.intp)
     boot_rows = by_cell[first[slot_cell] + picks]  # (n_boot, slots) model indices
-    draws = np.empty((n_boot, 5))  # internal parameters per resample
-    for i in range(n_boot):
-        draws[i] = _solve(theta, c, boot_rows[i], delta).x
     q = [(1 - ci) / 2, (1 + ci) / 2]
-    lo_hi = np.quantile(c.natural(draws), q, axis=0)  # (2, 5)
-    point = c.natural(theta)
-
     lo, hi = c.bounds()
     for name, j in (("alpha", 1), ("beta", 3)):
         if at_lower(theta[j], lo[j], hi[j]) or at_upper(theta[j], lo[j], hi[j]):
             notes.append(f"{name} at a bound of its range [{lo[j]:g}, {hi[j]:g}]")
     if at_upper(theta[4], lo[4], hi[4]):
         notes.append("E at its upper bound (the loss does not fall with width or depth)")
-    values = [float(v) for j in range(5) for v in (point[j], lo_hi[0, j], lo_hi[1, j])]
-    heldout = {form: _heldout_rmse(c, delta, form) for form in DEPTH_FORMS}
+    starts = {"additive": theta, "width_only": _full_fit(c, delta, "width_only")}
+    heldout = {form: _heldout_rmse(c, delta, form, starts[form]) for form in DEPTH_FORMS}
     preferred = "additive" if heldout["additive"] < DEPTH_TERM_GAIN * heldout["width_only"] else "width_only"
+    # Intervals for the preferred form only: the other one's are not numbers to read (a
+    # depth term the data do not support has exponents at their bounds), and cost as much.
+    if preferred == "additive":
+        point, lo_hi = _bootstrap(theta, c, boot_rows, delta, ALL_FREE, q)
+        width_only = [math.nan] * 9
+    else:
+        point, lo_hi = c.natural(theta), np.full((2, 5), math.nan)
+        w_point, w_lo_hi = _bootstrap(starts["width_only"], c, boot_rows, delta, WIDTH_ONLY_FREE, q)
+        width_only = [float(v) for j in range(3) for v in (w_point[j], w_lo_hi[0, j], w_lo_hi[1, j])]
+    values = [float(v) for j in range(5) for v in (point[j], lo_hi[0, j], lo_hi[1, j])]
     return WidthDepthFit(*values, int(m.size), n_widths, n_depths, n_seeds, "; ".join(notes) or None,
-                         heldout["additive"], heldout["width_only"], preferred)
+                         heldout["additive"], heldout["width_only"], preferred, *width_only)
+
+
+def _bootstrap(theta: np.ndarray, c: _Cells, boot_rows: np.ndarray, delta: float, free: np.ndarray,
+               q: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The point estimate (5,) and the q-percentile intervals (2, 5) in natural units
+    (E, A, alpha, B, beta), each resample (boot_rows: (n_boot, slots) model indices) solved
+    from theta over the ``free`` internal parameters."""
+    draws = np.empty((boot_rows.shape[0], 5))  # internal parameters per resample
+    for i in range(boot_rows.shape[0]):
+        draws[i] = _solve(theta, c, boot_rows[i], delta, free).x
+    return c.natural(theta), np.quantile(c.natural(draws), q, axis=0)
+
+
+def _full_fit(c: _Cells, delta: float, form: str) -> np.ndarray:
+    """The fit of ``form`` to every model, from its best grid starts: (5,) internal."""
+    free = ALL_FREE if form == "additive" else WIDTH_ONLY_FREE
+    everything = np.arange(c.y.size)
+    return min((_solve(t0, c, everything, delta, free) for t0 in _grid_starts(c, delta, form)),
+               key=lambda res: res.cost).x
