@@ -115,12 +115,12 @@ def test_intervals_hold_the_truth_in_most_datasets():
 
 @pytest.mark.integration
 def test_coverage_of_the_width_depth_intervals():
-    """The 95% intervals of alpha and beta over 100 datasets (3 seeds per cell, 200
+    """The 95% intervals of alpha and beta over 100 datasets (3 seeds per cell, 100
     resamples each): within [0.85, 0.99] (binomial sd ~0.02 at 0.95)."""
     hits = {"alpha": 0, "beta": 0}
     n = 100
     for i in range(n):
-        res = fit_width_depth(*make_data(10_000 + i), n_boot=200, rng_seed=i)
+        res = fit_width_depth(*make_data(10_000 + i), n_boot=100, rng_seed=i)
         for name in hits:
             hits[name] += covers(res, name, TRUTH[name])
     for name, h in hits.items():
