@@ -34,6 +34,7 @@ def test_a_sweep_with_the_search_builds_iso_loss_shapes_and_a_rerun_trains_nothi
     output = _launch(tmp_path)
     assert "16 models planned" in output and "4 more follow as the probe seeds choose" in output, output
     assert "learning rates chosen on the probe seeds of 4 settings" in output, output
+    assert "waiting on models that failed" not in output, output  # nothing failed: it waits on the probe
     assert re.search(r"iso-loss search, round 1: .*training \d+ models", output), output
     sweep_dir = tmp_path / "aspect"
     shapes = pl.read_parquet(sweep_dir / "iso_loss_shapes.parquet")

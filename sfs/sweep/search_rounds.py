@@ -47,12 +47,14 @@ def next_round(part: Part, starting: bool = False) -> list[ModelSpec]:
     new = [spec for spec in specs if spec.model_id not in done and spec.model_id not in tried]
     part.todo += new
     if result is not None:
-        log.info("%s: %s", part.name, describe(result, [s for s in new if s.model_id not in grid_ids], starting))
+        searched = [s for s in new if s.model_id not in grid_ids]
+        log.info("%s: %s", part.name, describe(result, searched, starting, busy=len(searched) < len(new)))
     return new
 
 
-def describe(result: SearchResult, new: list[ModelSpec], starting: bool = False) -> str:
-    """One line: where the targets stand and what this round trains."""
+def describe(result: SearchResult, new: list[ModelSpec], starting: bool = False, busy: bool = False) -> str:
+    """One line: where the targets stand and what this round trains (``busy``: the grid
+    trains models this pass that the search waits on)."""
     targets = result.targets
     stopped = ", ".join(f"{result.count(s)} {s}" for s in STOPPED if result.count(s))
     line = (f"iso-loss search, round {result.rounds}: {result.count('met')} of {len(targets)} "
@@ -60,8 +62,8 @@ def describe(result: SearchResult, new: list[ModelSpec], starting: bool = False)
             + f", {result.count(*SEARCHING)} searching")
     if new:
         widths = len({(s.family, s.n_features, s.depth, s.width) for s in new})
-        return f"{line}; training {len(new)} models at {widths} new shapes"
-    if result.count(*SEARCHING) and starting:
+        return f"{line}; training {len(new)} models at {widths} shapes"
+    if result.count(*SEARCHING) and (starting or busy):
         return f"{line}; it goes on once the models planned now are trained"
     if result.count(*SEARCHING):
         return f"{line}; waiting on models that failed or were not stored (run again to retry)"
