@@ -20,6 +20,18 @@ def test_the_surface_is_the_fitted_law():
     np.testing.assert_allclose(_surface(FIT, width, depth), expected)
 
 
+def test_a_width_only_fit_has_the_same_loss_at_every_depth(tmp_path):
+    """The width_only form (no beta: ``sfs.analysis.curves.preferred_form``) draws vertical
+    contours: one loss per width, whatever the depth."""
+    width_only = {**FIT, "B": 0.0, "beta": None, "preferred": "width_only"}
+    surface = _surface(width_only, np.array([10.0, 100.0]), np.array([0.0, 1.0, 4.0]))
+    np.testing.assert_allclose(surface, [[0.01 + 0.1, 0.01 + 0.01]] * 3)  # (depth, width)
+    metrics = pl.DataFrame([{"family": "deep_tied", "n_features": 20, "sparsity": 0.9, "width": w,
+                             "depth": d, "seed": 0, "loss": 0.01 + 1 / w} for w in (5, 10, 20) for d in (0, 2)])
+    figures = iso_loss_contours(pyplot(), pl.DataFrame([width_only]), metrics, [300], tmp_path)
+    assert len(figures) == 1 and "no depth term" in figures[0].caption
+
+
 def test_one_figure_per_fit_with_the_shapes_and_iso_n_lines(tmp_path):
     rows = []
     for budget in (300, 600):

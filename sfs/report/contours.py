@@ -27,7 +27,8 @@ _FIT_COLUMNS = {"E", "A", "alpha", "B", "beta", "n_points", "n_widths", "n_depth
 def _surface(row: dict, width: np.ndarray, depth: np.ndarray) -> np.ndarray:
     """L on the grid: width ``(w,)``, depth ``(d,)`` -> ``(d, w)``."""
     layers = depth[:, None] + 1.0
-    depth_term = 0.0 if row["beta"] is None else row["B"] * layers ** -row["beta"]  # width_only: none
+    # (d, 1); width_only (no beta): no depth term, the same loss at every depth
+    depth_term = np.zeros_like(layers) if row["beta"] is None else row["B"] * layers ** -row["beta"]
     return row["E"] + row["A"] * width[None, :] ** -row["alpha"] + depth_term
 
 
