@@ -141,3 +141,20 @@ def test_less_alike_keeps_its_level_when_shapes_share_everything():
 
 def test_holm_adjustment():
     assert holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan], nan_ok=True)
+
+
+def test_a_pair_with_too_few_comparable_models_is_not_read_as_geometry():
+    """Seen in an aspect run: 1 within-shape pair whose excess was 1e-16 by rounding and no
+    cross-shape pair, so R = NaN; the verdict must say why it cannot tell, not print 'R = nan'."""
+    from sfs.analysis.aspect.verdict import MIN_COMPARED_PAIRS, _read
+
+    row = {"n_shapes": 4, "n_iso_loss_pairs": 1, "depth_a": 1, "depth_b": 2, "width_a": 9, "width_b": 9,
+           "loss_rel_diff": 0.003, "loss_rel_diff_lo": -0.01, "loss_rel_diff_hi": 0.017,
+           "within": 1e-16, "within_lo": 1e-16, "n_within_pairs": 1.0, "n_cross_pairs": 0.0,
+           **dict.fromkeys(("r_index", "r_lo", "r_hi", "r_lo_one_sided", "r_hi_one_sided",
+                            "less_alike_pvalue_holm", "r_seeds_needed"), math.nan), "measure": "offdiag"}
+    verdict, reason, _ = _read(row, Margins())
+    assert verdict == "cannot tell" and "nan" not in reason
+    assert "only 1 within-shape and no cross-shape pairs" in reason
+    enough = {**row, "n_within_pairs": MIN_COMPARED_PAIRS, "n_cross_pairs": MIN_COMPARED_PAIRS, "within_lo": -0.1}
+    assert "share no more feature geometry" in _read(enough, Margins())[1]  # the next check reads it

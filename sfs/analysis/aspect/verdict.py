@@ -44,6 +44,10 @@ TESTED_COLUMNS = ("within", "cross", "within_lo", "cross_lo_one_sided", "r_index
                   "n_within_pairs", "n_cross_pairs", "r_seeds_needed", "cs_capacity_narrow",
                   "decodable_a", "decodable_b", "shared_decodable", "shared_decodable_lo")
 MIN_DEFINED = 0.5  # the off-diagonal measure is used when defined for at least this share of pairs
+# R = cross / within needs pairs of both kinds to resample: with fewer than this many of either
+# (of 2 x C(8, 2) = 56 within, 56 cross at 8 seeds), R and its interval are not read. Seen in
+# aspect (abs_mlp, width 9): 1 within pair whose excess was 1e-16 by rounding, no cross pair.
+MIN_COMPARED_PAIRS = 3
 
 
 @dataclass
@@ -182,6 +186,10 @@ def _interval(row: dict, name: str, fmt: str = ".3f") -> str:
     return f"{row[name]:{fmt}} [{row[name + '_lo']:{fmt}}, {row[name + '_hi']:{fmt}}]"
 
 
+def _count(value: float) -> str:
+    return "no" if not value > 0 else f"{value:.0f}"
+
+
 def _read(row: dict, margins: Margins) -> tuple[str, str, float]:
     """(verdict, reason, seeds per shape that would decide it, NaN when decided)."""
     level = f"{1 - 2 * margins.alpha:.0%}"
@@ -197,6 +205,12 @@ def _read(row: dict, margins: Margins) -> tuple[str, str, float]:
                                f"shown different; {loss}"), row["loss_seeds_needed"]
     shapes = (f"iso-loss shapes depth {row['depth_a']} (width {row['width_a']}) and depth "
               f"{row['depth_b']} (width {row['width_b']}), loss {_interval(row, 'loss_rel_diff', '+.1%')}")
+    compared = (row.get("n_within_pairs", math.nan), row.get("n_cross_pairs", math.nan))
+    if not min(compared) >= MIN_COMPARED_PAIRS:  # NaN too: nothing to bootstrap a ratio from
+        return "cannot tell", (f"{shapes}; only {_count(compared[0])} within-shape and "
+                               f"{_count(compared[1])} cross-shape pairs of models of different seeds "
+                               "had a feature geometry to compare (the similarity is undefined where "
+                               "too few features are represented), so R says nothing"), math.nan
     if not row.get("within_lo", -1) > 0:
         return "cannot tell", (f"{shapes}; but seeds of one shape share no more feature geometry than "
                                "the importance-stratified null, so R says nothing: train longer or "
