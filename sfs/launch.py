@@ -106,6 +106,11 @@ def _task(composed: DictConfig) -> None:
     from sfs.config import ConfigError
     from sfs.config.compose import expand_sweeps, to_config, without_sweep_choice
 
+    # Hydra's log file lies beside the results: once their disk is full, each line written to
+    # it would print logging's own "--- Logging error ---" traceback, burying the one clear
+    # message (the store's) that says what happened and how to resume. The terminal still
+    # shows every line.
+    logging.raiseExceptions = False
     overrides = without_sweep_choice(list(HydraConfig.get().overrides.task))
     try:
         cfgs = expand_sweeps(to_config(composed), overrides,

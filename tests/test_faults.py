@@ -158,18 +158,61 @@ def test_corrupt_store_is_refused_through_the_cli(tmp_path):
     assert (tmp_path / "smoke" / "trials.parquet").read_text() == "definitely not parquet"
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 4 MB filesystem (tmpfs) that the test can fill: skipped where mounting is not
-    permitted (it needs root or CAP_SYS_ADMIN)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
+def _mount_small_tmpfs(mount):
+    """A real 4 MB filesystem (tmpfs) at ``mount`` that a test can fill: skipped where
+    mounting is not permitted (it needs root or CAP_SYS_ADMIN)."""
+    mount.mkdir(parents=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    return mount
+
+
+def _fill(path):
+    """Write zeros to ``path`` until its filesystem is full."""
+    with open(path, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = _mount_small_tmpfs(tmp_path / "disk")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_disk_full_before_the_launch_gives_one_clear_message(small_disk):
+    """Nothing can be written: one message saying where, why and what to do; no traceback."""
+    _fill(small_disk / "filler")
+    proc = _launch(small_disk, "tracking=off", "aggregate.enabled=false")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, output
+    assert output.strip().splitlines() == [
+        f"sfs: cannot write the results store at {small_disk / 'smoke'}: No space left on device. "
+        "Free space (or fix permissions) and run the same command again"]
+
+
+def test_a_full_disk_under_hydras_log_alone_does_not_print_logging_tracebacks(tmp_path):
+    """Hydra's log file of the launch cannot be written (its disk is full) while the results'
+    can: the sweep finishes and the terminal shows sfs's lines, not logging's own "Logging
+    error" tracebacks (one per line; in CI they once buried the store's message when the
+    filler of the next test filled the disk before the first log line was written)."""
+    hydra_logs = _mount_small_tmpfs(tmp_path / ".hydra")
+    try:
+        _fill(hydra_logs / "filler")
+        proc = _launch(tmp_path, "tracking=off", "aggregate.enabled=false")
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        subprocess.run(["umount", "-l", str(hydra_logs)], capture_output=True)
+    assert proc.returncode == 0, output
+    assert "smoke: 8/8 models" in output, output
+    assert "Logging error" not in output and "Traceback" not in output, output
 
 
 def test_a_full_disk_stops_the_sweep_clearly_and_the_rerun_resumes(small_disk):
@@ -184,13 +227,7 @@ def test_a_full_disk_stops_the_sweep_clearly_and_the_rerun_resumes(small_disk):
         deadline = time.time() + 120
         while not (sweep_dir / "trials.parquet").exists() and time.time() < deadline:
             time.sleep(0.05)
-        with open(filler, "wb") as handle:
-            try:
-                while True:
-                    handle.write(b"\0" * 65536)
-                    handle.flush()
-            except OSError:
-                pass
+        _fill(filler)
 
     thread = threading.Thread(target=fill_once_store_opens)
     thread.start()

@@ -119,7 +119,8 @@ class TrialStore:
             probe.unlink()
             self._lock_handle = open(self.dir / ".lock", "a")  # its content is never read
         except OSError as error:
-            raise StoreError(f"cannot write the results store at {self.dir}: {error.strerror}") from error
+            raise StoreError(f"cannot write the results store at {self.dir}: {error.strerror}. Free space "
+                             "(or fix permissions) and run the same command again") from error
         try:
             fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
