@@ -178,7 +178,8 @@ try:
     ref = weakref.ref(module, lock_released)
     del module  # the callback runs here; its exception cannot propagate
     import time
-    time.sleep(1.0)  # the launch going on with its work
+    for _ in range(500):  # the launch going on with its work, 5 s (the timer thread may be
+        time.sleep(0.01)  # slow to run on a loaded machine: 1 s once was not enough in CI)
     print("went on")
 except KeyboardInterrupt:
     print("interrupted")

@@ -55,8 +55,22 @@ REDELIVER_S = 0.05  # long enough for the hook and the callback that raised to r
 
 def _interrupt_main_again(unraisable) -> None:
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        timer = threading.Timer(REDELIVER_S, _thread.interrupt_main)
-        timer.daemon = True
-        timer.start()
+        _redeliver_later()
         return
     sys.__unraisablehook__(unraisable)
+
+
+def _redeliver_later() -> None:
+    timer = threading.Timer(REDELIVER_S, _redeliver)
+    timer.daemon = True
+    timer.start()
+
+
+def _redeliver() -> None:
+    """``_thread.interrupt_main`` does nothing while Python's SIGINT handler is SIG_IGN or
+    SIG_DFL (``children_deaf_to_ctrl_c`` sets SIG_IGN for the milliseconds of a fork):
+    then try again a moment later instead of losing the Ctrl-C."""
+    if callable(signal.getsignal(signal.SIGINT)):
+        _thread.interrupt_main()
+    else:
+        _redeliver_later()
