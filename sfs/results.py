@@ -286,7 +286,8 @@ class SweepResults:
     def planned_ids(self) -> set[str] | None:
         """The model ids the recorded config plans: its grid (``plan_models``; with
         ``sweep.lr_probe_seeds``, as far as the store has led it) and, with
-        ``sweep.iso_loss``, the search's models as far as the store has led it. None
+        ``sweep.iso_loss`` or ``sweep.adaptive``, the search's models or the adaptive
+        points' as far as the store has led it. None
         without a recorded config."""
         cfg = self.config
         if cfg is None:
@@ -299,6 +300,12 @@ class SweepResults:
             from sfs.plan_search import replay_search
 
             planned |= replay_search(cfg, outcomes).model_ids
+        if cfg.sweep.adaptive.enabled:
+            from sfs.plan_adaptive import replay_adaptive
+            from sfs.storage.point_values import measure_stored
+
+            planned |= replay_adaptive(cfg, measure_stored(self.dir, self.trials,
+                                                           cfg.sweep.adaptive.quantity)).model_ids
         return planned
 
     def status(self) -> SweepStatus:

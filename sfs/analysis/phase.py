@@ -32,10 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sfs.core.metrics import REPRESENTED_NORM
+from sfs.core.phases import OTHER, PHASES, classify  # noqa: F401  (the labels and the rule)
 
-PHASES = ("not_represented", "dedicated", "superposition")
-OTHER = "other"  # trained weights that are none of the three (both small, or both on one side)
 # The models a phase table reads: the TMS phase-change toy.
 TOY = {"family": "relu_output", "n_features": 2, "width": 1, "depth": 0, "feature_dist": "uniform"}
 
@@ -214,24 +212,6 @@ def analytic_grid(ratios: Sequence[float], densities: Sequence[float]) -> pl.Dat
                                       **{f"loss_{p}": pl.Float64 for p in PHASES}})
 
 
-def classify(W: np.ndarray, threshold: float = REPRESENTED_NORM) -> np.ndarray:
-    """The phase of trained weights ``(..., feature=2, hidden=1) -> (...)`` strings: a
-    feature counts when its norm exceeds ``threshold`` (the represented-feature threshold
-    of ``sfs.core.metrics``); both counting and antipodal (w_1 . w_2 < 0) is
-    ``superposition``, both on one side (a local minimum) or neither is ``other``."""
-    W = np.asarray(W, dtype=np.float64)
-    if W.shape[-2:] != (2, 1):
-        raise ValueError(f"classify takes weights (..., 2, 1) of the n=2, m=1 toy, got {W.shape}")
-    norms = np.linalg.norm(W, axis=-1)  # (..., 2)
-    on = norms > threshold
-    dot = (W[..., 0, :] * W[..., 1, :]).sum(axis=-1)
-    out = np.full(W.shape[:-2], OTHER, dtype=object)
-    out[on[..., 0] & ~on[..., 1]] = "not_represented"
-    out[~on[..., 0] & on[..., 1]] = "dedicated"
-    out[on[..., 0] & on[..., 1] & (dot < 0)] = "superposition"
-    return out
-
-
 def is_toy(metrics: pl.DataFrame) -> pl.Series:
     """Which rows of ``metrics`` are the phase-change toy (``TOY``)."""
     mask = pl.lit(True)
@@ -241,10 +221,14 @@ def is_toy(metrics: pl.DataFrame) -> pl.Series:
 
 
 def interior(ratios: Sequence[float], densities: Sequence[float], phases: Sequence[str]) -> np.ndarray:
-    """Which cells of a grid lie away from the analytic boundaries: every grid neighbour
-    (the 8 around it, on the sorted distinct ratios and densities; cells missing from the
-    grid do not count) has the cell's own phase. ``(cell,)`` booleans, in input order."""
+    """Which cells lie away from the analytic boundaries: every neighbour has the cell's own
+    phase. On a grid the neighbours are the 8 around a cell (on the sorted distinct ratios
+    and densities; cells missing from the grid do not count); scattered points (an adaptive
+    sweep's) use their Delaunay neighbours on the log axes, each scaled to [0, 1].
+    ``(cell,)`` booleans, in input order."""
     rs, ds = sorted(set(ratios)), sorted(set(densities))
+    if len(set(zip(ratios, densities))) < len(rs) * len(ds) and len(ratios) >= 4:
+        return _interior_scattered(ratios, densities, phases)
     at = {(rs.index(r), ds.index(d)): phase for r, d, phase in zip(ratios, densities, phases)}
     out = []
     for r, d, phase in zip(ratios, densities, phases):
@@ -252,6 +236,17 @@ def interior(ratios: Sequence[float], densities: Sequence[float], phases: Sequen
         out.append(all(at.get((i + di, j + dj), phase) == phase
                        for di in (-1, 0, 1) for dj in (-1, 0, 1)))
     return np.array(out, dtype=bool)
+
+
+def _interior_scattered(ratios: Sequence[float], densities: Sequence[float], phases: Sequence[str]) -> np.ndarray:
+    from scipy.spatial import Delaunay
+
+    points = np.column_stack([np.log(np.asarray(ratios, dtype=float)), np.log(np.asarray(densities, dtype=float))])
+    span = points.max(axis=0) - points.min(axis=0)
+    points = (points - points.min(axis=0)) / np.where(span > 0, span, 1.0)  # (point, 2) in [0, 1]
+    indptr, neighbours = Delaunay(points).vertex_neighbor_vertices
+    return np.array([all(phases[j] == phase for j in neighbours[indptr[i]:indptr[i + 1]])
+                     for i, phase in enumerate(phases)], dtype=bool)
 
 
 def phase_table(metrics: pl.DataFrame, W: list[np.ndarray], group_keys: Sequence[str]) -> pl.DataFrame:

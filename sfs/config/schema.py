@@ -269,6 +269,68 @@ class IsoLossConfig:
         return list(self.depths) or [d for d in sweep_depths if d != self.reference_depth]
 
 
+ADAPTIVE_QUANTITIES = ("phase", "n_represented", "loss")
+
+
+@dataclass
+class AdaptiveAxis:
+    """One axis of an adaptive sweep: a continuous range, sampled on a log or linear scale."""
+
+    low: float = 0.1
+    high: float = 10.0
+    scale: str = "log"  # log | linear
+
+    def check(self, key: str, lowest: float, highest: float) -> None:
+        """Bad input names the field (``key``) and the allowed range [lowest, highest]."""
+        _require(self.scale in ("log", "linear"), f"{key}.scale", "'log' or 'linear'", self.scale)
+        for end in ("low", "high"):
+            value = getattr(self, end)
+            _require(_is_number(value) and lowest <= value <= highest, f"{key}.{end}",
+                     f"a number in [{lowest:g}, {highest:g}]", value)
+        _require(self.low < self.high, f"{key}.high", f"above {key}.low={self.low:g} (a range to "
+                 "sample, not empty)", self.high)
+        if self.scale == "log":
+            _require(self.low > 0, f"{key}.low", "a number > 0 on a log axis", self.low)
+
+
+@dataclass
+class AdaptiveConfig:
+    """Adaptive sampling over (importance r, density p = 1 - S) (``sfs.plan_adaptive``):
+    the grid (``sweep.importances`` x ``sweep.sparsities``) is the first design; then, per
+    setting, rounds of ``points_per_round`` new points where ``quantity`` changes (adaptive's
+    Learner2D), each trained at every seed, until ``max_points`` points or until every
+    triangle of the sampled points is smaller than ``resolution`` (as a fraction of each
+    axis, on its scale).
+
+    ``quantity``: ``phase`` (the n = 2, m = 1 toy's phase of the lowest-loss seed: refines at
+    the phase boundaries), ``n_represented`` (of the lowest-loss seed) or ``loss`` (the
+    lowest)."""
+
+    enabled: bool = False
+    quantity: str = "phase"
+    importance: AdaptiveAxis = field(default_factory=lambda: AdaptiveAxis(0.1, 10.0, "log"))
+    density: AdaptiveAxis = field(default_factory=lambda: AdaptiveAxis(0.01, 1.0, "log"))
+    points_per_round: int = 32
+    max_points: int = 256  # per setting, the grid's points included
+    resolution: float = 1 / 32
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), "sweep.adaptive.enabled", "true or false", self.enabled)
+        if not self.enabled:
+            return
+        _require(self.quantity in ADAPTIVE_QUANTITIES, "sweep.adaptive.quantity",
+                 f"one of {list(ADAPTIVE_QUANTITIES)}", self.quantity)
+        self.importance.check("sweep.adaptive.importance", 1e-6, MAX_IMPORTANCE)
+        self.density.check("sweep.adaptive.density", 1e-6, 1.0)  # p = 0: nothing ever fires
+        _require(_is_int(self.points_per_round) and 1 <= self.points_per_round <= 100_000,
+                 "sweep.adaptive.points_per_round", "an integer in [1, 100000]", self.points_per_round)
+        _require(_is_int(self.max_points) and 1 <= self.max_points <= 1_000_000,
+                 "sweep.adaptive.max_points", "an integer in [1, 1000000] (points per setting, "
+                 "the grid's included)", self.max_points)
+        _require(_is_number(self.resolution) and 0 < self.resolution < 1, "sweep.adaptive.resolution",
+                 "a number in (0, 1) (a fraction of each axis)", self.resolution)
+
+
 @dataclass
 class SweepConfig:
     """The grid: the Cartesian product of the axes, or a list of other sweeps to include.
@@ -304,6 +366,7 @@ class SweepConfig:
     scale_batch: bool = False  # sweep.scale also multiplies the batch size (scaling: Liu's budget)
     pack_size: int = 0  # models trained together in one trial; 0: automatic (plan.auto_pack_size)
     iso_loss: IsoLossConfig = field(default_factory=IsoLossConfig)  # after the grid: sfs.plan_search
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)  # after the grid: sfs.plan_adaptive
 
     def __post_init__(self) -> None:
         _require(_is_int(self.scale) and self.scale >= 1, "sweep.scale", "an integer >= 1", self.scale)
@@ -369,6 +432,27 @@ class SweepConfig:
                                   + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
         if self.iso_loss.enabled:
             self._check_iso_loss()
+        if self.adaptive.enabled:
+            self._check_adaptive()
+
+    def _check_adaptive(self) -> None:
+        adaptive = self.adaptive
+        _require(not self.iso_loss.enabled, "sweep.adaptive.enabled",
+                 "false while sweep.iso_loss is enabled (one planner after the grid)", True)
+        _require(len(set(self.lrs)) <= 1, "sweep.lrs",
+                 "at most one learning rate with sweep.adaptive (each point is one setting)", self.lrs)
+        if adaptive.quantity == "phase":
+            toy = {"families": ["relu_output"], "n_features": [2], "widths": [1], "depths": [0]}
+            _require(all(list(getattr(self, k)) == v for k, v in toy.items()), "sweep.adaptive.quantity",
+                     "'phase' only for the phase-change toy (families [relu_output], n_features [2], "
+                     "widths [1], depths [0]); 'n_represented' or 'loss' otherwise", adaptive.quantity)
+        for key, axis, values in (("importances", adaptive.importance, self.importances),
+                                  ("sparsities", adaptive.density, [1 - s for s in self.sparsities])):
+            outside = [v for v in values if not axis.low - 1e-9 <= v <= axis.high + 1e-9]
+            what = "importance" if key == "importances" else "density (1 - sparsity)"
+            _require(not outside, f"sweep.{key}", f"values whose {what} lies in sweep.adaptive."
+                     f"{what.split()[0]}'s range [{axis.low:g}, {axis.high:g}] (the grid is the "
+                     "adaptive sweep's first design)", getattr(self, key))
 
     def _check_iso_loss(self) -> None:
         iso = self.iso_loss

@@ -43,13 +43,44 @@ def _grid(panel: pl.DataFrame, column: str, ratios: np.ndarray, densities: np.nd
     return grid
 
 
-def _draw_phases(ax, grid: np.ndarray, ratios: np.ndarray, densities: np.ndarray, title: str) -> None:
+def is_grid(panel: pl.DataFrame) -> bool:
+    """Whether the cells are a full grid (a grid sweep) rather than scattered points (an
+    adaptive sweep's)."""
+    return panel.height == panel["importance_ratio"].n_unique() * panel["density"].n_unique()
+
+
+def _nearest(panel: pl.DataFrame, column: str, size: int = 240):
+    """Scattered points drawn as a map: each pixel of a ``size`` x ``size`` raster over the
+    log axes takes ``column`` of the nearest point (the axes scaled to [0, 1] first).
+    Returns (density edges, ratio edges, (ratio, density) values)."""
+    from scipy.spatial import cKDTree
+
+    logs = np.column_stack([np.log(panel["importance_ratio"].to_numpy()), np.log(panel["density"].to_numpy())])
+    low, high = logs.min(axis=0), logs.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    centres = (np.arange(size) + 0.5) / size
+    rr, dd = np.meshgrid(centres, centres, indexing="ij")  # (size, size) in [0, 1]
+    _, nearest = cKDTree((logs - low) / span).query(np.column_stack([rr.ravel(), dd.ravel()]))
+    values = np.asarray(panel[column].to_list(), dtype=object)[nearest].reshape(size, size)
+    edges = np.linspace(0, 1, size + 1)
+    return np.exp(low[1] + edges * span[1]), np.exp(low[0] + edges * span[0]), values
+
+
+def _draw_phases(ax, panel: pl.DataFrame, column: str, title: str) -> None:
     from matplotlib.colors import ListedColormap
 
     names = [*PHASES, OTHER]
+    if is_grid(panel):
+        ratios = np.sort(panel["importance_ratio"].unique().to_numpy())
+        densities = np.sort(panel["density"].unique().to_numpy())
+        x_edges, y_edges, grid, lines = _edges(densities), _edges(ratios), _grid(panel, column, ratios, densities), 0.3
+    else:
+        (x_edges, y_edges, grid), lines = _nearest(panel, column), 0.0
     codes = np.array([[np.nan if v is None else names.index(v) for v in row] for row in grid], dtype=float)
-    ax.pcolormesh(_edges(densities), _edges(ratios), codes, cmap=ListedColormap([COLOURS[n] for n in names]),
-                  vmin=-0.5, vmax=len(names) - 0.5, edgecolors="white", linewidth=0.3)
+    ax.pcolormesh(x_edges, y_edges, codes, cmap=ListedColormap([COLOURS[n] for n in names]),
+                  vmin=-0.5, vmax=len(names) - 0.5, edgecolors="white", linewidth=lines)
+    if not is_grid(panel):  # where the adaptive sweep trained
+        ax.plot(panel["density"], panel["importance_ratio"], ".", color="black", ms=1.5, alpha=0.6)
     ax.set(xscale="log", yscale="log", xlabel="density p = 1 - S", ylabel="importance ratio r",
            title=title)
 
@@ -66,20 +97,22 @@ def phase_figures(plt, phase: pl.DataFrame, out: Path) -> list[Figure]:
         if n >= MAX_PANELS:
             break
         keys = dict(zip(others, values))
-        ratios = np.sort(panel["importance_ratio"].unique().to_numpy())
-        densities = np.sort(panel["density"].unique().to_numpy())
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
-        _draw_phases(axes[0], _grid(panel, "phase", ratios, densities), ratios, densities,
-                     "trained (lowest-loss seed)")
-        _draw_phases(axes[1], _grid(panel, "analytic_phase", ratios, densities), ratios, densities,
-                     "analytic (lowest candidate loss)")
+        _draw_phases(axes[0], panel, "phase", "trained (lowest-loss seed)")
+        _draw_phases(axes[1], panel, "analytic_phase", "analytic (lowest candidate loss)")
         for row in panel.filter(~pl.col("agrees")).iter_rows(named=True):
             axes[0].plot(row["density"], row["importance_ratio"], "x", color="black", ms=5)
         share = panel.with_columns(pl.coalesce([pl.when(pl.col("phase") == p).then(pl.col(f"frac_{p}"))
                                                 for p in (*PHASES, OTHER)]).alias("share"))
-        fraction = _grid(share, "share", ratios, densities).astype(float)
-        image = axes[2].pcolormesh(_edges(densities), _edges(ratios), fraction, cmap="viridis",
-                                   vmin=0, vmax=1)
+        if is_grid(panel):
+            ratios = np.sort(panel["importance_ratio"].unique().to_numpy())
+            densities = np.sort(panel["density"].unique().to_numpy())
+            x_edges, y_edges = _edges(densities), _edges(ratios)
+            fraction = _grid(share, "share", ratios, densities).astype(float)
+        else:
+            x_edges, y_edges, fraction = _nearest(share, "share")
+            fraction = fraction.astype(float)
+        image = axes[2].pcolormesh(x_edges, y_edges, fraction, cmap="viridis", vmin=0, vmax=1)
         axes[2].set(xscale="log", yscale="log", xlabel="density p = 1 - S",
                     title="fraction of seeds in that phase")
         fig.colorbar(image, ax=axes[2])
@@ -97,7 +130,9 @@ def phase_figures(plt, phase: pl.DataFrame, out: Path) -> list[Figure]:
             "phase); middle, the analytic diagram (the candidate solution of lowest expected "
             "loss, its norms and biases optimised); right, the fraction of seeds that reached "
             f"the lowest-loss seed's phase. {int(panel['n_seeds'].sum())} models in "
-            f"{panel.height} cells."), wide=True))
+            f"{panel.height} cells" + ("." if is_grid(panel) else
+                                       " proposed by the adaptive sweep (dots; each pixel shows "
+                                       "the nearest point).")), wide=True))
     return figures
 
 

@@ -27,6 +27,7 @@ from ray import tune
 from sfs.config import Config
 from sfs.core import faults
 from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs, plan_models
+from sfs.plan_adaptive import setting_key
 from sfs.plan_lr import grid_size
 from sfs.sweep.cluster import start_ray, trial_resources
 from sfs.sweep.persist import Part, PersistCallback, connect_trackers, prepare_part, unwritable
@@ -63,7 +64,15 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
 
 
 def _still_to_plan(part: Part) -> str:
-    """What later rounds add to the grid: the seeds beyond the learning-rate probe."""
+    """What later rounds add to the grid: the seeds beyond the learning-rate probe, or the
+    adaptive sweep's points."""
+    adaptive = part.cfg.sweep.adaptive
+    if adaptive.enabled:
+        grid = plan_models(part.cfg)
+        n_settings = len({setting_key(spec) for spec in grid})
+        at_most = n_settings * adaptive.max_points * len(part.cfg.sweep.effective_seeds) - len(part.planned)
+        return (f"; up to {at_most} more follow as the adaptive rounds ask for points (sweep.adaptive)"
+                if at_most > 0 else "")
     grid = {spec.model_id for spec in plan_models(part.cfg)}
     later = grid_size(part.cfg) - sum(spec.model_id in grid for spec in part.planned)
     if later <= 0:

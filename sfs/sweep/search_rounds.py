@@ -1,10 +1,11 @@
 """A launch's rounds: models planned from what earlier passes stored.
 
-Two things plan from the store: the grid's seeds beyond the learning-rate probe
-(``sweep.lr_probe_seeds``, ``sfs.plan_lr``: trained at the rate the probe seeds chose) and
-the iso-loss search (``sweep.iso_loss``, ``sfs.plan_search``). After each training pass the
-runner asks ``next_round`` what to train next: it reads the store, replays both from the
-stored losses and adds to the sweep's plan the models that are neither stored nor already
+Three things plan from the store: the grid's seeds beyond the learning-rate probe
+(``sweep.lr_probe_seeds``, ``sfs.plan_lr``: trained at the rate the probe seeds chose), the
+iso-loss search (``sweep.iso_loss``, ``sfs.plan_search``) and the adaptive sweep's points
+(``sweep.adaptive``, ``sfs.plan_adaptive``). After each training pass the runner asks
+``next_round`` what to train next: it reads the store, replays them from the stored models
+and adds to the sweep's plan the models that are neither stored nor already
 tried in this launch (a failed model is tried again by the next launch, as in the grid, not
 in a loop here). Because the replay depends only on the store, a rerun after Ctrl-C or a
 crash plans the same models and continues from the first round not yet trained.
@@ -15,8 +16,10 @@ from __future__ import annotations
 import logging
 
 from sfs.plan import ModelSpec
+from sfs.plan_adaptive import AdaptiveResult, replay_adaptive
 from sfs.plan_lr import outcomes_of, planned_grid, setting_key
 from sfs.plan_search import SearchResult, replay_search
+from sfs.storage.point_values import measure_stored
 from sfs.storage.store import DONE_STATUSES
 from sfs.sweep.persist import Part
 
@@ -42,14 +45,36 @@ def next_round(part: Part, starting: bool = False) -> list[ModelSpec]:
                  "other seeds", part.name, len({setting_key(s) for s in grid}))
     grid_ids = {spec.model_id for spec in grid}
     result = replay_search(cfg, outcomes) if cfg.sweep.iso_loss.enabled else None
-    specs = grid + (result.specs if result else [])
+    adaptive = replay_adaptive(cfg, measure_stored(part.store.dir, table, cfg.sweep.adaptive.quantity)
+                               ) if cfg.sweep.adaptive.enabled else None
+    specs = grid + (result.specs if result else []) + (adaptive.specs if adaptive else [])
     part.planned += [spec for spec in specs if spec.model_id not in planned]
     new = [spec for spec in specs if spec.model_id not in done and spec.model_id not in tried]
     part.todo += new
     if result is not None:
         searched = [s for s in new if s.model_id not in grid_ids]
         log.info("%s: %s", part.name, describe(result, searched, starting, busy=len(searched) < len(new)))
+    if adaptive is not None:
+        log.info("%s: %s", part.name, describe_adaptive(adaptive, [s for s in new if s.model_id not in grid_ids]))
     return new
+
+
+def describe_adaptive(result: AdaptiveResult, new: list[ModelSpec]) -> str:
+    """One line: the adaptive sweep's points and rounds so far, and what this round trains."""
+    points = sum(len(s.points) for s in result.settings)
+    states = ", ".join(f"{result.count(state)} {state}" for state in ("waiting on the grid", "sampling",
+                                                                       "resolved", "max_points")
+                       if result.count(state))
+    line = (f"adaptive sampling, round {result.rounds}: {points} points over {len(result.settings)} "
+            f"setting{'s' if len(result.settings) != 1 else ''} ({states})")
+    if new:
+        n_points = len({(s.importance, s.sparsity) for s in new})
+        return f"{line}; training {len(new)} models at {n_points} new points"
+    if result.count("sampling"):
+        return f"{line}; waiting on models that failed or were not stored (run again to retry)"
+    if result.count("waiting on the grid"):
+        return f"{line}; it starts once the grid is trained"
+    return f"{line}; done"
 
 
 def describe(result: SearchResult, new: list[ModelSpec], starting: bool = False, busy: bool = False) -> str:
