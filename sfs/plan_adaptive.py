@@ -83,7 +83,9 @@ class SettingResult:
     models, how many rounds were asked, and where it stands (``STATES``)."""
 
     template: ModelSpec
-    points: list[tuple[float, float]] = field(default_factory=list)  # (importance, density)
+    # (importance, density) as asked, the budget's count: the learner may ask for a corner
+    # that rounds to a grid point (its models are the grid's, stored once)
+    points: list[tuple[float, float]] = field(default_factory=list)
     specs: list[ModelSpec] = field(default_factory=list)  # the rounds' models (not the grid's)
     rounds: int = 0
     state: str = "waiting on the grid"

@@ -14,12 +14,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-pytestmark = pytest.mark.e2e  # three launches of ~20 models through Ray: ~2 min on 2 cores
+pytestmark = pytest.mark.e2e  # three launches of 12 models, 3 passes each, through Ray: ~2 min on 2 cores
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["+sweep=phase_adaptive", "sweep.importances=[0.1,10.0]", "sweep.sparsities=[0.99,0.0]",
-        "sweep.seeds=[0]", "sweep.adaptive.points_per_round=4", "sweep.adaptive.max_points=16",
-        "sweep.pack_size=2", "train.steps=400", "tracking=off"]
+        "sweep.seeds=[0]", "sweep.adaptive.points_per_round=4", "sweep.adaptive.max_points=12",
+        "sweep.pack_size=2", "train.steps=300", "tracking=off"]
 
 
 def _launch(out_dir, *extra, **kwargs):
@@ -41,9 +41,9 @@ def test_the_rounds_train_the_points_the_learner_asks_for(uninterrupted):
     table = pl.read_parquet(sweep_dir / "trials.parquet")
     assert table["model_id"].n_unique() == table.height and (table["status"] == "ok").all()
     points = table.select("importance", "sparsity").unique()
-    assert 12 <= points.height <= 16  # 4 grid points + 3 rounds of 4 (a corner may repeat one)
+    assert 9 <= points.height <= 12  # 4 grid points + 2 rounds of 4 (a corner may repeat one)
     assert "adaptive sampling, round 1: 8 points over 1 setting (1 sampling); training" in output, output
-    assert "adaptive sampling, round 3: 16 points over 1 setting (1 max_points); done" in output, output
+    assert "adaptive sampling, round 2: 12 points over 1 setting (1 max_points); done" in output, output
     phase = pl.read_parquet(sweep_dir / "phase.parquet")
     assert phase.height == points.height and set(phase["n_seeds"]) == {1}
     page = (sweep_dir / "report" / "index.html").read_text()

@@ -157,3 +157,23 @@ def test_interior_of_scattered_points_uses_their_delaunay_neighbours():
     # thin Delaunay triangles cross over there)
     assert inside[distance > 0.2].mean() > 0.95, inside[distance > 0.2].mean()
     assert not inside[distance < 0.005].any()  # at it: a neighbour lies across
+
+
+def test_the_adaptive_map_keeps_each_points_lowest_loss_seed_and_draws_it(tmp_path):
+    import polars as pl
+
+    from sfs.report.adaptive_map import best_per_point, section
+    from sfs.report.common import pyplot
+
+    rows = []
+    for k, (r, s) in enumerate([(0.5, 0.9), (0.7, 0.99), (1.0, 0.0), (0.6, 0.5)]):
+        for seed, (loss, n_rep) in enumerate([(0.2, 2), (0.1, 3), (float("nan"), 5)]):
+            rows.append({"family": "relu_output", "n_features": 5, "width": 2, "depth": 0,
+                         "feature_dist": "uniform", "weight_decay": 0.01, "lr": 1e-3,
+                         "importance": r, "sparsity": s, "seed": seed, "loss": loss + k, "n_represented": n_rep})
+    metrics = pl.DataFrame(rows)
+    best = best_per_point(metrics)
+    assert best.height == 4 and best["n_represented"].to_list() == [3] * 4  # seed 1: the lowest finite loss
+    assert best["n_seeds"].to_list() == [2] * 4 and best["density"].to_list() == pytest.approx([0.1, 0.01, 1.0, 0.5])
+    title, figures, _ = section(pyplot(), metrics, tmp_path)
+    assert len(figures) == 1 and (tmp_path / figures[0].file).stat().st_size > 1000

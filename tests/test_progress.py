@@ -88,6 +88,14 @@ def test_a_fresh_launch_does_not_say_resumed(make_spec):
     assert "resumed" not in progress.line() and progress.line().startswith("smoke: 0/2 models (0%)")
 
 
+def test_a_sweep_whose_rounds_may_plan_more_says_so(make_spec):
+    """The adaptive points, the iso-loss search and the probe's other seeds are planned round
+    by round: the total is a lower bound and the ETA covers the rounds planned so far."""
+    progress = Progress("phase_adaptive", clock=Clock(), more_may_follow=True)
+    progress.add_packs([_pack(make_spec, 2, 2)])
+    assert progress.line().startswith("phase_adaptive: 0/2+ models (0%), ETA ? (of the rounds planned so far)")
+
+
 def test_formats():
     assert [format_duration(s) for s in (0, 59.6, 75, 3725)] == ["0:00", "1:00", "1:15", "1:02:05"]
     assert [format_rate(v) for v in (0, 812.4, 12_345, 1_240_000)] == ["0", "812", "12.3k", "1.24M"]

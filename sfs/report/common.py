@@ -49,6 +49,20 @@ def save_figure(fig, path: Path, **options) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def figure_name(prefix: str, keys: dict) -> str:
+    """A panel's PNG name: ``prefix`` and its keys' values, as a safe file name."""
+    slug = "_".join(f"{k}{v}" for k, v in keys.items()) or "all"
+    return prefix + "".join(c if c.isalnum() or c in "._-" else "-" for c in slug)[:100] + ".png"
+
+
+def save_panel(plt, fig, out: Path, prefix: str, keys: dict) -> tuple[str, str]:
+    """Save and close one panel's figure; returns its file name and its keys in words."""
+    name = figure_name(prefix, keys)
+    save_figure(fig, out / name, dpi=110)
+    plt.close(fig)
+    return name, ", ".join(f"{k}={v}" for k, v in keys.items())
+
+
 def varying(frame: pl.DataFrame, keys) -> list[str]:
     """The ``keys`` that take more than one value in ``frame`` (the ones a table must show)."""
     return [k for k in keys if k in frame.columns and frame[k].n_unique() > 1]

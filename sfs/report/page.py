@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -338,53 +339,52 @@ def _anchor(title: str) -> str:
 def write_report(cfg, result, loaded) -> Path:
     """Write ``<sweep>/report/index.html`` and its PNGs; returns the HTML path. The page opens
     with its findings (``sfs.report.summary``) and a table of contents; plots follow."""
-    from sfs.report.features import feature_norm_figures
     from sfs.report.summary import summary_html
 
     plt = pyplot()
     out = result.sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    metrics, fits, universality = result.metrics, result.fits, result.universality
+    metrics, fits = result.metrics, result.fits
     sections: list[tuple[str, list[Figure], str]] = []
     links: dict[str, str] = {}  # what the summary links to: its section's title
     if metrics.is_empty():
         sections.append(("No models", [], "<p>No model of this sweep trained ok yet.</p>"))
     else:
-        links["fits"] = "Scaling: loss vs width"
-        sections.append((links["fits"], _loss_vs_width(plt, metrics, fits, out), _fits_table(fits)))
-        if not result.width_depth.is_empty():
-            from sfs.report.contours import iso_loss_contours
+        # matplotlib widens a log axis whose data hold one value (a sweep of one width or
+        # one sparsity) and warns each time, into the user's terminal: the widened axis is right
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
+            if not result.phase.is_empty():
+                from sfs.report.phase import section as phase_section
 
-            contours = iso_loss_contours(plt, preferred_form(result.width_depth), metrics, cfg.sweep.param_budgets, out)
-            sections.append(("Scaling across depths", contours, _width_depth_table(result.width_depth)))
-        sections.append(("Capacity: features represented", _represented_vs_width(plt, metrics, out)
-                         + _dstar_vs_sparsity(plt, metrics, out), ""))
-        sections.append(("Features: norms and superposition", feature_norm_figures(plt, metrics, loaded, out)
-                         + _gram_heatmaps(plt, metrics, loaded, out), ""))
-        if not result.headline.is_empty():
-            links["headline"] = "Liu et al. (2025) headline"
-            sections.append((links["headline"], [], _headline_table(result.headline)))
-        no_pairs = "" if not universality.is_empty() else "<p>No two seeds of one setting: no pairs to compare.</p>"
-        sections.append(("Universality across seeds", _universality(plt, universality, out),
-                         no_pairs + _control_table(result.control)))
-        if not result.phase.is_empty():
-            from sfs.report.phase import section as phase_section
+                sections.append(phase_section(plt, result.phase, out))
+                links["phase"] = sections[-1][0]
+            if cfg.sweep.adaptive.enabled and cfg.sweep.adaptive.quantity != "phase":
+                from sfs.report.adaptive_map import section as adaptive_section
 
-            sections.append(phase_section(plt, result.phase, out))
-            links["phase"] = sections[-1][0]
-        if result.aspect:
-            from sfs.report.aspect import section
+                sections.append(adaptive_section(plt, metrics, out))
+            if cfg.sweep.adaptive.enabled:
+                # an adaptive sweep's points vary importance and sparsity continuously: the
+                # per-setting plots below would be one panel per point, each of one width
+                sections.append(("Per-model plots", [], "<p>Left out for an adaptive sweep: its "
+                                 "points vary importance and sparsity continuously, so each "
+                                 "would be a panel of one point. metrics.parquet holds every "
+                                 "model's quantities.</p>"))
+            else:
+                sections += _per_setting_sections(plt, result, loaded, out, links, cfg.sweep.param_budgets)
+            if result.aspect:
+                from sfs.report.aspect import section
 
-            sections.append(section(plt, result.aspect, fits, out))
-            links["aspect"] = sections[-1][0]
-        # how the models were trained: reference tables, after the findings
-        lr_choice = _lr_table(result.lr_selection)
-        if lr_choice:
-            sections.append(("Learning rate per shape", [], lr_choice))
-        convergence = _convergence_note(metrics, cfg.aggregate)
-        if convergence:
-            links["convergence"] = "Convergence"
-            sections.append((links["convergence"], [], convergence))
+                sections.append(section(plt, result.aspect, fits, out))
+                links["aspect"] = sections[-1][0]
+            # how the models were trained: reference tables, after the findings
+            lr_choice = _lr_table(result.lr_selection)
+            if lr_choice:
+                sections.append(("Learning rate per shape", [], lr_choice))
+            convergence = _convergence_note(metrics, cfg.aggregate)
+            if convergence:
+                links["convergence"] = "Convergence"
+                sections.append((links["convergence"], [], convergence))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -411,3 +411,30 @@ def write_report(cfg, result, loaded) -> Path:
     atomic_write_bytes(index, "\n".join(parts).encode())  # whole or not at all
     log.info("report: %s", index)
     return index
+
+
+def _per_setting_sections(plt, result, loaded, out: Path, links: dict[str, str], budgets) -> list:
+    """The sections drawn per setting (one panel per combination of the axes shown): the
+    scaling fits, capacity, feature norms, the headline and universality."""
+    from sfs.report.features import feature_norm_figures
+
+    metrics, fits, universality = result.metrics, result.fits, result.universality
+    sections = []
+    links["fits"] = "Scaling: loss vs width"
+    sections.append((links["fits"], _loss_vs_width(plt, metrics, fits, out), _fits_table(fits)))
+    if not result.width_depth.is_empty():
+        from sfs.report.contours import iso_loss_contours
+
+        contours = iso_loss_contours(plt, preferred_form(result.width_depth), metrics, budgets, out)
+        sections.append(("Scaling across depths", contours, _width_depth_table(result.width_depth)))
+    sections.append(("Capacity: features represented", _represented_vs_width(plt, metrics, out)
+                     + _dstar_vs_sparsity(plt, metrics, out), ""))
+    sections.append(("Features: norms and superposition", feature_norm_figures(plt, metrics, loaded, out)
+                     + _gram_heatmaps(plt, metrics, loaded, out), ""))
+    if not result.headline.is_empty():
+        links["headline"] = "Liu et al. (2025) headline"
+        sections.append((links["headline"], [], _headline_table(result.headline)))
+    no_pairs = "" if not universality.is_empty() else "<p>No two seeds of one setting: no pairs to compare.</p>"
+    sections.append(("Universality across seeds", _universality(plt, universality, out),
+                     no_pairs + _control_table(result.control)))
+    return sections

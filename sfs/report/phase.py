@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from sfs.analysis.phase import OTHER, PHASES
-from sfs.report.common import MAX_PANELS, Figure, html_table, save_figure
+from sfs.report.common import MAX_PANELS, Figure, html_table, save_panel
 
 TITLE = "Phase change (n = 2, m = 1)"
 COLOURS = {"not_represented": "#d9d9d9", "dedicated": "#4c78a8", "superposition": "#e45756",
@@ -49,7 +49,7 @@ def is_grid(panel: pl.DataFrame) -> bool:
     return panel.height == panel["importance_ratio"].n_unique() * panel["density"].n_unique()
 
 
-def _nearest(panel: pl.DataFrame, column: str, size: int = 240):
+def nearest_map(panel: pl.DataFrame, column: str, size: int = 240):
     """Scattered points drawn as a map: each pixel of a ``size`` x ``size`` raster over the
     log axes takes ``column`` of the nearest point (the axes scaled to [0, 1] first).
     Returns (density edges, ratio edges, (ratio, density) values)."""
@@ -75,7 +75,7 @@ def _draw_phases(ax, panel: pl.DataFrame, column: str, title: str) -> None:
         densities = np.sort(panel["density"].unique().to_numpy())
         x_edges, y_edges, grid, lines = _edges(densities), _edges(ratios), _grid(panel, column, ratios, densities), 0.3
     else:
-        (x_edges, y_edges, grid), lines = _nearest(panel, column), 0.0
+        (x_edges, y_edges, grid), lines = nearest_map(panel, column), 0.0
     codes = np.array([[np.nan if v is None else names.index(v) for v in row] for row in grid], dtype=float)
     ax.pcolormesh(x_edges, y_edges, codes, cmap=ListedColormap([COLOURS[n] for n in names]),
                   vmin=-0.5, vmax=len(names) - 0.5, edgecolors="white", linewidth=lines)
@@ -110,7 +110,7 @@ def phase_figures(plt, phase: pl.DataFrame, out: Path) -> list[Figure]:
             x_edges, y_edges = _edges(densities), _edges(ratios)
             fraction = _grid(share, "share", ratios, densities).astype(float)
         else:
-            x_edges, y_edges, fraction = _nearest(share, "share")
+            x_edges, y_edges, fraction = nearest_map(share, "share")
             fraction = fraction.astype(float)
         image = axes[2].pcolormesh(x_edges, y_edges, fraction, cmap="viridis", vmin=0, vmax=1)
         axes[2].set(xscale="log", yscale="log", xlabel="density p = 1 - S",
@@ -119,11 +119,7 @@ def phase_figures(plt, phase: pl.DataFrame, out: Path) -> list[Figure]:
         fig.legend(handles=[Patch(color=COLOURS[p], label=p) for p in (*PHASES, OTHER)],
                    loc="lower center", ncol=4, fontsize=8)
         fig.tight_layout(rect=(0, 0.07, 1, 1))
-        slug = "_".join(f"{k}{v}" for k, v in keys.items()) or "all"
-        name = "phase_" + "".join(c if c.isalnum() or c in "._-" else "-" for c in slug)[:100] + ".png"
-        save_figure(fig, out / name, dpi=110)
-        plt.close(fig)
-        described = ", ".join(f"{k}={v}" for k, v in keys.items())
+        name, described = save_panel(plt, fig, out, "phase_", keys)
         figures.append(Figure(name, (
             f"The phase of the extra feature{' (' + described + ')' if described else ''}: left, "
             "the trained diagram (each cell's lowest-loss seed; x: differs from the analytic "

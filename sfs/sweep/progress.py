@@ -67,9 +67,13 @@ class Progress:
     packs join with ``add_packs`` (one call per Tune pass), steps arrive with ``report``,
     finished and failed packs with ``finish``."""
 
-    def __init__(self, label: str, stored_before: int = 0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, label: str, stored_before: int = 0, clock: Callable[[], float] = time.monotonic,
+                 more_may_follow: bool = False):
         self.label = label
         self.stored_before = stored_before
+        # later rounds may plan more models (the probe, the iso-loss search, the adaptive
+        # points): the total reads "N+" and the ETA is that of the models planned so far
+        self.more_may_follow = more_may_follow
         self.clock = clock
         self.started = clock()
         self.packs: dict[str, _PackState] = {}
@@ -166,7 +170,8 @@ class Progress:
         eta = self.eta()
         running = len(self.running)
         # most telling first: an 80-column terminal cuts tqdm's line after about the ETA
-        parts = [f"ETA {format_duration(eta) if eta is not None else '?'}"]
+        parts = [f"ETA {format_duration(eta) if eta is not None else '?'}"
+                 + (" (of the rounds planned so far)" if self.more_may_follow else "")]
         if self.failed_models:
             parts.append(f"{self.failed_models} failed")
         parts += [f"{format_rate(self.rate())} model-steps/s",
@@ -179,7 +184,8 @@ class Progress:
     def line(self) -> str:
         total = self.total
         percent = 100.0 * self.done / total if total else 100.0
-        return f"{self.label}: {self.done}/{total} models ({percent:.0f}%), {self.postfix()}"
+        plus = "+" if self.more_may_follow else ""
+        return f"{self.label}: {self.done}/{total}{plus} models ({percent:.0f}%), {self.postfix()}"
 
 
 class Throttle:

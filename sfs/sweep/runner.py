@@ -81,6 +81,12 @@ def _still_to_plan(part: Part) -> str:
             "(sweep.lr_probe_seeds)")
 
 
+def _rounds_may_follow(part: Part) -> bool:
+    """Whether later rounds may plan models beyond those planned now."""
+    sweep = part.cfg.sweep
+    return sweep.adaptive.enabled or sweep.iso_loss.enabled or bool(_still_to_plan(part))
+
+
 class Interrupt(tune.Stopper):
     """Ctrl-C (SIGINT) stops the sweep cleanly: Tune ends every trial, finished packs are
     already stored, the summary says how to resume. A second Ctrl-C stops at once."""
@@ -140,7 +146,8 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
             signal.signal(signal.SIGINT, interrupt.on_sigint)
             interrupt.previous = previous
         progress = Progress("+".join(part.name for part in parts),
-                            stored_before=sum(len(p.planned) - len(p.todo) for p in parts))
+                            stored_before=sum(len(p.planned) - len(p.todo) for p in parts),
+                            more_may_follow=any(_rounds_may_follow(p) for p in parts))
         display = make_display(progress, every=lead.sfs.progress_every_s)
         try:
             n_packs, batch = 0, [(part, list(part.todo)) for part in parts]
@@ -153,6 +160,7 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
                 # the iso-loss search's next round (sweep.iso_loss), read from the store
                 batch = [(part, next_round(part)) for part in parts]
                 if not any(todo for _, todo in batch):
+                    progress.more_may_follow = False  # the last round: the total is final
                     break
         finally:
             display.close()

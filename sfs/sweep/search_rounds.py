@@ -61,7 +61,7 @@ def next_round(part: Part, starting: bool = False) -> list[ModelSpec]:
 
 def describe_adaptive(result: AdaptiveResult, new: list[ModelSpec]) -> str:
     """One line: the adaptive sweep's points and rounds so far, and what this round trains."""
-    points = sum(len(s.points) for s in result.settings)
+    points = sum(len(set(s.points)) for s in result.settings)  # a corner may repeat a grid point
     states = ", ".join(f"{result.count(state)} {state}" for state in ("waiting on the grid", "sampling",
                                                                        "resolved", "max_points")
                        if result.count(state))
