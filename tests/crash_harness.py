@@ -51,6 +51,14 @@ UNSTABLE = {"wall_s", "finished_at", "mlflow_run_id", "weights_path", "weights_i
             "pack_size", "node", "device"}
 
 
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child that a test sends Ctrl-C: SIGINT at its default, as in a
+    terminal's foreground job. A test runner started as a background job of a script (`cmd
+    &`, no job control) inherits SIGINT ignored, and an ignored signal stays ignored across
+    exec: the child's Python would then ignore Ctrl-C until sfs installs its own handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Launch:
     out_dir: Path
@@ -63,7 +71,7 @@ class Launch:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sfs.launch", *SWEEP, f"paths.out_dir={self.out_dir}", *self.extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, **self.env}, start_new_session=True)
+            env={**os.environ, **self.env}, start_new_session=True, preexec_fn=sigint_as_in_a_terminal)
         self.phase = 0  # index into PHASES of the latest phase seen begun
         self.family: list[psutil.Process] = []  # the launch's processes when it was signalled
         self.survivors: list[str] = []  # processes that outlived a SIGKILL of the group

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from crash_harness import sigint_as_in_a_terminal
 from mlflow.tracking import MlflowClient
 
 from sfs.config.compose import load_configs
@@ -74,7 +75,8 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
     """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group (the
     driver and every process it started in that group), mid-sweep."""
     grid = ["sweep.seeds=[0,1,2,3]", "sweep.pack_size=1", "train.steps=600", "aggregate.enabled=false"]
-    proc = _launch(tmp_path, *grid, start_new_session=True)  # its own group, as in a terminal
+    proc = _launch(tmp_path, *grid, start_new_session=True,  # its own group, as in a terminal
+                   preexec_fn=sigint_as_in_a_terminal)
     try:
         parts = tmp_path / "smoke" / "parts"
         deadline = time.time() + 300
