@@ -186,6 +186,36 @@ except KeyboardInterrupt:
 """
 
 
+SWALLOWED_WHILE_IGNORED = """
+import signal, sys, time, weakref
+from sfs.core.signals import ctrl_c_never_swallowed
+ctrl_c_never_swallowed()
+
+class Module: pass
+
+def lock_released(ref):
+    raise KeyboardInterrupt
+
+try:
+    module = Module()
+    ref = weakref.ref(module, lock_released)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as children_deaf_to_ctrl_c, forking
+    del module  # swallowed: the hook re-delivers it a moment later, while SIGINT is ignored
+    time.sleep(0.3)
+    signal.signal(signal.SIGINT, previous)  # the fork is done
+    time.sleep(1.0)
+    print("went on")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_ctrl_c_redelivered_while_sigint_is_ignored_waits_and_still_interrupts():
+    done = subprocess.run([sys.executable, "-c", SWALLOWED_WHILE_IGNORED], capture_output=True, text=True,
+                          timeout=60, preexec_fn=sigint_as_in_a_terminal)
+    assert done.stdout.strip() == "interrupted", done
+
+
 @pytest.mark.parametrize("hook", ["hook", "none"])
 def test_a_ctrl_c_python_could_not_raise_where_it_landed_still_interrupts(hook):
     done = subprocess.run([sys.executable, "-c", SWALLOWED, hook], capture_output=True, text=True, timeout=60,
