@@ -62,10 +62,9 @@ from sfs.analysis.phase import phase_table
 from sfs.config import Config
 from sfs.core import metrics as M
 from sfs.core.spec import derive_seed
-from sfs.plan_adaptive import replay_adaptive
 from sfs.plan_lr import outcomes_of, planned_grid
 from sfs.plan_search import SearchResult, replay_search
-from sfs.storage.point_values import measure_stored
+from sfs.storage.point_values import replay_stored
 from sfs.storage.store import TrialStore, read_weights, write_table
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     search = replay_search(cfg, outcomes) if cfg.sweep.iso_loss.enabled else None  # sfs.plan_search
     planned = grid | (search.model_ids if search else set())
     if cfg.sweep.adaptive.enabled:  # the points the adaptive rounds proposed (sfs.plan_adaptive)
-        planned |= replay_adaptive(cfg, measure_stored(sweep_dir, table, cfg.sweep.adaptive.quantity)).model_ids
+        planned |= replay_stored(cfg, sweep_dir, table).model_ids
     loaded = load_models(sweep_dir, planned)
     log.info("%s: %d planned models, %d stored, %d ok (read in %.1f s)", cfg.sweep.name,
              len(planned), loaded.rows.height, loaded.ok.height, time.perf_counter() - started)

@@ -37,7 +37,6 @@ from sfs.config import Config
 from sfs.config.schema import AdaptiveAxis
 from sfs.plan import ModelSpec, plan_models
 
-POINT_FIELDS = ("importance", "sparsity", "seed")  # what a setting leaves free
 # A point's value as ``measure`` gives it: a float or a vector; ``None`` while any of the
 # point's models is not stored; ``UNMEASURABLE`` when every seed diverged (never told: the
 # learner leaves it pending and refines elsewhere).

@@ -301,11 +301,9 @@ class SweepResults:
 
             planned |= replay_search(cfg, outcomes).model_ids
         if cfg.sweep.adaptive.enabled:
-            from sfs.plan_adaptive import replay_adaptive
-            from sfs.storage.point_values import measure_stored
+            from sfs.storage.point_values import replay_stored
 
-            planned |= replay_adaptive(cfg, measure_stored(self.dir, self.trials,
-                                                           cfg.sweep.adaptive.quantity)).model_ids
+            planned |= replay_stored(cfg, self.dir, self.trials).model_ids
         return planned
 
     def status(self) -> SweepStatus:

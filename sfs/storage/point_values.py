@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from sfs.config import Config
 from sfs.core.phases import OTHER, PHASES, classify
 from sfs.plan import ModelSpec
-from sfs.plan_adaptive import UNMEASURABLE, Measure
+from sfs.plan_adaptive import UNMEASURABLE, AdaptiveResult, Measure, replay_adaptive
 from sfs.storage.store import DONE_STATUSES, read_weights
 
 LABELS = (*PHASES, OTHER)
@@ -54,3 +55,9 @@ def measure_stored(sweep_dir: Path | str, table: pl.DataFrame, quantity: str) ->
         return math.log10(max(best["loss"], 1e-300))
 
     return measure
+
+
+def replay_stored(cfg: Config, sweep_dir: Path | str, table: pl.DataFrame) -> AdaptiveResult:
+    """The adaptive sweep's replay (``sfs.plan_adaptive``) over a store's ``table``: what the
+    launch's rounds, the aggregation and ``sfs status`` all plan from."""
+    return replay_adaptive(cfg, measure_stored(sweep_dir, table, cfg.sweep.adaptive.quantity))

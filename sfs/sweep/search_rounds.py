@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 
 from sfs.plan import ModelSpec
-from sfs.plan_adaptive import AdaptiveResult, replay_adaptive
+from sfs.plan_adaptive import STATES, AdaptiveResult
 from sfs.plan_lr import outcomes_of, planned_grid, setting_key
 from sfs.plan_search import SearchResult, replay_search
-from sfs.storage.point_values import measure_stored
+from sfs.storage.point_values import replay_stored
 from sfs.storage.store import DONE_STATUSES
 from sfs.sweep.persist import Part
 
@@ -45,8 +45,7 @@ def next_round(part: Part, starting: bool = False) -> list[ModelSpec]:
                  "other seeds", part.name, len({setting_key(s) for s in grid}))
     grid_ids = {spec.model_id for spec in grid}
     result = replay_search(cfg, outcomes) if cfg.sweep.iso_loss.enabled else None
-    adaptive = replay_adaptive(cfg, measure_stored(part.store.dir, table, cfg.sweep.adaptive.quantity)
-                               ) if cfg.sweep.adaptive.enabled else None
+    adaptive = replay_stored(cfg, part.store.dir, table) if cfg.sweep.adaptive.enabled else None
     specs = grid + (result.specs if result else []) + (adaptive.specs if adaptive else [])
     part.planned += [spec for spec in specs if spec.model_id not in planned]
     new = [spec for spec in specs if spec.model_id not in done and spec.model_id not in tried]
@@ -62,9 +61,7 @@ def next_round(part: Part, starting: bool = False) -> list[ModelSpec]:
 def describe_adaptive(result: AdaptiveResult, new: list[ModelSpec]) -> str:
     """One line: the adaptive sweep's points and rounds so far, and what this round trains."""
     points = sum(len(set(s.points)) for s in result.settings)  # a corner may repeat a grid point
-    states = ", ".join(f"{result.count(state)} {state}" for state in ("waiting on the grid", "sampling",
-                                                                       "resolved", "max_points")
-                       if result.count(state))
+    states = ", ".join(f"{result.count(state)} {state}" for state in STATES if result.count(state))
     line = (f"adaptive sampling, round {result.rounds}: {points} points over {len(result.settings)} "
             f"setting{'s' if len(result.settings) != 1 else ''} ({states})")
     if new:
