@@ -5,9 +5,10 @@ Ctrl-C at any moment exits 130 with the resume hint and no traceback.
 Real launches through the CLI (``tests/crash_harness.py``), real Ray, real MLflow SQLite.
 ``SFS_CRASH_KILLS`` (default 10, one per phase) and ``SFS_CRASH_SEED`` choose the random
 kills, ``SFS_CRASH_CHAIN`` how many kills hit one sweep folder before the same command is
-left to finish (default 2: a fresh launch killed early, then the launch that resumed it
-killed late, which spares a whole launch per two kills; 1: every kill gets its own clean
-re-run), ``SFS_CRASH_MINUTES`` stops drawing new kills after that long; by hand, e.g.::
+left to finish (default 5: a fresh launch killed early in its life, the launch that resumed
+it killed a little later, and so on through the phases, which spares a whole launch per
+kill; 1: every kill gets its own clean re-run), ``SFS_CRASH_MINUTES`` stops drawing new kills
+after that long; by hand, e.g.::
 
     SFS_CRASH_KILLS=100 SFS_CRASH_CHAIN=1 SFS_CRASH_SEED=7 SFS_CRASH_MINUTES=20 \\
         .venv/bin/python -m pytest tests/test_crash_consistency.py -o addopts= -k random -s
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.integration
 KILLS = int(os.environ.get("SFS_CRASH_KILLS", str(len(PHASES))))
 SEED = int(os.environ.get("SFS_CRASH_SEED", "2026"))
 MINUTES = float(os.environ.get("SFS_CRASH_MINUTES", "inf"))  # by hand: stop drawing kills after
-CHAIN = int(os.environ.get("SFS_CRASH_CHAIN", "2"))  # kills before the launch is left to finish
+CHAIN = int(os.environ.get("SFS_CRASH_CHAIN", "5"))  # kills before the launch is left to finish
 
 # Kills its own process group right after executing the first SQL statement that contains
 # SFS_TEST_KILL_ON_SQL: a SIGKILL at one exact moment of MLflow's schema migration.
@@ -122,8 +123,8 @@ def test_a_store_left_half_migrated_by_an_older_sfs_is_rebuilt(tmp_path, uninter
 def test_random_kills_resume_cleanly(tmp_path, uninterrupted, capsys):
     """SIGKILL to the whole process group at seeded random moments spread over every phase
     of a launch's life; after each kill the same command again, and once a chain of kills
-    is over (``SFS_CRASH_CHAIN``, default 2: a kill in the first half of the phases, then
-    one in the second half of the launch that resumed), it must finish cleanly."""
+    is over (``SFS_CRASH_CHAIN``, default 5: a kill in each fifth of the phases, each in the
+    launch that resumed the one killed before), it must finish cleanly."""
     starts, tables, n_planned = uninterrupted
     plan = kill_plan(starts, 2 * KILLS, SEED, CHAIN)  # the second half replaces moments a launch outran
     report = [f"{KILLS} kills in chains of {CHAIN} (seed {SEED}); phases of the uninterrupted launch "

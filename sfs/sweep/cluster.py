@@ -40,15 +40,14 @@ class _DropTokenNotice(logging.Filter):
 def quiet_ray(started: bool) -> None:
     """Before ``ray.init`` (``started`` False): drop Ray's notice that token authentication
     is on (the default, kept). After it (True): drop absl's mutex tracing from the worker
-    output Ray forwards, and Tune's "operation took 1.0 s, which may be a performance
-    bottleneck" hints (storing a pack takes that long; they are not errors). Ray internals:
-    where they moved, the lines simply come back."""
+    output Ray forwards. Ray internals: where they moved, the lines simply come back. Tune's
+    "... took 1.0 s, which may be a performance bottleneck" warnings are left on: storing
+    runs on the writer thread (``sfs.sweep.writer``), so sfs's callbacks no longer cause them."""
     if not started:
         logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
         if not any(isinstance(f, _DropTokenNotice) for f in logger.filters):
             logger.addFilter(_DropTokenNotice())
         return
-    logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
     try:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:

@@ -1,9 +1,10 @@
 """Persistence in the driver: each finished pack goes to weights, MLflow, then the store.
 
 Workers only train and hand their results back through ``tune.report``; the driver's
-``PersistCallback`` writes weights, MLflow and the store rows (the commit point) as each
-pack finishes, so a long sweep holds no results in memory and loses nothing finished when
-it dies. ``prepare_part`` opens a sweep's store and finds what is left to train.
+``PersistCallback`` hands each finished pack to the writer thread (``sfs.sweep.writer``),
+which writes weights, MLflow and the store rows (the commit point) while Tune's loop goes
+on, so a long sweep holds few results in memory and loses nothing stored when it dies.
+``prepare_part`` opens a sweep's store and finds what is left to train.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from sfs.plan import ModelSpec, Pack
 from sfs.plan_lr import outcomes_of, planned_grid
 from sfs.storage.store import DONE_STATUSES, StoreError, TrialStore, atomic_write_bytes
 from sfs.storage.tracking import TABLE_FILE, Tracker, default_uri
+from sfs.sweep.writer import DEFAULT_CAPACITY, PackWriter
 from sfs.training.worker import PAYLOAD_KEY
 
 log = logging.getLogger(__name__)
@@ -57,31 +60,40 @@ def _row(spec: ModelSpec, pack: Pack, **values) -> dict:
 
 
 class PersistCallback(tune.Callback):
-    """Runs in the driver: stores every pack as it finishes."""
+    """Runs in the driver, inside Tune's event loop: hands every finished pack to the
+    writer thread (``sfs.sweep.writer``), which stores it while the loop goes on."""
 
-    def __init__(self, packs: dict[str, tuple[Part, Pack]], stop: threading.Event | None = None) -> None:
+    def __init__(self, packs: dict[str, tuple[Part, Pack]], stop: threading.Event | None = None,
+                 capacity: int = DEFAULT_CAPACITY) -> None:
         self.packs = packs
         self.started_ms: dict[str, int] = {}
-        self.done = 0
-        self.stop = stop  # set when the store becomes unwritable: the sweep stops
+        self.done = 0  # packs stored (or stored as failed); the writer thread counts
+        self.stop = stop  # set when storing fails: the sweep stops
         self.store_error: StoreError | None = None  # the store became unwritable: stop
+        self.error: BaseException | None = None  # storing failed otherwise (e.g. MLflow)
+        self.longest_hold_s = 0.0  # the longest this callback held Tune's loop
+        self.writer = PackWriter(self._failed, capacity)
 
-    def _persist(self, part: Part, write) -> None:
-        """Run one store write; on a full disk or lost permission stop the sweep (what is
-        stored stays whole: every write is atomic) and keep the error for the driver."""
-        if self.store_error is not None:
-            return
-        try:
-            write()
-        except OSError as error:
-            self.store_error = unwritable(part.store.dir, error)
-            log.error("%s", self.store_error)
-            if self.stop is not None:
-                self.stop.set()
+    def _failed(self, error: BaseException) -> None:
+        """A pack could not be stored (writer thread): stop the sweep, keep the error for
+        the driver. What is stored stays whole: every write is atomic."""
+        if isinstance(error, StoreError):
+            self.store_error = error
+            log.error("%s", error)
+        else:
+            self.error = error
+            log.error("storing a pack failed: %s: %s", type(error).__name__, error,
+                      exc_info=(type(error), error, error.__traceback__))
+        if self.stop is not None:
+            self.stop.set()
+
+    def close(self) -> None:
+        """Store every pack handed over so far (before the summary or the next round)."""
+        self.writer.close()
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks for Tuner.restore, which sfs never uses (the store is
-        # the record); the open store and the MLflow client must not be pickled.
+        # the record); the open store, the MLflow client and the writer must not be pickled.
         return {}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -91,26 +103,41 @@ class PersistCallback(tune.Callback):
         payload = result.pop(PAYLOAD_KEY, None)  # Tune keeps every result: drop the bulk
         if payload is None:
             return
+        held = time.perf_counter()
         part, pack = self.packs[result["pack_id"]]
-        self._persist(part, lambda: persist_pack(part, pack, pickle.loads(payload),
-                                                 self._started(trial)))
-        if self.store_error is not None:
-            return
-        self.done += 1
-        log.info("[%d/%d packs] %s", self.done, len(self.packs), _describe(pack))
+        started = self._started(trial)
+        self.writer.submit(_unwritable_as_store_error(part, lambda: persist_pack(
+            part, pack, pickle.loads(payload), started)), lambda: self._stored(pack))
+        self.longest_hold_s = max(self.longest_hold_s, time.perf_counter() - held)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         part, pack = self.packs[trial.config["sfs"]["pack_id"]]
         error = _trial_error(trial)
-        self._persist(part, lambda: persist_failure(part, pack, error, self._started(trial)))
-        if self.store_error is not None:
-            return
+        started = self._started(trial)
+        self.writer.submit(_unwritable_as_store_error(part, lambda: persist_failure(
+            part, pack, error, started)), lambda: self._stored(pack, error))
+
+    def _stored(self, pack: Pack, error: str | None = None) -> None:
         self.done += 1
-        log.error("[%d/%d packs] FAILED %s: %s", self.done, len(self.packs), _describe(pack),
-                  error.splitlines()[-1])
+        if error is None:
+            log.info("[%d/%d packs] %s", self.done, len(self.packs), _describe(pack))
+        else:
+            log.error("[%d/%d packs] FAILED %s: %s", self.done, len(self.packs), _describe(pack),
+                      error.splitlines()[-1])
 
     def _started(self, trial) -> int:
         return self.started_ms.get(trial.trial_id, int(time.time() * 1000))
+
+
+def _unwritable_as_store_error(part: Part, write: Callable[[], None]) -> Callable[[], None]:
+    """``write`` with a full disk or lost permission said as the store's one clear error."""
+    def guarded() -> None:
+        try:
+            write()
+        except OSError as error:
+            raise unwritable(part.store.dir, error) from error
+
+    return guarded
 
 
 def _trial_error(trial) -> str:

@@ -92,7 +92,8 @@ class Interrupt(tune.Stopper):
     already stored, the summary says how to resume. A second Ctrl-C stops at once."""
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.event = threading.Event()  # Ctrl-C
+        self.halt = threading.Event()  # storing failed: stop, but not as an interruption
         self.previous = signal.default_int_handler
 
     def on_sigint(self, signum, frame) -> None:
@@ -105,7 +106,7 @@ class Interrupt(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return self.event.is_set()
+        return self.event.is_set() or self.halt.is_set()
 
     def __getstate__(self) -> dict:  # pickled with the Tuner's state: nothing to keep
         return {}
@@ -155,7 +156,7 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
             for round_ in itertools.count():
                 n_packs += _train(lead, batch, interrupt, f"{run_name}-{round_}" if round_ else run_name,
                                   ProgressCallback(progress, display))
-                if interrupt.event.is_set():
+                if interrupt.event.is_set() or interrupt.halt.is_set():
                     break
                 # the iso-loss search's next round (sweep.iso_loss), read from the store
                 batch = [(part, next_round(part)) for part in parts]
@@ -197,27 +198,74 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     items.sort(key=lambda item: by_id[item["pack_id"]][1].cost, reverse=True)  # largest first
     log.info("training %d models in %d packs, %d at a time (%s per trial)",
              len(all_todo), len(items), slots, resources)
-    persist = PersistCallback(by_id, interrupt.event)
+    persist = PersistCallback(by_id, interrupt.halt)
+    watch = LoopWatch()
     tune_dir = Path(lead.paths.out_dir) / ".tune"
     try:
-        # progress first: PersistCallback takes the payload out of each final result
-        tuner = _make_tuner(lead, items, resources, interrupt, [progress, persist], tune_dir, run_name)
-    except OSError as error:  # Tune records its own state under paths.out_dir first
-        raise unwritable(tune_dir.parent, error) from error
-    try:
-        tuner.fit()
-    except OSError as error:
-        persist.store_error = persist.store_error or unwritable(tune_dir.parent, error)
-    except Exception as error:  # e.g. Ray killing workers for memory while they start
-        # Everything finished so far is already in the store; say what happened and let
-        # the summary count what is missing (re-running resumes from there).
-        log.error("Ray Tune stopped early: %s: %s", type(error).__name__,
-                  str(error).splitlines()[0] if str(error) else "")
-        log.warning("the traceback of the stop", exc_info=True)
+        try:
+            # progress first: PersistCallback takes the payload out of each final result
+            tuner = _make_tuner(lead, items, resources, interrupt, [progress, persist, watch],
+                                tune_dir, run_name)
+        except OSError as error:  # Tune records its own state under paths.out_dir first
+            raise unwritable(tune_dir.parent, error) from error
+        try:
+            tuner.fit()
+        except OSError as error:
+            persist.store_error = persist.store_error or unwritable(tune_dir.parent, error)
+        except Exception as error:  # e.g. Ray killing workers for memory while they start
+            # Everything finished so far is stored (or queued to be); say what happened and
+            # let the summary count what is missing (re-running resumes from there).
+            log.error("Ray Tune stopped early: %s: %s", type(error).__name__,
+                      str(error).splitlines()[0] if str(error) else "")
+            log.warning("the traceback of the stop", exc_info=True)
+    finally:
+        persist.close()  # every finished pack stored before the summary or the next round
+    log.debug("Tune's loop: %s; sfs's callbacks held it at most %.0f ms; storing waited at most "
+              "%.0f ms for room and took at most %.0f ms a pack", watch.describe(),
+              1000 * persist.longest_hold_s, 1000 * persist.writer.longest_wait_s,
+              1000 * persist.writer.longest_write_s,
+              extra={"sfs_loop": {**watch.figures(), "longest_hold_s": persist.longest_hold_s,
+                                  "longest_wait_s": persist.writer.longest_wait_s,
+                                  "longest_write_s": persist.writer.longest_write_s}})
     shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
     if persist.store_error is not None:
         raise persist.store_error
+    if persist.error is not None:  # logged with its traceback when it happened
+        log.error("the sweep stopped because a pack could not be stored; everything stored "
+                  "before it is kept: fix the cause and run the same command again to resume")
     return len(items)
+
+
+class LoopWatch(tune.Callback):
+    """Times the steps of Tune's event loop (each waits up to ~0.1 s for events, then
+    handles them: results, trial starts, every callback) for the debug log and benchmarks."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.longest_s = 0.0
+        self.total_s = 0.0
+        self._began = 0.0
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        self._began = time.perf_counter()
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        took = time.perf_counter() - self._began
+        self.steps += 1
+        self.total_s += took
+        self.longest_s = max(self.longest_s, took)
+
+    def figures(self) -> dict:
+        return {"steps": self.steps, "longest_step_s": self.longest_s, "loop_s": self.total_s}
+
+    def describe(self) -> str:
+        return f"{self.steps} steps, the longest {1000 * self.longest_s:.0f} ms"
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state) -> None:
+        self.__init__()
 
 
 def _make_tuner(lead: Config, items: list, resources: dict, interrupt: Interrupt,

@@ -1,0 +1,110 @@
+"""The driver's writer thread (sfs.sweep.writer): order, back-pressure, failures, close."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sfs.sweep.writer import PackWriter
+
+
+def test_every_submitted_pack_is_stored_in_order_by_close():
+    written, logged = [], []
+    writer = PackWriter(on_error=pytest.fail, capacity=4)
+    for k in range(50):
+        writer.submit(lambda k=k: (time.sleep(0.001), written.append(k)), lambda k=k: logged.append(k))
+    writer.close()  # returns only when all 50 are stored
+    assert written == list(range(50)) and logged == list(range(50))
+    assert writer.stored == 50 and not writer.failed
+
+
+def test_submit_returns_at_once_until_the_queue_is_full_then_waits_for_room():
+    """Back-pressure: with storage stuck, ``capacity`` packs queue up without waiting (the
+    loop goes on), the next one waits until a pack is stored."""
+    release = threading.Event()
+    writer = PackWriter(on_error=pytest.fail, capacity=3)
+    writer.submit(release.wait)  # the writer takes it and sticks there
+    deadline = time.monotonic() + 5
+    while writer.backlog and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.perf_counter()
+    for _ in range(3):  # fills the queue
+        writer.submit(lambda: None)
+    assert time.perf_counter() - started < 0.5
+    blocked = threading.Thread(target=writer.submit, args=(lambda: None,))
+    blocked.start()
+    blocked.join(0.5)
+    assert blocked.is_alive()  # no room: the fifth waits
+    release.set()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    writer.close()
+    assert writer.stored == 5
+    assert writer.longest_wait_s >= 0.4
+
+
+def test_a_failed_write_is_reported_once_and_the_packs_queued_after_it_are_dropped():
+    errors, written = [], []
+    release = threading.Event()
+    writer = PackWriter(on_error=errors.append, capacity=8)
+    writer.submit(release.wait)
+    writer.submit(lambda: written.append(1))
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    writer.submit(full_disk)
+    writer.submit(lambda: written.append(2))
+    release.set()
+    writer.close()
+    assert written == [1]  # stored before the failure; the one after is trained again next launch
+    assert len(errors) == 1 and isinstance(errors[0], OSError)
+    assert writer.failed and writer.stored == 2
+
+
+def test_a_failing_log_line_never_stops_the_storing():
+    written = []
+
+    def bad_log():
+        raise ValueError("a formatting slip")
+
+    writer = PackWriter(on_error=pytest.fail, capacity=2)
+    writer.submit(lambda: written.append(1), bad_log)
+    writer.submit(lambda: written.append(2))
+    writer.close()
+    assert written == [1, 2]
+
+
+def test_close_interrupted_by_a_second_ctrl_c_finishes_the_pack_in_hand_and_stores_no_more(monkeypatch):
+    written = []
+    in_hand = threading.Event()
+    release = threading.Event()
+
+    def slow():
+        in_hand.set()
+        release.wait(5)
+        written.append("slow")
+
+    writer = PackWriter(on_error=pytest.fail, capacity=8)
+    writer.submit(slow)
+    for k in range(3):
+        writer.submit(lambda k=k: written.append(k))
+    assert in_hand.wait(5)
+
+    joins = []
+    real_join = writer._thread.join
+
+    def join_interrupted(timeout=None):  # Ctrl-C while close() waits for the writer
+        joins.append(timeout)
+        if len(joins) == 1:
+            raise KeyboardInterrupt
+        release.set()  # the pack in hand finishes only after close() has given up the rest
+        return real_join(timeout)
+
+    monkeypatch.setattr(writer._thread, "join", join_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.close()
+    assert written == ["slow"]  # the pack in hand finished; the queued ones were left
+    assert not writer._thread.is_alive()
