@@ -34,6 +34,7 @@ from sfs.sweep.persist import Part, PersistCallback, connect_trackers, prepare_p
 from sfs.sweep.progress import Progress, ProgressCallback, make_display
 from sfs.sweep.search_rounds import next_round
 from sfs.sweep.summary import SweepSummary, summarise
+from sfs.sweep.trials import LoopWatch, PackQueue
 from sfs.training.worker import WorkerOptions, run_pack_trial
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     if injected:
         log.warning("fault injection on (%s): %s", faults.ENV, injected["ids"])
     by_id: dict[str, tuple[Part, Pack]] = {}
-    items = []
+    queue: list[tuple[Pack, WorkerOptions]] = []
     for part, todo in batch:
         size = part.cfg.sweep.pack_size or auto_pack_size(all_todo, slots)
         part.packs = make_packs(part.name, todo, size)
@@ -192,19 +193,22 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
         progress.progress.add_packs(part.packs)
         for pack in part.packs:
             by_id[pack.pack_id] = (part, pack)
-            items.append({"pack_id": pack.pack_id, "pack": pack.to_dict(), "options": options})
-    if not items:
+            queue.append((pack, options))
+    if not queue:
         return 0
-    items.sort(key=lambda item: by_id[item["pack_id"]][1].cost, reverse=True)  # largest first
+    queue.sort(key=lambda item: item[0].cost, reverse=True)  # largest first
+    # Tune keeps one pending trial for a custom searcher (PackQueue), which starves the slots
+    # and evicts the reused actors between trials; as many as it keeps for its own grid:
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(200, int(1.1 * slots))))
     log.info("training %d models in %d packs, %d at a time (%s per trial)",
-             len(all_todo), len(items), slots, resources)
+             len(all_todo), len(queue), slots, resources)
     persist = PersistCallback(by_id, interrupt.halt)
     watch = LoopWatch()
     tune_dir = Path(lead.paths.out_dir) / ".tune"
     try:
         try:
             # progress first: PersistCallback takes the payload out of each final result
-            tuner = _make_tuner(lead, items, resources, interrupt, [progress, persist, watch],
+            tuner = _make_tuner(lead, queue, resources, interrupt, [progress, persist, watch],
                                 tune_dir, run_name)
         except OSError as error:  # Tune records its own state under paths.out_dir first
             raise unwritable(tune_dir.parent, error) from error
@@ -220,60 +224,26 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
             log.warning("the traceback of the stop", exc_info=True)
     finally:
         persist.close()  # every finished pack stored before the summary or the next round
+    writer = persist.writer
     log.debug("Tune's loop: %s; sfs's callbacks held it at most %.0f ms; storing waited at most "
-              "%.0f ms for room and took at most %.0f ms a pack", watch.describe(),
-              1000 * persist.longest_hold_s, 1000 * persist.writer.longest_wait_s,
-              1000 * persist.writer.longest_write_s,
-              extra={"sfs_loop": {**watch.figures(), "longest_hold_s": persist.longest_hold_s,
-                                  "longest_wait_s": persist.writer.longest_wait_s,
-                                  "longest_write_s": persist.writer.longest_write_s}})
+              "%.0f ms for room and took at most %.0f ms a pack, %.0f ms on average (%d packs)",
+              watch.describe(), 1000 * persist.longest_hold_s, 1000 * writer.longest_wait_s,
+              1000 * writer.longest_write_s, 1000 * writer.writing_s / max(writer.stored, 1), writer.stored)
     shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
     if persist.store_error is not None:
         raise persist.store_error
     if persist.error is not None:  # logged with its traceback when it happened
         log.error("the sweep stopped because a pack could not be stored; everything stored "
                   "before it is kept: fix the cause and run the same command again to resume")
-    return len(items)
+    return len(queue)
 
 
-class LoopWatch(tune.Callback):
-    """Times the steps of Tune's event loop (each waits up to ~0.1 s for events, then
-    handles them: results, trial starts, every callback) for the debug log and benchmarks."""
-
-    def __init__(self) -> None:
-        self.steps = 0
-        self.longest_s = 0.0
-        self.total_s = 0.0
-        self._began = 0.0
-
-    def on_step_begin(self, iteration, trials, **info) -> None:
-        self._began = time.perf_counter()
-
-    def on_step_end(self, iteration, trials, **info) -> None:
-        took = time.perf_counter() - self._began
-        self.steps += 1
-        self.total_s += took
-        self.longest_s = max(self.longest_s, took)
-
-    def figures(self) -> dict:
-        return {"steps": self.steps, "longest_step_s": self.longest_s, "loop_s": self.total_s}
-
-    def describe(self) -> str:
-        return f"{self.steps} steps, the longest {1000 * self.longest_s:.0f} ms"
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state) -> None:
-        self.__init__()
-
-
-def _make_tuner(lead: Config, items: list, resources: dict, interrupt: Interrupt,
-                callbacks: list, tune_dir: Path, run_name: str):
+def _make_tuner(lead: Config, queue: list[tuple[Pack, WorkerOptions]], resources: dict,
+                interrupt: Interrupt, callbacks: list, tune_dir: Path, run_name: str):
     return tune.Tuner(
         tune.with_resources(run_pack_trial, resources),
-        param_space={"sfs": tune.grid_search(items)},
         tune_config=tune.TuneConfig(
+            search_alg=PackQueue(queue), num_samples=len(queue),  # one trial per pack, made lazily
             reuse_actors=True,  # one worker process per slot: Lightning imported once
             max_concurrent_trials=lead.cluster.max_concurrent_trials,
             trial_dirname_creator=lambda t: t.config["sfs"]["pack_id"],

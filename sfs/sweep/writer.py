@@ -51,6 +51,7 @@ class PackWriter:
         self.stored = 0
         self.longest_wait_s = 0.0  # longest a submit waited for a free place (back-pressure)
         self.longest_write_s = 0.0
+        self.writing_s = 0.0  # the writer's busy time: stored / writing_s is what it sustains
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=capacity)
         self._abandon = threading.Event()  # a second Ctrl-C: store nothing more
         self._thread = threading.Thread(target=self._run, name="sfs-writer", daemon=True)
@@ -80,7 +81,9 @@ class PackWriter:
                 self.failed = True
                 self.on_error(error)
                 continue
-            self.longest_write_s = max(self.longest_write_s, time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self.longest_write_s = max(self.longest_write_s, took)
+            self.writing_s += took
             self.stored += 1
             try:
                 job.done()

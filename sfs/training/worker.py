@@ -85,7 +85,7 @@ def run_pack_trial(config: dict) -> None:
     item = config["sfs"]
     options: WorkerOptions = item["options"]
     torch.set_num_threads(options.torch_threads)
-    pack = Pack.from_dict(item["pack"])
+    pack = Pack.from_dict(pickle.loads(item["pack"]))  # as sfs.sweep.trials.PackQueue made it
     start_as_nan = faults.before_training(options.faults, pack)
     progress = (ProgressReports(pack.pack_id, len(pack.models), options.progress_every_s)
                 if options.progress_every_s > 0 else None)

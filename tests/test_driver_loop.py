@@ -1,12 +1,15 @@
-"""The driver's writer thread (sfs.sweep.writer): order, back-pressure, failures, close."""
+"""The driver's side of Tune's loop: the writer thread (sfs.sweep.writer), the persist callback
+that feeds it, and the pack queue that feeds Tune (sfs.sweep.trials)."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 
 import pytest
 
+from sfs.plan import Pack
 from sfs.sweep.writer import PackWriter
 
 
@@ -108,3 +111,39 @@ def test_close_interrupted_by_a_second_ctrl_c_finishes_the_pack_in_hand_and_stor
         writer.close()
     assert written == ["slow"]  # the pack in hand finished; the queued ones were left
     assert not writer._thread.is_alive()
+
+
+def test_the_persist_callback_stops_the_sweep_on_a_failed_write_and_keeps_which_kind(tmp_path):
+    """A full disk becomes the store's one clear error; any other failure (e.g. MLflow gone)
+    is kept as such; both stop the sweep through the halt event, never the Ctrl-C one."""
+    from sfs.storage.store import StoreError
+    from sfs.sweep.persist import PersistCallback
+
+    for error in (StoreError("cannot write the results store"), RuntimeError("MLflow went away")):
+        halt = threading.Event()
+        persist = PersistCallback({}, halt)
+        persist.writer.submit(lambda error=error: (_ for _ in ()).throw(error))
+        persist.close()
+        assert halt.is_set()
+        assert (persist.store_error, persist.error) == ((error, None) if isinstance(error, StoreError)
+                                                       else (None, error))
+
+
+def test_the_pack_queue_hands_out_each_pack_once_in_order_then_says_finished():
+    from ray.tune.search import Searcher
+
+    from sfs.config.compose import load_configs
+    from sfs.plan import make_packs, plan_models
+    from sfs.sweep.trials import PackQueue
+    from sfs.training.worker import WorkerOptions
+
+    (cfg,) = load_configs(["+sweep=smoke"])
+    packs = make_packs("smoke", plan_models(cfg), 2)
+    options = WorkerOptions(log_every=50, device="cpu", torch_threads=1)
+    queue = PackQueue([(pack, options) for pack in packs])
+    suggested = [queue.suggest(f"t{k}") for k in range(len(packs))]
+    assert [s["sfs"]["pack_id"] for s in suggested] == [p.pack_id for p in packs]
+    assert all(s["sfs"]["options"] is options for s in suggested)
+    assert [Pack.from_dict(pickle.loads(s["sfs"]["pack"])) for s in suggested] == packs
+    assert all(isinstance(s["sfs"]["pack"], bytes) for s in suggested)  # Tune's copies share it
+    assert queue.suggest("one more") == Searcher.FINISHED
