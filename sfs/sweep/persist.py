@@ -30,7 +30,7 @@ from sfs.plan import ModelSpec, Pack
 from sfs.plan_lr import outcomes_of, planned_grid
 from sfs.storage.store import DONE_STATUSES, StoreError, TrialStore, atomic_write_bytes
 from sfs.storage.tracking import TABLE_FILE, Tracker, default_uri
-from sfs.sweep.writer import DEFAULT_CAPACITY, PackWriter
+from sfs.sweep.writer import PackWriter
 from sfs.training.worker import PAYLOAD_KEY
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ class PersistCallback(tune.Callback):
     """Runs in the driver, inside Tune's event loop: hands every finished pack to the
     writer thread (``sfs.sweep.writer``), which stores it while the loop goes on."""
 
-    def __init__(self, packs: dict[str, tuple[Part, Pack]], stop: threading.Event | None = None,
-                 capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, packs: dict[str, tuple[Part, Pack]], stop: threading.Event | None = None) -> None:
         self.packs = packs
         self.started_ms: dict[str, int] = {}
         self.done = 0  # packs stored (or stored as failed); the writer thread counts
@@ -72,7 +71,7 @@ class PersistCallback(tune.Callback):
         self.store_error: StoreError | None = None  # the store became unwritable: stop
         self.error: BaseException | None = None  # storing failed otherwise (e.g. MLflow)
         self.longest_hold_s = 0.0  # the longest this callback held Tune's loop
-        self.writer = PackWriter(self._failed, capacity)
+        self.writer = PackWriter(self._failed)
 
     def _failed(self, error: BaseException) -> None:
         """A pack could not be stored (writer thread): stop the sweep, keep the error for

@@ -36,7 +36,6 @@ class Job:
 
     write: Callable[[], None]
     done: Callable[[], None]
-    handed_over: float  # time.perf_counter() when the loop submitted it
 
 
 class PackWriter:
@@ -46,7 +45,6 @@ class PackWriter:
 
     def __init__(self, on_error: Callable[[BaseException], None], capacity: int = DEFAULT_CAPACITY) -> None:
         self.on_error = on_error
-        self.capacity = capacity
         self.failed = False
         self.stored = 0
         self.longest_wait_s = 0.0  # longest a submit waited for a free place (back-pressure)
@@ -60,7 +58,7 @@ class PackWriter:
     def submit(self, write: Callable[[], None], done: Callable[[], None] = lambda: None) -> None:
         """Queue one pack; waits while ``capacity`` packs are queued already."""
         started = time.perf_counter()
-        self._queue.put(Job(write, done, started))
+        self._queue.put(Job(write, done))
         self.longest_wait_s = max(self.longest_wait_s, time.perf_counter() - started)
 
     @property
