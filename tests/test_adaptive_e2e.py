@@ -15,11 +15,14 @@ import polars as pl
 import pytest
 
 pytestmark = pytest.mark.e2e  # three launches of 12 models, 3 passes each, through Ray: ~2 min on 2 cores
+# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
+# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
+ONE_SLOT = ["cluster.num_cpus=1"]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["+sweep=phase_adaptive", "sweep.importances=[0.1,10.0]", "sweep.sparsities=[0.99,0.0]",
         "sweep.seeds=[0]", "sweep.adaptive.points_per_round=4", "sweep.adaptive.max_points=12",
-        "sweep.pack_size=2", "train.steps=300", "tracking=off"]
+        "sweep.pack_size=2", "train.steps=300", "tracking=off", *ONE_SLOT]
 
 
 def _launch(out_dir, *extra, **kwargs):

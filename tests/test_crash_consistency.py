@@ -3,12 +3,13 @@ its life, from start-up to the report, resumes on the next launch as if nothing 
 Ctrl-C at any moment exits 130 with the resume hint and no traceback.
 
 Real launches through the CLI (``tests/crash_harness.py``), real Ray, real MLflow SQLite.
-``SFS_CRASH_KILLS`` (default 10, one per phase) and ``SFS_CRASH_SEED`` choose the random
-kills, ``SFS_CRASH_CHAIN`` how many kills hit one sweep folder before the same command is
-left to finish (default 5: a fresh launch killed early in its life, the launch that resumed
-it killed a little later, and so on through the phases, which spares a whole launch per
-kill; 1: every kill gets its own clean re-run), ``SFS_CRASH_MINUTES`` stops drawing new kills
-after that long; by hand, e.g.::
+``SFS_CRASH_KILLS`` and ``SFS_CRASH_SEED`` choose the random kills of ``make test`` (default
+5: one chain, a kill in each fifth of a launch's life; ``make test-nightly`` adds 20, every
+phase twice), ``SFS_CRASH_CHAIN`` how many kills hit one sweep folder before the same
+command is left to finish (default 5: a fresh launch killed early in its life, the launch
+that resumed it killed a little later, and so on through the phases, which spares a whole
+launch per kill; 1: every kill gets its own clean re-run), ``SFS_CRASH_MINUTES`` stops
+drawing new kills after that long; by hand, e.g.::
 
     SFS_CRASH_KILLS=100 SFS_CRASH_CHAIN=1 SFS_CRASH_SEED=7 SFS_CRASH_MINUTES=20 \\
         .venv/bin/python -m pytest tests/test_crash_consistency.py -o addopts= -k random -s
@@ -34,10 +35,10 @@ from crash_harness import PHASES, Launch, aggregate_tables, check_resumed, kill_
 from sfs.storage.store import empty_trials
 
 pytestmark = pytest.mark.integration
-KILLS = int(os.environ.get("SFS_CRASH_KILLS", str(len(PHASES))))
+CHAIN = int(os.environ.get("SFS_CRASH_CHAIN", "5"))  # kills before the launch is left to finish
+KILLS = int(os.environ.get("SFS_CRASH_KILLS", str(CHAIN)))
 SEED = int(os.environ.get("SFS_CRASH_SEED", "2026"))
 MINUTES = float(os.environ.get("SFS_CRASH_MINUTES", "inf"))  # by hand: stop drawing kills after
-CHAIN = int(os.environ.get("SFS_CRASH_CHAIN", "5"))  # kills before the launch is left to finish
 
 # Kills its own process group right after executing the first SQL statement that contains
 # SFS_TEST_KILL_ON_SQL: a SIGKILL at one exact moment of MLflow's schema migration.
@@ -120,23 +121,28 @@ def test_a_store_left_half_migrated_by_an_older_sfs_is_rebuilt(tmp_path, uninter
     check_resumed(rerun, code, empty_trials(), n_planned, tables)
 
 
-def test_random_kills_resume_cleanly(tmp_path, uninterrupted, capsys):
+@pytest.mark.parametrize(("kills", "seed"), [
+    pytest.param(KILLS, SEED, id="one-chain"),
+    pytest.param(2 * len(PHASES), SEED + 1, id="every-phase-twice", marks=pytest.mark.nightly)])
+def test_random_kills_resume_cleanly(tmp_path, uninterrupted, capsys, kills, seed):
     """SIGKILL to the whole process group at seeded random moments spread over every phase
     of a launch's life; after each kill the same command again, and once a chain of kills
     is over (``SFS_CRASH_CHAIN``, default 5: a kill in each fifth of the phases, each in the
-    launch that resumed the one killed before), it must finish cleanly."""
+    launch that resumed the one killed before), it must finish cleanly. ``make test`` runs
+    one chain (the deterministic tests above and below pin the migration and Ctrl-C in
+    three phases); the nightly tier hits every phase twice, from another seed."""
     starts, tables, n_planned = uninterrupted
-    plan = kill_plan(starts, 2 * KILLS, SEED, CHAIN)  # the second half replaces moments a launch outran
-    report = [f"{KILLS} kills in chains of {CHAIN} (seed {SEED}); phases of the uninterrupted launch "
+    plan = kill_plan(starts, 2 * kills, seed, CHAIN)  # the second half replaces moments a launch outran
+    report = [f"{kills} kills in chains of {CHAIN} (seed {seed}); phases of the uninterrupted launch "
               "began at " + ", ".join(f"{at:.1f}" for at in starts[:-1]) + f" s, it ended at {starts[-1]:.1f} s"]
     failures = []
     clock = time.monotonic()
     hits = chains = 0
     for c, chain in enumerate(plan):
-        if hits >= KILLS:
+        if hits >= kills:
             break
         if time.monotonic() - clock > 60 * MINUTES:
-            report.append(f"SFS_CRASH_MINUTES={MINUTES:g} reached: {KILLS - hits} kills not run")
+            report.append(f"SFS_CRASH_MINUTES={MINUTES:g} reached: {kills - hits} kills not run")
             break
         chains += 1
         out_dir = tmp_path / f"chain-{c}"
@@ -173,7 +179,7 @@ def test_random_kills_resume_cleanly(tmp_path, uninterrupted, capsys):
                   f"{len(failures)} failed; {time.monotonic() - clock:.0f} s")
     with capsys.disabled():
         print("\n" + "\n".join(report), flush=True)
-    assert not failures and (hits >= KILLS or MINUTES < float("inf")), "\n".join(report)
+    assert not failures and (hits >= kills or MINUTES < float("inf")), "\n".join(report)
 
 
 RAY_AGENTS = {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}

@@ -22,12 +22,15 @@ from sfs.config.compose import load_configs
 from sfs.plan import make_packs, plan_models
 
 pytestmark = pytest.mark.e2e
+# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
+# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
+ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _launch(out_dir, *extra, env=None, **kwargs):
     return subprocess.Popen(
-        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={out_dir}", *extra],
+        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={out_dir}", *ONE_SLOT, *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {})}, **kwargs)
 

@@ -10,6 +10,9 @@ import polars as pl
 import pytest
 
 pytestmark = pytest.mark.e2e
+# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
+# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
+ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 # 2 budgets x depths 0, 1 at one sparsity, 3 seeds, 200 steps; one search round. Two learning
 # rates, chosen on a probe of 2 seeds (the third trains at the chosen rate only)
@@ -20,7 +23,7 @@ TINY = ["+sweep=aspect", "sweep.families=[deep_tied]", "sweep.n_features=[12]",
         "sweep.seeds=[0,1,2]", "sweep.scale=1",
         "train.steps=200", "train.warmup_steps=20", "train.batch_size=256", "tracking=off",
         "aggregate.n_boot=100", "aggregate.n_perm=10", "sweep.iso_loss.enabled=true",
-        "sweep.iso_loss.max_rounds=1", "sweep.iso_loss.tolerance=0.1"]
+        "sweep.iso_loss.max_rounds=1", "sweep.iso_loss.tolerance=0.1", *ONE_SLOT]
 
 
 def _launch(out_dir: Path, *extra: str) -> str:

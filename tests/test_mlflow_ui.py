@@ -19,6 +19,9 @@ import polars as pl
 import pytest
 
 pytestmark = pytest.mark.integration
+# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
+# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
+ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 SPEC_PARAMS = ("family", "n_features", "width", "depth", "sparsity", "importance", "feature_dist",
                "weight_decay", "seed", "lr", "steps", "batch_size", "model_id", "pack_id", "n_params")
@@ -62,7 +65,7 @@ def _kv(entries: list[dict]) -> dict:
 def sweep(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("ui")
     done = subprocess.run([sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={out_dir}",
-                           "train.steps=100", "aggregate.enabled=false"],
+                           "train.steps=100", "aggregate.enabled=false", *ONE_SLOT],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return out_dir / "smoke"

@@ -17,12 +17,15 @@ from sfs.plan import plan_models
 from sfs.storage.store import write_table
 
 pytestmark = pytest.mark.integration
+# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
+# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
+ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 # 12 models (4 widths x 3 seeds: enough for a fit with intervals), power-law features with
 # weight decay (a headline row); ~1-2 min on 2 busy cores
 OVERRIDES = ["+sweep=smoke", "sweep.widths=[2,3,4,5]", "sweep.seeds=[0,1,2]", "sweep.sparsities=[0.9]",
              "sweep.feature_dists=[power:1.0]", "sweep.weight_decays=[1.0]", "train.steps=100",
-             "aggregate.n_boot=100", "aggregate.n_perm=20", "tracking.enabled=false"]
+             "aggregate.n_boot=100", "aggregate.n_perm=20", "tracking.enabled=false", *ONE_SLOT]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,9 @@ from sfs.storage.store import TRIAL_SCHEMA, load_weights
 from sfs.sweep.runner import run_sweep
 
 pytestmark = pytest.mark.e2e
+# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
+# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
+ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = ["model_id", "sweep", "family", "n_features", "width", "depth", "n_params", "sparsity",
             "importance", "feature_dist", "weight_decay", "seed", "steps", "loss", "n_represented",
@@ -82,7 +85,7 @@ def test_smoke_sweep_stores_every_model_and_logs_every_pack(local_ray, tmp_path)
 
 def _launch(out_dir: Path, *extra: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={out_dir}", *extra],
+        [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={out_dir}", *ONE_SLOT, *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
