@@ -41,15 +41,17 @@ def make_spec() -> Callable[..., ModelSpec]:
 
 
 def _local_ray():
-    """A real embedded Ray with 2 CPUs and the launch's worker setup, started on first use;
-    a test that needs another cluster shuts it down, the next use restarts it."""
+    """A real embedded Ray with 1 CPU and the launch's worker setup, started on first use;
+    a test that needs another cluster shuts it down, the next use restarts it. One trial at
+    a time: a second slot is a second worker importing torch and Lightning (~5 s of CPU) in
+    every sweep, and the test tiers are CPU-bound on 2 cores."""
     import ray
 
     from sfs.training.worker_setup import WORKER_RUNTIME_ENV
 
     if not ray.is_initialized():
         # "local": our own, never one another process advertises (as start_ray does)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING",
                  runtime_env=WORKER_RUNTIME_ENV)
     return ray
 
