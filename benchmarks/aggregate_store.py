@@ -2,6 +2,7 @@
 
     python benchmarks/aggregate_store.py            # ~100,000 models
     python benchmarks/aggregate_store.py --quick    # ~10,000 models
+    python benchmarks/aggregate_store.py --million  # 960,000 models
     python benchmarks/aggregate_store.py --store /tmp/agg   # keep the store, reuse it next time
 
 Builds a results store with the real store code (one weights file per pack, parts
@@ -15,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -31,9 +35,11 @@ from sfs.config.compose import load_configs  # noqa: E402
 from sfs.plan import make_packs, plan_models  # noqa: E402
 from sfs.storage.store import TrialStore  # noqa: E402
 
+SPARSITIES = {"quick": 5, "default": 25, "million": 250}  # curves: 80 per sparsity
 
-def grid(out_dir: Path, quick: bool) -> list[str]:
-    sparsities = np.round(np.linspace(0.0, 0.98, 5 if quick else 25), 4).tolist()
+
+def grid(out_dir: Path, size: str) -> list[str]:
+    sparsities = np.round(np.linspace(0.0, 0.98, SPARSITIES[size]), 4).tolist()
     return ["+sweep=smoke", f"paths.out_dir={out_dir}", "tracking=off",
             "sweep.n_features=[20,40]", "sweep.widths=[2,3,4,6,8,10]",
             f"sweep.sparsities=[{','.join(map(str, sparsities))}]",
@@ -42,8 +48,8 @@ def grid(out_dir: Path, quick: bool) -> list[str]:
             "sweep.seeds=[0,1,2,3,4,5,6,7]"]
 
 
-def build(out_dir: Path, quick: bool):
-    (cfg,) = load_configs(grid(out_dir, quick))
+def build(out_dir: Path, size: str):
+    (cfg,) = load_configs(grid(out_dir, size))
     specs = plan_models(cfg)
     rng = np.random.default_rng(0)
     with TrialStore(out_dir / "smoke") as store:
@@ -66,22 +72,28 @@ def build(out_dir: Path, quick: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="~10,000 models instead of ~100,000")
+    parser.add_argument("--million", action="store_true",
+                        help="960,000 models (20,000 curves; the store takes ~1 GB and minutes to build)")
     parser.add_argument("--store", type=Path, default=None,
                         help="build the store here and keep it (reused when it exists)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    size = "million" if args.million else "quick" if args.quick else "default"
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.store or Path(tmp)
         started = time.perf_counter()
         if (out_dir / "smoke" / "trials.parquet").exists():
-            (cfg,) = load_configs(grid(out_dir, args.quick))
+            (cfg,) = load_configs(grid(out_dir, size))
             n_models = len(plan_models(cfg))
         else:
-            cfg, n_models = build(out_dir, args.quick)
+            cfg, n_models = build(out_dir, size)
         built = time.perf_counter() - started
+        gc.collect()
+        memory = PeakMemory()
         started = time.perf_counter()
         result = aggregate(cfg, report=False)
         tables = time.perf_counter() - started
+        rss_before, aggregate_peak = memory.stop()
         from sfs.aggregate import load_models
         from sfs.report.page import write_report
 
@@ -90,7 +102,39 @@ def main() -> None:
         report = time.perf_counter() - started
     print(json.dumps({"models": n_models, "fits": result.fits.height,
                       "pairs": result.pairs.height, "build_s": round(built, 1),
-                      "aggregate_s": round(tables, 1), "report_s": round(report, 1)}))
+                      "aggregate_s": round(tables, 1), "report_s": round(report, 1),
+                      "rss_before_aggregate_mb": rss_before, "aggregate_peak_rss_mb": aggregate_peak}))
+
+
+class PeakMemory:
+    """The peak resident memory (MB) of this process and its children (the aggregation's
+    worker processes), sampled every 0.2 s until ``stop``."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+        self.before = self._now()
+        self.peak = self.before
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _now(self) -> int:
+        total = self.me.memory_info().rss
+        for child in self.me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total // 2**20
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.2):
+            self.peak = max(self.peak, self._now())
+
+    def stop(self) -> tuple[int, int]:
+        self._done.set()
+        self._thread.join()
+        return self.before, self.peak
 
 
 if __name__ == "__main__":

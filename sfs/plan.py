@@ -9,12 +9,16 @@ importance, feature distribution, weight decay and seed.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
+import gc
 import hashlib
 import heapq
 import itertools
 import json
 import math
+import operator
 from dataclasses import asdict, dataclass, fields
 
 from sfs.config import Config
@@ -62,7 +66,8 @@ class ModelSpec:
 
     @property
     def pack_key(self) -> tuple:
-        return tuple(getattr(self, f.name) for f in fields(self) if f.name not in PER_MODEL_FIELDS)
+        """The fields a pack's models share, in field order."""
+        return _pack_key(self)
 
     @property
     def label(self) -> str:
@@ -75,8 +80,34 @@ class ModelSpec:
     def from_dict(cls, data: dict) -> ModelSpec:
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
+    @classmethod
+    def _planned(cls, values: dict, model_id: str) -> ModelSpec:
+        """The spec ``cls(**values)`` would make, with its ``model_id`` already known
+        (``plan_models``' fast path): at 10^6 models the dataclass's ``__init__`` (a frozen
+        field at a time) and the id's JSON cost seconds. ``values`` must hold every field,
+        converted as ``plan_models`` converts them; the id lands where ``cached_property``
+        keeps it."""
+        spec = object.__new__(cls)
+        spec.__dict__.update(values)
+        spec.__dict__["model_id"] = model_id
+        return spec
+
 
 _SPEC_FIELDS = tuple(f.name for f in fields(ModelSpec))
+_pack_key = operator.attrgetter(*(name for name in _SPEC_FIELDS if name not in PER_MODEL_FIELDS))
+
+
+def _id_template(shared: dict) -> str:
+    """``ModelSpec.model_id``'s canonical JSON for every model that shares ``shared`` (the
+    pack fields): the keys sorted, each per-model value a ``%s`` slot, in key order
+    (``_PER_MODEL_SLOTS``) for its JSON."""
+    parts = [f"{json.dumps(name)}:"
+             + ("%s" if name in PER_MODEL_FIELDS else json.dumps(shared[name]).replace("%", "%%"))
+             for name in sorted(_SPEC_FIELDS)]
+    return "{" + ",".join(parts) + "}"
+
+
+_PER_MODEL_SLOTS = tuple(name for name in sorted(_SPEC_FIELDS) if name in PER_MODEL_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -110,6 +141,24 @@ class Pack:
 
 def plan_models(cfg: Config) -> list[ModelSpec]:
     """Every model of the sweep's grid, in a deterministic order."""
+    with _collector_paused():
+        return _plan_models(cfg)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cycle collector off while a plan grows: it would walk the growing list of
+    specs again and again (a third of the time at 10^6 models); a plan makes no cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _plan_models(cfg: Config) -> list[ModelSpec]:
     sweep, train, data, model = cfg.sweep, cfg.train, cfg.data, cfg.model
     scale = sweep.scale
     if sweep.param_budgets:  # the planner's width per (family, n, budget, depth)
@@ -118,22 +167,33 @@ def plan_models(cfg: Config) -> list[ModelSpec]:
         shapes = list(itertools.product(sweep.families, sweep.n_features, sweep.widths,
                                         sweep.depths))
     lrs = sweep.lrs or [train.lr]  # several: each shape at each, chosen after training
+    # The per-model axes in the grid's order (sparsity, importance, distribution, weight
+    # decay, seed; the last varies fastest), each value with its JSON for the id; each
+    # combination as (its fields, their JSON in _PER_MODEL_SLOTS order).
+    axes = {"sparsity": [float(v) for v in sweep.sparsities],
+            "importance": [float(v) for v in sweep.importances],
+            "feature_dist": [str(v) for v in sweep.feature_dists],
+            "weight_decay": [float(v) for v in sweep.weight_decays],
+            "seed": [int(v) for v in sweep.effective_seeds]}
+    order = tuple(axes)
+    slots = [order.index(name) for name in _PER_MODEL_SLOTS]
+    per_model = [(dict(zip(order, (value for value, _ in combo))), tuple(combo[i][1] for i in slots))
+                 for combo in itertools.product(*([(v, json.dumps(v)) for v in values]
+                                                  for values in axes.values()))]
     specs = []
-    for (family, n, width, depth), lr, sparsity, importance, dist, wd, seed in itertools.product(
-        shapes, lrs, sweep.sparsities, sweep.importances, sweep.feature_dists, sweep.weight_decays,
-        sweep.effective_seeds,
-    ):
-        specs.append(ModelSpec(
+    for (family, n, width, depth), lr in itertools.product(shapes, lrs):
+        shared = dict(
             family=family, n_features=int(n), width=int(width), depth=int(depth),
-            sparsity=float(sparsity), importance=float(importance), feature_dist=str(dist),
-            weight_decay=float(wd), seed=int(seed),
-            steps=train.steps * scale, lr=float(lr),
-            batch_size=train.batch_size * (scale if sweep.scale_batch else 1),
-            lr_schedule=train.lr_schedule, warmup_steps=train.warmup_steps * scale,
+            steps=train.steps * scale, batch_size=train.batch_size * (scale if sweep.scale_batch else 1),
+            lr=float(lr), lr_schedule=train.lr_schedule, warmup_steps=train.warmup_steps * scale,
             final_lr_ratio=float(train.final_lr_ratio), max_magnitude=float(data.max_magnitude),
             init=model.init, bias_init_std=float(model.bias_init_std),
             eval_seed=data.eval_seed, eval_samples=data.eval_samples,
-        ))
+        )
+        template = _id_template(shared)
+        for values, json_values in per_model:
+            model_id = hashlib.sha256((template % json_values).encode()).hexdigest()[:16]
+            specs.append(ModelSpec._planned({**shared, **values}, model_id))
     return specs
 
 
@@ -193,13 +253,11 @@ def auto_pack_size(specs: list[ModelSpec], n_slots: int) -> int:
     """
     if not specs:
         return 1
-    counts: dict[tuple, int] = {}
-    shapes: dict[tuple, ModelSpec] = {}
-    for spec in specs:
-        counts[spec.pack_key] = counts.get(spec.pack_key, 0) + 1
-        shapes.setdefault(spec.pack_key, spec)
+    keys = list(map(_pack_key, specs))
+    counts = collections.Counter(keys)
+    shapes = dict(zip(reversed(keys), reversed(specs)))  # each key's first spec (the last write wins)
     groups = [(shapes[key], count) for key, count in counts.items()]
-    largest = max(s.batch_size * s.n_features for s in specs)
+    largest = max(s.batch_size * s.n_features for s in shapes.values())  # pack fields
     cap = max(1, min(_MAX_BATCH_ELEMENTS // largest, _MAX_PACK, max(counts.values())))
     # ties go to the larger size: fewer packs, fewer MLflow runs and weights files
     return min(range(cap, 0, -1), key=lambda size: estimated_makespan(groups, size, n_slots))
@@ -211,8 +269,8 @@ def make_packs(sweep_name: str, specs: list[ModelSpec], pack_size: int) -> list[
     if pack_size < 1:
         raise ValueError(f"pack_size must be >= 1, got {pack_size}")
     groups: dict[tuple, list[ModelSpec]] = {}
-    for spec in specs:
-        groups.setdefault(spec.pack_key, []).append(spec)
+    for key, spec in zip(map(_pack_key, specs), specs):
+        groups.setdefault(key, []).append(spec)
     packs = []
     for group in groups.values():
         n_packs = math.ceil(len(group) / pack_size)

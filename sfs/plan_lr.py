@@ -131,6 +131,8 @@ def stored_outcomes(model_ids: Iterable[str], statuses: Iterable[str], losses: I
     """The store's columns as outcomes: models stored ok or diverged (failed ones are
     trained again, so they count as missing)."""
     out = {}
+    # as lists: iterating a polars Series element by element is several times slower
+    model_ids, statuses, losses, val_losses = (_as_list(c) for c in (model_ids, statuses, losses, val_losses))
     for model_id, status, loss, val in zip(model_ids, statuses, losses, val_losses):
         if status == "ok":
             out[model_id] = Outcome(math.nan if loss is None else float(loss),
@@ -138,6 +140,10 @@ def stored_outcomes(model_ids: Iterable[str], statuses: Iterable[str], losses: I
         elif status == "diverged":
             out[model_id] = Outcome(math.nan, diverged=True)
     return out
+
+
+def _as_list(column: Iterable) -> Iterable:
+    return column.to_list() if hasattr(column, "to_list") else column
 
 
 def outcomes_of(table) -> dict[str, Outcome]:

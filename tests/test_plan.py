@@ -59,6 +59,23 @@ def test_int_and_float_axis_values_give_the_same_id(tmp_path):
     assert [s.model_id for s in plan_models(a)] == [s.model_id for s in plan_models(b)]
 
 
+@pytest.mark.parametrize("overrides", [
+    ["+sweep=tms"], ["+sweep=aspect"], ["+sweep=phase"], ["+sweep=scaling", "sweep.scale=2"],
+    ["+sweep=smoke", "sweep.feature_dists=[uniform,power:1.5]", "sweep.weight_decays=[-0.3,0,1]",
+     "sweep.lrs=[0.001,0.01]", "model.init=normal"]])
+def test_the_planned_specs_and_ids_are_those_of_the_plain_constructor(overrides):
+    """``plan_models`` builds specs and their ids by a fast path: each spec must equal (and
+    hash like) the one ``ModelSpec(...)`` makes of the same values, with the same field types,
+    and its id must be the one the spec computes itself."""
+    for cfg in load_configs(overrides):
+        for spec in plan_models(cfg):
+            values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(ModelSpec)}
+            plain = ModelSpec(**values)
+            assert plain == spec and hash(plain) == hash(spec)
+            assert {k: type(v) for k, v in values.items()} == {k: type(v) for k, v in vars(plain).items()}
+            assert spec.model_id == plain.model_id, values
+
+
 def test_the_plan_is_the_full_grid_without_duplicates():
     (cfg,) = load_configs(["+sweep=tms"])
     specs = plan_models(cfg)

@@ -27,7 +27,7 @@ from ray import tune
 from sfs.config import Config
 from sfs.core.shapes import format_shapes
 from sfs.plan import ModelSpec, Pack
-from sfs.plan_lr import outcomes_of, planned_grid
+from sfs.plan_lr import outcomes_of, planned_grid, probe_seeds
 from sfs.storage.store import DONE_STATUSES, StoreError, TrialStore, atomic_write_bytes
 from sfs.storage.tracking import TABLE_FILE, Tracker, default_uri
 from sfs.sweep.writer import PackWriter
@@ -200,7 +200,9 @@ def prepare_part(cfg: Config) -> Part:
         if cfg.sweep.param_budgets:  # the planner explains its shapes, on screen and on disk
             write_shapes(cfg, sweep_dir)
         table = store.consolidate()  # folds in parts a killed driver left behind
-        planned = planned_grid(cfg, outcomes_of(table))  # with sweep.lr_probe_seeds: as far as stored
+        # with sweep.lr_probe_seeds: as far as the stored probe has led (its outcomes are read
+        # only then: at 10^6 stored models that takes seconds)
+        planned = planned_grid(cfg, outcomes_of(table) if probe_seeds(cfg) else {})
         done = set(table.filter(table["status"].is_in(DONE_STATUSES))["model_id"].to_list())
         todo = [spec for spec in planned if spec.model_id not in done]
     except OSError as error:  # e.g. a full disk: one message, nothing half-written

@@ -28,7 +28,7 @@ from sfs.config import Config
 from sfs.core import faults
 from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs, plan_models
 from sfs.plan_adaptive import setting_key
-from sfs.plan_lr import grid_size
+from sfs.plan_lr import grid_size, probe_seeds
 from sfs.sweep.cluster import start_ray, trial_resources
 from sfs.sweep.persist import Part, PersistCallback, connect_trackers, prepare_part, unwritable
 from sfs.sweep.progress import Progress, ProgressCallback, make_display
@@ -74,6 +74,8 @@ def _still_to_plan(part: Part) -> str:
         at_most = n_settings * adaptive.max_points * len(part.cfg.sweep.effective_seeds) - len(part.planned)
         return (f"; up to {at_most} more follow as the adaptive rounds ask for points (sweep.adaptive)"
                 if at_most > 0 else "")
+    if not probe_seeds(part.cfg):  # the whole grid is planned from the start
+        return ""
     grid = {spec.model_id for spec in plan_models(part.cfg)}
     later = grid_size(part.cfg) - sum(spec.model_id in grid for spec in part.planned)
     if later <= 0:

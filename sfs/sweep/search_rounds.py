@@ -17,7 +17,7 @@ import logging
 
 from sfs.plan import ModelSpec
 from sfs.plan_adaptive import STATES, AdaptiveResult
-from sfs.plan_lr import outcomes_of, planned_grid, setting_key
+from sfs.plan_lr import outcomes_of, planned_grid, probe_seeds, setting_key
 from sfs.plan_search import SearchResult, replay_search
 from sfs.storage.point_values import replay_stored
 from sfs.storage.store import DONE_STATUSES
@@ -34,6 +34,8 @@ def next_round(part: Part, starting: bool = False) -> list[ModelSpec]:
     seeds whose learning-rate probe is now stored, and the search's next widths;
     ``starting``: before the launch's first training pass (a resumed search)."""
     cfg = part.cfg
+    if not (probe_seeds(cfg) or cfg.sweep.iso_loss.enabled or cfg.sweep.adaptive.enabled):
+        return []  # a plain grid: every model was planned at the start (persist.prepare_part)
     table = part.store.load()
     outcomes = outcomes_of(table)
     done = set(table.filter(table["status"].is_in(DONE_STATUSES))["model_id"].to_list())

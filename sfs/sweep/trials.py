@@ -47,6 +47,12 @@ class PackQueue(Searcher):
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Nothing to save: sfs never restores a Tune run (the store is the record)."""
 
+    def __getstate__(self) -> dict:
+        """Without the packs: the Tuner pickles its searcher into its own restore file
+        (``tuner.pkl``, which sfs never reads), and at 10^6 models the packs took ~5 s there
+        before the first trial. An unpickled queue is empty."""
+        return {**self.__dict__, "packs": ()}
+
 
 class LoopWatch(tune.Callback):
     """Times the steps of Tune's event loop (each waits up to ~0.1 s for events, then
