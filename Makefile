@@ -53,13 +53,13 @@ run: setup
 # Ray's start or a server, and a file's module-scoped sweeps are built once. Files go out in
 # collection order, the launch-heavy tiers first (tests/conftest.py), not xdist's default
 # of the files with the most tests first, which left the longest files for the end.
-# XDIST= runs them in one process.
+# XDIST= runs them in one process. The 25 slowest tests are listed at the end.
 XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: setup-test lint
 	@# sfs's own bytecode: this environment may forbid writing it at import (PYTHONDONTWRITEBYTECODE),
 	@# and every launch, worker and CLI test would compile sfs again (~0.5 s of CPU each)
 	@$(PY) -m compileall -q -j 0 sfs >/dev/null
-	$(PY) -m pytest -o addopts="-ra" -m "not nightly" $(XDIST) $(ARGS)
+	$(PY) -m pytest -o addopts="-ra" -m "not nightly" $(XDIST) --durations=25 $(ARGS)
 
 # The longest calibration runs (1000 datasets per case); their 120-dataset variants run in `make test`.
 test-nightly: setup-test
