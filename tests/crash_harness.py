@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import psutil
+from launches import ONE_SLOT
 from polars.testing import assert_frame_equal
 
 from sfs.storage.store import TrialStore
 
 REPO = Path(__file__).resolve().parent.parent
 # 8 single-model packs of 100 steps: every phase of a sweep's life, in ~20 s on 2 cores
-SWEEP = ["+sweep=smoke", "train.steps=100", "sweep.pack_size=1", "cluster.num_cpus=1", "hydra.verbose=[sfs]"]
+SWEEP = ["+sweep=smoke", "train.steps=100", "sweep.pack_size=1", *ONE_SLOT, "hydra.verbose=[sfs]"]
 # (phase, the log line that begins it, the phase before which that line means something
 # else); phases come in this order, and a launch may skip some (a store that exists is not
 # migrated, a sweep with nothing left to train starts no Ray)

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from launches import ONE_SLOT
 
 pytestmark = pytest.mark.e2e  # three launches of 12 models, 3 passes each, through Ray: ~2 min on 2 cores
-# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
-# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
-ONE_SLOT = ["cluster.num_cpus=1"]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["+sweep=phase_adaptive", "sweep.importances=[0.1,10.0]", "sweep.sparsities=[0.99,0.0]",

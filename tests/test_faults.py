@@ -16,15 +16,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 from crash_harness import sigint_as_in_a_terminal
+from launches import ONE_SLOT
 from mlflow.tracking import MlflowClient
 
 from sfs.config.compose import load_configs
 from sfs.plan import make_packs, plan_models
 
 pytestmark = pytest.mark.e2e
-# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
-# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
-ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 
 

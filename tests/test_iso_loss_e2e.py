@@ -8,11 +8,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from launches import ONE_SLOT
 
 pytestmark = pytest.mark.e2e
-# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
-# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
-ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 # 2 budgets x depths 0, 1 at one sparsity, 3 seeds, 200 steps; one search round. Two learning
 # rates, chosen on a probe of 2 seeds (the third trains at the chosen rate only)

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from launches import ONE_SLOT
 
 pytestmark = pytest.mark.integration
-# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
-# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
-ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 SPEC_PARAMS = ("family", "n_features", "width", "depth", "sparsity", "importance", "feature_dist",
                "weight_decay", "seed", "lr", "steps", "batch_size", "model_id", "pack_id", "n_params")

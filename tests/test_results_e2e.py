@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from launches import ONE_SLOT
 
 import sfs
 from sfs.config.compose import load_configs
@@ -17,9 +18,6 @@ from sfs.plan import plan_models
 from sfs.storage.store import write_table
 
 pytestmark = pytest.mark.integration
-# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
-# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
-ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 # 12 models (4 widths x 3 seeds: enough for a fit with intervals), power-law features with
 # weight decay (a headline row); ~1-2 min on 2 busy cores

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from launches import ONE_SLOT
 from mlflow.tracking import MlflowClient
 
 from sfs.config.compose import load_configs
@@ -18,9 +19,6 @@ from sfs.storage.store import TRIAL_SCHEMA, load_weights
 from sfs.sweep.runner import run_sweep
 
 pytestmark = pytest.mark.e2e
-# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
-# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
-ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = ["model_id", "sweep", "family", "n_features", "width", "depth", "n_params", "sparsity",
             "importance", "feature_dist", "weight_decay", "seed", "steps", "loss", "n_represented",

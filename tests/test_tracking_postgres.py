@@ -21,12 +21,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from launches import ONE_SLOT
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.integration
-# One trial at a time: each concurrent trial is one more worker importing torch and Lightning
-# (~5 s of CPU), and the test tiers are CPU-bound on 2 cores.
-ONE_SLOT = ["cluster.num_cpus=1"]
 REPO = Path(__file__).resolve().parent.parent
 
 
