@@ -56,9 +56,8 @@ class ModelSpec:
         """Stable 16-hex-digit hash of the full spec (field order and int/float kind fixed).
         Computed once per spec (a sweep asks for it many times; at 10^5-10^6 models hashing
         dominates planning); the fields are read directly, as ``asdict`` would give them."""
-        canonical = json.dumps({name: getattr(self, name) for name in _SPEC_FIELDS}, sort_keys=True,
-                               separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        values = {name: getattr(self, name) for name in _SPEC_FIELDS}
+        return _hash_id(_id_template(values) % tuple(json.dumps(values[name]) for name in _PER_MODEL_SLOTS))
 
     @property
     def n_params(self) -> int:
@@ -98,9 +97,10 @@ _pack_key = operator.attrgetter(*(name for name in _SPEC_FIELDS if name not in P
 
 
 def _id_template(shared: dict) -> str:
-    """``ModelSpec.model_id``'s canonical JSON for every model that shares ``shared`` (the
-    pack fields): the keys sorted, each per-model value a ``%s`` slot, in key order
-    (``_PER_MODEL_SLOTS``) for its JSON."""
+    """The canonical JSON a model id hashes (``json.dumps(fields, sort_keys=True,
+    separators=(",", ":"))``) for every model that shares ``shared`` (the pack fields): the
+    keys sorted, each per-model value a ``%s`` slot for its JSON, in key order
+    (``_PER_MODEL_SLOTS``). ``ModelSpec.model_id`` and ``plan_models`` both build ids from it."""
     parts = [f"{json.dumps(name)}:"
              + ("%s" if name in PER_MODEL_FIELDS else json.dumps(shared[name]).replace("%", "%%"))
              for name in sorted(_SPEC_FIELDS)]
@@ -108,6 +108,10 @@ def _id_template(shared: dict) -> str:
 
 
 _PER_MODEL_SLOTS = tuple(name for name in sorted(_SPEC_FIELDS) if name in PER_MODEL_FIELDS)
+
+
+def _hash_id(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -192,8 +196,7 @@ def _plan_models(cfg: Config) -> list[ModelSpec]:
         )
         template = _id_template(shared)
         for values, json_values in per_model:
-            model_id = hashlib.sha256((template % json_values).encode()).hexdigest()[:16]
-            specs.append(ModelSpec._planned({**shared, **values}, model_id))
+            specs.append(ModelSpec._planned({**shared, **values}, _hash_id(template % json_values)))
     return specs
 
 

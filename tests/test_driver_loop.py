@@ -147,3 +147,19 @@ def test_the_pack_queue_hands_out_each_pack_once_in_order_then_says_finished():
     assert [Pack.from_dict(pickle.loads(s["sfs"]["pack"])) for s in suggested] == packs
     assert all(isinstance(s["sfs"]["pack"], bytes) for s in suggested)  # Tune's copies share it
     assert queue.suggest("one more") == Searcher.FINISHED
+
+
+def test_a_pickled_pack_queue_leaves_its_packs_behind():
+    """Tune pickles its searcher into a restore file sfs never reads: without the packs (at
+    10^6 models they cost seconds before the first trial); the queue in use keeps them."""
+    from sfs.config.compose import load_configs
+    from sfs.plan import make_packs, plan_models
+    from sfs.sweep.trials import PackQueue
+    from sfs.training.worker import WorkerOptions
+
+    (cfg,) = load_configs(["+sweep=smoke"])
+    packs = make_packs("smoke", plan_models(cfg), 1)
+    queue = PackQueue([(pack, WorkerOptions(log_every=50, device="cpu", torch_threads=1)) for pack in packs])
+    restored = pickle.loads(pickle.dumps(queue))
+    assert restored.packs == () and len(queue.packs) == len(packs) == 8
+    assert len(pickle.dumps(queue)) < len(pickle.dumps(packs)) / 4

@@ -1,6 +1,7 @@
 """Planning: stable model ids, grid coverage, packs that share exactly what they must."""
 
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -74,6 +75,20 @@ def test_the_planned_specs_and_ids_are_those_of_the_plain_constructor(overrides)
             assert plain == spec and hash(plain) == hash(spec)
             assert {k: type(v) for k, v in values.items()} == {k: type(v) for k, v in vars(plain).items()}
             assert spec.model_id == plain.model_id, values
+
+
+def test_planning_leaves_the_cycle_collector_as_it_found_it():
+    """``plan_models`` pauses Python's cycle collector while the plan grows, and only then."""
+    (cfg,) = load_configs(["+sweep=smoke"])
+    assert gc.isenabled()
+    plan_models(cfg)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        plan_models(cfg)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_the_plan_is_the_full_grid_without_duplicates():
