@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -101,7 +102,7 @@ def main() -> None:
         write_report(cfg, result, load_models(result.sweep_dir, set(result.metrics["model_id"])))
         report = time.perf_counter() - started
     print(json.dumps({"models": n_models, "fits": result.fits.height,
-                      "pairs": result.pairs.height, "build_s": round(built, 1),
+                      "pairs": result.pairs.select(pl.len()).collect().item(), "build_s": round(built, 1),
                       "aggregate_s": round(tables, 1), "report_s": round(report, 1),
                       "rss_before_aggregate_mb": rss_before, "aggregate_peak_rss_mb": aggregate_peak}))
 

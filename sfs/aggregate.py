@@ -78,7 +78,7 @@ class AggregateResult:
     metrics: pl.DataFrame
     fits: pl.DataFrame
     universality: pl.DataFrame
-    pairs: pl.DataFrame
+    pairs: pl.LazyFrame  # universality_pairs.parquet, written already (millions of rows at scale)
     headline: pl.DataFrame  # Liu et al. verdicts (empty unless power-law features and decay)
     n_planned: int
     n_missing: int  # planned, not in the store
@@ -156,10 +156,11 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     metrics = model_metrics(loaded, options.convergence_window, options.convergence_tol)
     budgets = cfg.sweep.param_budgets
     phase = time.perf_counter()
-    fits, pairs, universality, control, width_depth = analyse(loaded, metrics, options,
-                                                              per_depth_n_params=bool(budgets))
-    log.info("%s: %d fits, %d compared pairs in %.1f s", cfg.sweep.name, fits.height, pairs.height,
-             time.perf_counter() - phase)
+    fits, pairs, universality, control, width_depth = analyse(
+        loaded, metrics, options, sweep_dir / "universality_pairs.parquet",
+        per_depth_n_params=bool(budgets))
+    log.info("%s: %d fits, %d compared pairs in %.1f s", cfg.sweep.name, fits.height,
+             pairs.select(pl.len()).collect().item(), time.perf_counter() - phase)
     headline = liu_headline(metrics, fits)
     phase = time.perf_counter()
     phases = phase_table(metrics, loaded.W, GROUP_KEYS)  # empty unless the n=2, m=1 toy
@@ -189,7 +190,7 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
             probed = dict(zip(loaded.ok["model_id"].to_list(), (d[0] for d in layers)))
             aspect_tables.update(_iso_loss_tables(cfg, sweep_dir, search, every, probed, margins))
     for frame, name in ((metrics, "metrics"), (fits, "fits"), (universality, "universality"),
-                        (pairs, "universality_pairs"), (control, "universality_control"),
+                        (control, "universality_control"),
                         (width_depth, "width_depth_fits"),
                         (headline, "headline"), (lr_choice.table, "lr_selection"),
                         *(((phases, "phase"),) if not phases.is_empty() else ()),

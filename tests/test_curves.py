@@ -113,3 +113,37 @@ def test_model_metrics_known_values():
     assert "layer_represented" not in row
     deep = model_metrics(Loaded(ok, ok, [W], layer_represented=[[2, 1]])).row(0, named=True)
     assert deep["layer_represented"] == [2, 1] and deep["min_layer_represented"] == 1
+
+
+@pytest.mark.integration
+def test_pairs_streamed_from_parallel_batches_are_the_serial_ones_in_order(tmp_path):
+    """The compared pairs leave the workers batch by batch, as parquet parts joined on disk:
+    the table is the one an in-process run writes, row for row, and no part is left over."""
+    import dataclasses
+
+    from sfs.analysis.curves import SERIAL_BELOW, analyse
+    from sfs.config.compose import load_configs
+    from sfs.plan import plan_models
+
+    sparsities = np.round(np.linspace(0, 0.9, 30), 3).tolist()
+    (cfg,) = load_configs(["+sweep=smoke", "sweep.n_features=[6]", "sweep.widths=[2,3]",
+                           f"sweep.sparsities=[{','.join(map(str, sparsities))}]", "sweep.seeds=[0,1,2]"])
+    specs = plan_models(cfg)
+    rng = np.random.default_rng(0)
+    ok = pl.DataFrame([{**dataclasses.asdict(s), "model_id": s.model_id, "n_params": s.n_params,
+                        "loss": 0.5 / s.width * (1 + 0.01 * s.seed), "status": "ok"} for s in specs])
+    loaded = Loaded(ok, ok, [rng.normal(size=(s.n_features, s.width)) for s in specs])
+    metrics = model_metrics(loaded)
+    options = AggregateConfig(n_boot=100, n_perm=20, workers=2)
+    assert len(sparsities) >= SERIAL_BELOW  # enough curves for the worker processes
+    parallel = analyse(loaded, metrics, options, tmp_path / "parallel" / "pairs.parquet")
+    serial = analyse(loaded, metrics, dataclasses.replace(options, workers=1),
+                     tmp_path / "serial" / "pairs.parquet")
+    pairs = parallel.pairs.collect()
+    # per curve: 3 cross-seed pairs at each of 2 widths, 6 cross-width, 3 same-seed controls
+    assert pairs.height == len(sparsities) * (2 * 3 + 6 + 3)
+    assert pairs.equals(serial.pairs.collect())
+    assert pairs["sparsity"].unique(maintain_order=True).to_list() == sparsities  # curve order
+    assert parallel.universality.equals(serial.universality)
+    assert parallel.fits.equals(serial.fits)
+    assert [p.name for p in (tmp_path / "parallel").iterdir()] == ["pairs.parquet"]

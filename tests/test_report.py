@@ -70,3 +70,34 @@ def test_the_failure_summary_counts_models_by_status_and_first_line_of_the_error
     assert failures.select("status", "models", "error", "first_model").rows() == [
         ("failed", 2, "OOM", "b"), ("diverged", 1, "", "d")]
     assert failure_summary(rows.filter(pl.col("status") == "ok")).is_empty()
+
+
+def test_a_long_table_shows_its_first_rows_and_names_the_file_with_all_of_them():
+    from sfs.report.common import MAX_TABLE_ROWS, html_table
+
+    frame = pl.DataFrame({"sparsity": np.arange(MAX_TABLE_ROWS + 50) / 1000})
+    page = html_table(frame, ["sparsity"], source="fits.parquet")
+    assert page.count("<tr>") == 1 + MAX_TABLE_ROWS  # the header and the first rows
+    assert f"The first {MAX_TABLE_ROWS} of {MAX_TABLE_ROWS + 50:,} rows" in page
+    assert "fits.parquet" in page
+    short = html_table(frame.head(MAX_TABLE_ROWS), ["sparsity"], source="fits.parquet")
+    assert short.count("<tr>") == 1 + MAX_TABLE_ROWS and "The first" not in short
+
+
+def test_a_plot_with_many_sparsities_draws_a_few_evenly_spread_from_dense_to_sparse():
+    from sfs.report.common import MAX_LINES
+    from sfs.report.page import _by
+
+    plt = pyplot()
+    sparsities = tuple(np.round(np.linspace(0, 0.99, 40), 4).tolist())
+    fig, ax = plt.subplots()
+    groups = [value for (value,), _ in _by(ax, _metrics(sparsities=sparsities), "sparsity")]
+    assert len(groups) == MAX_LINES and groups == sorted(groups)
+    assert groups[0] == 0.0 and groups[-1] == 0.99
+    steps = np.diff([sparsities.index(g) for g in groups])
+    assert steps.max() - steps.min() <= 1  # evenly spread
+    assert any(f"{MAX_LINES} of 40 sparsity values shown" in t.get_text() for t in ax.texts)
+    fig, ax = plt.subplots()
+    few = [value for (value,), _ in _by(ax, _metrics(), "sparsity")]
+    assert len(few) == 7 and not ax.texts  # all of them, nothing said
+    plt.close("all")

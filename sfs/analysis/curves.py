@@ -4,8 +4,14 @@ A scaling curve is every spec field but width and seed (its points are widths, i
 replicates seeds); a universality cell is a curve at one width (or pair of widths). Each
 curve is one task (``CurveTask``): fit loss vs width (``sfs.analysis.fit``), compare its
 pairs of models (``sfs.analysis.universality``) and summarise them per cell with intervals
-over seeds (``sfs.analysis.seeds``). Tasks run in parallel processes with one BLAS thread
-each (multithreaded BLAS makes small SciPy fits 25-150x slower), or in-process when few.
+over seeds (``sfs.analysis.seeds``). Curves go to parallel processes in batches, with one
+BLAS thread each (multithreaded BLAS makes small SciPy fits 25-150x slower), or are analysed
+in-process when few.
+
+The compared pairs outnumber everything else (a curve of 6 widths x 8 seeds has 1,128; a
+sweep of 10^6 models, ~22 million): each batch writes its own pairs to a parquet part, and
+the parts are joined on disk into ``universality_pairs.parquet`` by a streaming copy, so
+memory holds one batch's pairs at a time, never the sweep's.
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import math
 import multiprocessing
 import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -32,10 +42,12 @@ from sfs.analysis.seeds import (
 from sfs.config import AggregateConfig
 from sfs.core.signals import children_deaf_to_ctrl_c
 from sfs.core.spec import derive_seed
+from sfs.storage.store import atomic_write_file, write_table
 
 CURVE_KEYS = [k for k in GROUP_KEYS if k not in ("width", "seed")]
 DEPTH_CURVE_KEYS = [k for k in CURVE_KEYS if k != "depth"]
 SERIAL_BELOW = 24  # fewer tasks than this run in-process: spawning workers costs more
+BATCH_CURVES = 64  # curves per batch at most (a batch's pairs: one part file, ~70,000 rows)
 
 
 @dataclass
@@ -59,11 +71,19 @@ class CurveResult:
     control: list[dict]  # per width pair: same-seed vs different-seed likeness
 
 
+@dataclass
+class CurveBatch:
+    """Curves analysed by one worker in a row, and the part file their pairs go to."""
+
+    tasks: list[CurveTask]
+    pairs_file: Path
+
+
 class CurveTables(NamedTuple):
     """The tables of ``analyse``, one row per fit, compared pair, cell and width pair."""
 
     fits: pl.DataFrame  # fits.parquet
-    pairs: pl.DataFrame  # universality_pairs.parquet: every kind of pair
+    pairs: pl.LazyFrame  # universality_pairs.parquet (written already): every kind of pair
     universality: pl.DataFrame  # universality.parquet: cross_seed and cross_width cells
     control: pl.DataFrame  # universality_control.parquet: same vs different seeds
     width_depth: pl.DataFrame  # width_depth_fits.parquet: L = E + A m^-alpha + B l^-beta
@@ -133,15 +153,47 @@ def analyse_curve(task: CurveTask) -> CurveResult:
     return CurveResult(fit, columns, cells, control)
 
 
-def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig,
+def analyse_batch(batch: CurveBatch) -> list[CurveResult]:
+    """``analyse_curve`` of each curve of the batch; their compared pairs are written to the
+    batch's part file (with the curves' keys as columns) and left out of the results."""
+    results = [analyse_curve(task) for task in batch.tasks]
+    frames = [pl.DataFrame(result.pairs).with_columns(**{k: pl.lit(v) for k, v in task.keys.items()})
+              for task, result in zip(batch.tasks, results) if result.pairs]
+    if frames:
+        pl.concat(frames, how="diagonal_relaxed").write_parquet(batch.pairs_file)
+    for result in results:
+        result.pairs = {}
+    return results
+
+
+def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pairs_path: Path,
             per_depth_n_params: bool = False) -> CurveTables:
     """Fits (loss vs width per curve; loss vs parameter count per depth when the sweep is
     sized by parameter budgets; L = E + A m^-alpha + B l^-beta across depths where the sweep
-    has several), compared pairs, universality cells and the same-seed control, computed in
-    parallel per curve."""
+    has several), compared pairs (written to ``pairs_path``), universality cells and the
+    same-seed control, computed in parallel per batch of curves."""
     workers = options.workers or os.cpu_count() or 1
-    results: list[CurveResult] = run_tasks(analyse_curve, curve_tasks(loaded, options), workers)
-    fit_rows = [r.fit for r in results]
+    tasks = curve_tasks(loaded, options)
+    parts = pairs_path.with_name(f".{pairs_path.name}.parts")
+    shutil.rmtree(parts, ignore_errors=True)  # a previous run's, stopped before joining them
+    parts.mkdir(parents=True)
+    # a few batches per worker at least, so that they finish together
+    size = max(1, min(BATCH_CURVES, math.ceil(len(tasks) / (8 * workers))))
+    batches = [CurveBatch(tasks[i:i + size], parts / f"{i // size:06d}.parquet")
+               for i in range(0, len(tasks), size)]
+    fit_rows: list[dict] = []
+    cells: list[pl.DataFrame] = []
+    control: list[pl.DataFrame] = []
+    try:
+        # each batch's rows become frames as it comes back: a dict per row would cost
+        # ~1 kB each, a million of them at 10^6 models
+        for results in iter_tasks(analyse_batch, batches, workers, serial=len(tasks) < SERIAL_BELOW):
+            fit_rows += [r.fit for r in results]
+            cells.append(_frame([cell for r in results for cell in r.cells]))
+            control.append(_frame([row for r in results for row in r.control]))
+        _join_parts(sorted(parts.glob("*.parquet")), pairs_path)
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
     depth_tasks = []
     if per_depth_n_params:  # L(N) of each shape family: the depth is fixed, N grows
         depth_tasks += [(dict(zip(CURVE_KEYS, keys)), g["n_params"].to_list(), g["loss"].to_list(),
@@ -154,13 +206,23 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig,
                          for keys, g in metrics.group_by(DEPTH_CURVE_KEYS, maintain_order=True)
                          if g["depth"].n_unique() > 1]
     width_depth = _frame(run_tasks(_width_depth_fit, width_depth_tasks, workers))
-    fits = _frame(fit_rows)
-    pair_frames = [pl.DataFrame(r.pairs).with_columns(**{k: pl.lit(v) for k, v in r.fit.items()
-                                                         if k in CURVE_KEYS})
-                   for r in results if r.pairs]
-    pairs = pl.concat(pair_frames, how="diagonal_relaxed") if pair_frames else pl.DataFrame()
-    return CurveTables(fits, pairs, _frame([cell for r in results for cell in r.cells]),
-                       _frame([row for r in results for row in r.control]), width_depth)
+    return CurveTables(_frame(fit_rows), pl.scan_parquet(pairs_path), _concat(cells),
+                       _concat(control), width_depth)
+
+
+def _join_parts(files: list[Path], path: Path) -> None:
+    """The part files, in order, as one parquet file at ``path``, by a streaming copy (never
+    all in memory), written atomically; an empty table when there are none."""
+    if not files:
+        write_table(pl.DataFrame(), path)
+        return
+    atomic_write_file(path, lambda tmp: pl.concat([pl.scan_parquet(f) for f in files],
+                                                  how="diagonal_relaxed").sink_parquet(tmp))
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    frames = [f for f in frames if not f.is_empty()]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
 def _frame(rows: list[dict]) -> pl.DataFrame:
@@ -233,15 +295,22 @@ def _limit_blas() -> None:
     threadpool_limits(1)
 
 
-def run_tasks(function, tasks: list, workers: int) -> list:
+def run_tasks(function: Callable, tasks: list, workers: int) -> list:
     """``[function(t) for t in tasks]`` in parallel processes (one BLAS thread each), or
     in-process when there are few tasks or one worker."""
-    if len(tasks) < SERIAL_BELOW or workers <= 1:
+    return list(iter_tasks(function, tasks, workers, serial=len(tasks) < SERIAL_BELOW))
+
+
+def iter_tasks(function: Callable, tasks: list, workers: int, serial: bool) -> Iterator:
+    """``function(t)`` for each of ``tasks``, in order, as they come: in parallel processes
+    (one BLAS thread each), or in-process when ``serial`` or with one worker."""
+    if serial or workers <= 1:
         import scipy.stats  # noqa: F401  (load scipy's BLAS before limiting it)
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1):
-            return [function(t) for t in tasks]
+            yield from (function(t) for t in tasks)
+        return
     context = multiprocessing.get_context("spawn")  # never fork a process that ran Ray/torch
     saved = {name: os.environ.get(name) for name in _ONE_THREAD}
     os.environ.update(_ONE_THREAD)  # spawned workers start with single-threaded BLAS
@@ -249,12 +318,13 @@ def run_tasks(function, tasks: list, workers: int) -> list:
         with children_deaf_to_ctrl_c():  # the workers start (on submission) blind to Ctrl-C
             pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                           initializer=_limit_blas)
-            results = pool.map(function, tasks, chunksize=max(1, len(tasks) // (8 * workers)))
-        with pool:
-            return list(results)
+            results: Iterable = pool.map(function, tasks,
+                                         chunksize=max(1, len(tasks) // (8 * workers)))
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+    with pool:
+        yield from results

@@ -27,7 +27,6 @@ stored models at once.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 from scipy.stats import hypergeom
@@ -168,15 +167,30 @@ def per_feature_agreement(G1: np.ndarray, G2: np.ndarray) -> np.ndarray:
     relative 1e-10 of that matrix's ||G||_F, so rounding in a zero row does not count),
     e.g. an unlearned feature's row of zeros.
     """
-    G1, G2 = as_float64(G1), as_float64(G2)
-    C1 = G1 - G1.mean(axis=-1, keepdims=True)
-    C2 = G2 - G2.mean(axis=-1, keepdims=True)
-    s1 = np.sqrt(np.square(C1).sum(axis=-1))
-    s2 = np.sqrt(np.square(C2).sum(axis=-1))
-    tol1 = _CONSTANT_ROW_RTOL * np.sqrt(np.square(G1).sum(axis=(-2, -1)))[..., None]
-    tol2 = _CONSTANT_ROW_RTOL * np.sqrt(np.square(G2).sum(axis=(-2, -1)))[..., None]
-    ok = (s1 > tol1) & (s2 > tol2)
-    num = (C1 * C2).sum(axis=-1)
+    (C1, s1, ok1), (C2, s2, ok2) = _centred_rows(G1), _centred_rows(G2)
+    return _row_correlations((C1 * C2).sum(axis=-1), s1, s2, ok1, ok2)
+
+
+def per_feature_agreement_within(G: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """:func:`per_feature_agreement` of the pairs (a, b) ``(P, 2)`` among the Grams
+    G ``(k, n, n)``: ``(P, n)``. Each model's rows are centred once, not once per pair."""
+    C, s, ok = _centred_rows(G)  # (k, n, n), (k, n), (k, n)
+    a, b = pairs[:, 0], pairs[:, 1]
+    return _row_correlations(np.einsum("pij,pij->pi", C[a], C[b]), s[a], s[b], ok[a], ok[b])
+
+
+def _centred_rows(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of G centred ``(..., n, n)``, their norms ``(..., n)``, and which are not constant."""
+    G = as_float64(G)
+    C = G - G.mean(axis=-1, keepdims=True)
+    s = np.sqrt(np.square(C).sum(axis=-1))
+    tol = _CONSTANT_ROW_RTOL * np.sqrt(np.square(G).sum(axis=(-2, -1)))[..., None]
+    return C, s, s > tol
+
+
+def _row_correlations(num, s1, s2, ok1, ok2) -> np.ndarray:
+    """num / (s1 s2), clipped to [-1, 1]; NaN where either row is constant."""
+    ok = ok1 & ok2
     den = s1 * s2
     num, den, ok = np.broadcast_arrays(num, den, ok)
     r = np.divide(num, den, out=np.full(num.shape, np.nan), where=ok)
@@ -185,7 +199,18 @@ def per_feature_agreement(G1: np.ndarray, G2: np.ndarray) -> np.ndarray:
 
 def nan_mean_median(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """nanmean / nanmedian over the last axis; NaN (no warning) for all-NaN slices, e.g. the
-    per-feature agreement of two models that represent nothing."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(x, axis=-1), np.nanmedian(x, axis=-1)
+    per-feature agreement of two models that represent nothing.
+
+    The median is that of ``np.nanmedian`` (the middle value, or the mean of the two middle
+    ones), taken from one sort (NaN sorts last), several times faster on many short rows."""
+    x = np.asarray(x, dtype=float)
+    if x.shape[-1] == 0:
+        return np.full(x.shape[:-1], np.nan), np.full(x.shape[:-1], np.nan)
+    ordered = np.sort(x, axis=-1)  # (..., n), the NaNs last
+    count = (~np.isnan(ordered)).sum(axis=-1)  # (...)
+    lower = np.take_along_axis(ordered, (np.maximum(count - 1, 0) // 2)[..., None], axis=-1)[..., 0]
+    upper = np.take_along_axis(ordered, (count // 2)[..., None], axis=-1)[..., 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, np.where(np.isnan(x), 0.0, x).sum(axis=-1) / count, np.nan)
+        median = np.where(count > 0, (lower + upper) / 2, np.nan)
+    return mean, median

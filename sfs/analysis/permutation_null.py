@@ -9,8 +9,9 @@ the observed cos(G1, G2) is one draw among the relabellings. Since ||P G2 P^T||_
 :func:`null_inner_products` computes them for many pairs among one set of models, by the
 cheapest of three equivalent paths (:func:`null_path`, a cost model fitted to timings):
 
-- ``gram``: gather every model's permuted Grams once, ``(n_perm, n^2)``, then one
-  matrix-vector product per pair;
+- ``gram``: gather every model's permuted Grams once, their upper triangles only
+  ``(n_perm, n (n + 1) / 2)`` (a Gram is symmetric: the off-diagonal entries count twice),
+  then one matrix product per model for the pairs it is the second of;
 - ``weights``: <G_a, P G_b P^T> = ||W_a^T P W_b||_F^2, n m_a m_b work per permutation
   instead of n^2, so it wins for narrow models;
 - ``per_pair``: one pair at a time, in memory-bounded blocks, when neither fits in memory.
@@ -97,7 +98,8 @@ def null_path(widths: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, n_perm: 
     these widths ``(k,)``, from a cost model fitted to timings on one thread (n 20-100,
     widths 2-50; weights-vs-gram choices 2-5x apart):
 
-    - gram: k n_perm n^2 gathered + P n_perm n^2 multiply-adds;
+    - gram: k n_perm T gathered + P n_perm T multiply-adds, T = n (n + 1) / 2 (the upper
+      triangle);
     - weights: k n_perm n m gathered + P n_perm (n m_a m_b multiply-adds + 2 m_a m_b
       elementwise), plus a Python-level matrix product per group of pairs;
     - per_pair: for when neither fits in memory.
@@ -105,11 +107,12 @@ def null_path(widths: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, n_perm: 
     gather, madd, elementwise, group = 1.0, 0.15, 0.5, 20_000.0  # ns each
     k, pairs = len(widths), len(a)
     mm = (widths[a] * widths[b]).astype(float)
-    gram_ok = n_perm * n * n <= _CHUNK_ELEMENTS
+    triangle = n * (n + 1) // 2
+    gram_ok = n_perm * triangle <= _CHUNK_ELEMENTS
     weights_ok = mm.mean() <= _WEIGHTS_PATH_RATIO * n  # keeps its permuted copies small
     if not (gram_ok or weights_ok):
         return "per_pair"
-    gram_cost = k * n_perm * n * n * gather + pairs * n_perm * n * n * madd
+    gram_cost = k * n_perm * triangle * gather + pairs * n_perm * triangle * madd
     n_groups = len(set(zip(b.tolist(), widths[a].tolist())))
     weights_cost = (k * n_perm * n * widths.mean() * gather
                     + n_perm * (n * mm.sum() * madd + 2 * mm.sum() * elementwise)
@@ -139,19 +142,37 @@ def null_inner_products(W: list[np.ndarray], G: np.ndarray, pairs: np.ndarray,
     out = np.empty((len(pairs), n_perm))
     if path == "weights":
         _within_from_weights(out, [as_float64(w) for w in W], widths, a, b, perms)
-    elif path == "gram":  # one model's permuted Grams at a time, for the pairs it is b of
-        G_flat = G.reshape(len(W), n * n)
-        # (P G P^T)_ij = G[p_i, p_j]: flat index p_i * n + p_j
-        index = (perms[:, :, None] * n + perms[:, None, :]).reshape(n_perm, n * n)
-        for model in np.unique(b):
-            rows = np.flatnonzero(b == model)
-            permuted = G_flat[model][index]  # (n_perm, n^2): P G_b P^T, flattened
-            out[rows] = G_flat[a[rows]] @ permuted.T  # (rows, n_perm)
+    elif path == "gram":
+        _within_from_grams(out, G, a, b, perms)
     else:  # large n: one pair at a time, the same permutations
         for i, (j, k) in enumerate(zip(a.tolist(), b.tolist())):
             out[i] = _pair_null_inner(as_float64(W[j])[None], as_float64(W[k])[None],
                                       G[j][None], G[k][None], perms[None])[0]
     return out
+
+
+def _within_from_grams(out: np.ndarray, G: np.ndarray, a: np.ndarray, b: np.ndarray,
+                       perms: np.ndarray) -> None:
+    """The ``gram`` path of :func:`null_inner_products`, written into out ``(P, n_perm)``.
+
+    G and P G P^T are symmetric, so <G_a, P G_b P^T> = sum over the upper triangle (i <= j)
+    of w_ij G_a[i, j] G_b[p_i, p_j], with w = 1 on the diagonal and 2 off it: half the
+    gathered elements and multiply-adds of the whole matrices. Each model's permuted
+    triangles ``(n_perm, T)`` are gathered once, for the pairs it is the second of, and
+    served by one matrix product ``(rows, T) @ (T, n_perm)``.
+    """
+    k, n = G.shape[0], G.shape[-1]
+    upper_i, upper_j = np.triu_indices(n)
+    weighted = G[:, upper_i, upper_j] * np.where(upper_i == upper_j, 1.0, 2.0)  # (k, T)
+    G_flat = G.reshape(k, n * n)
+    # (P G P^T)_ij = G[p_i, p_j]: flat index p_i * n + p_j, (n_perm, T)
+    index = perms[:, upper_i] * n + perms[:, upper_j]
+    order = np.argsort(b, kind="stable")
+    for rows in np.split(order, np.flatnonzero(np.diff(b[order])) + 1):
+        if not rows.size:
+            continue
+        permuted = G_flat[b[rows[0]]][index]  # (n_perm, T): P G_b P^T, its upper triangle
+        out[rows] = weighted[a[rows]] @ permuted.T  # (rows, n_perm)
 
 
 def _within_from_weights(out: np.ndarray, W: list[np.ndarray], widths: np.ndarray,

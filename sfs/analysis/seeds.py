@@ -119,8 +119,13 @@ def _can_vary(finite: np.ndarray, index_a: np.ndarray, index_b: np.ndarray) -> n
     of its finite pairs ``(rows,)``: at least two of them, among at least two seeds for
     pairs of a seed with itself and at least three for pairs of two seeds."""
     needed = 2 if np.array_equal(index_a, index_b) else 3
-    return np.array([row.sum() >= 2 and np.union1d(index_a[row], index_b[row]).size >= needed
-                     for row in finite], dtype=bool).reshape(len(finite))
+    if finite.shape[1] == 0:
+        return np.zeros(len(finite), dtype=bool)
+    touches = np.zeros((finite.shape[1], int(max(index_a.max(), index_b.max())) + 1))  # (pair, seed)
+    touches[np.arange(finite.shape[1]), index_a] = 1.0
+    touches[np.arange(finite.shape[1]), index_b] = 1.0
+    seeds_present = (finite.astype(float) @ touches > 0).sum(axis=1)  # (rows,)
+    return (finite.sum(axis=1) >= 2) & (seeds_present >= needed)
 
 
 def _seed_pool(seeds_a, seeds_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from sfs.analysis.gram_measures import (
     jaccard,
     jaccard_chance,
     nan_mean_median,
-    per_feature_agreement,
+    per_feature_agreement_within,
 )
 from sfs.analysis.permutation_null import (
     draw_permutations,
@@ -85,7 +85,7 @@ def compare_within(W: list[np.ndarray], pairs: np.ndarray, *, n_perm: int = 200,
     norm = np.sqrt(np.square(G_flat).sum(axis=1))  # (k,)
     a, b = pairs[:, 0], pairs[:, 1]
     denom = norm[a] * norm[b]  # (P,); ||P G_b P^T||_F = ||G_b||_F for every P
-    inner = (G_flat[a] * G_flat[b]).sum(axis=1)
+    inner = np.einsum("pq,pq->p", G_flat[a], G_flat[b])
     observed = np.divide(inner, denom, out=np.full(inner.shape, np.nan), where=denom > 0)
     perms = draw_permutations(n_perm, n, rng)  # (n_perm, n), shared by every pair
     null_inner = null_inner_products(W, G, pairs, perms, path)  # (P, n_perm)
@@ -93,7 +93,7 @@ def compare_within(W: list[np.ndarray], pairs: np.ndarray, *, n_perm: int = 200,
                      where=denom[:, None] > 0)
     rep = np.stack([feature_norms(as_float64(w)) > threshold for w in W])  # (k, n)
     k1, k2 = rep[a].sum(axis=1), rep[b].sum(axis=1)
-    agree_mean, agree_median = nan_mean_median(per_feature_agreement(G[a], G[b]))
+    agree_mean, agree_median = nan_mean_median(per_feature_agreement_within(G, pairs))
     return {
         "gram_cosine": observed,
         "gram_pvalue": np.asarray(permutation_pvalue(observed, null)).reshape(-1),

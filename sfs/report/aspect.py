@@ -181,7 +181,7 @@ def _iso_loss_part(tables: dict[str, pl.DataFrame]) -> list[str]:
                 *keys, "target_budget", "target_loss", "depth", "width", "n_params", "lr", "loss",
                 "rel_gap", "n_seeds", "n_unconverged", "rounds", "status", "note"],
                 {"loss": lambda row: _cell(row, "loss", ".3g"),
-                 "rel_gap": lambda row: _cell(row, "rel_gap", "+.1%")})]
+                 "rel_gap": lambda row: _cell(row, "rel_gap", "+.1%")}, source="iso_loss_shapes.parquet")]
     verdict = tables.get("aspect_iso_verdict", pl.DataFrame())
     if verdict.is_empty():
         text.append("<p>No depth met its target yet: no iso-loss verdict.</p>")
@@ -193,7 +193,8 @@ def _iso_loss_part(tables: dict[str, pl.DataFrame]) -> list[str]:
     text.append(html_table(verdict.sort([*keys, "target_budget"]),
                            [*keys, "target_budget", *[c for c in columns if c not in keys]], {
                                "loss_rel_diff": lambda row: _cell(row, "loss_rel_diff", "+.2%"),
-                               "r_index": lambda row: _cell(row, "r_index", ".2f")}))
+                               "r_index": lambda row: _cell(row, "r_index", ".2f")},
+                           source="aspect_iso_verdict.parquet"))
     return text
 
 
@@ -215,7 +216,8 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
                     "across shapes; seed_sd = pooled seed-to-seed SD.</p>")
         text.append(html_table(spread.sort(_order(spread)), [
             "family", "sparsity", "param_budget", "n_shapes", "loss_mean", "spread", "rel_spread", "seed_sd",
-            "kruskal_pvalue"], {"spread": lambda row: _cell(row, "spread", ".3g")}))
+            "kruskal_pvalue"], {"spread": lambda row: _cell(row, "spread", ".3g")},
+            source="aspect_spread.parquet"))
     text.append("<h3>Verdict</h3>")
     if verdict.is_empty():
         text.append("<p>No budget with two shapes to judge.</p>")
@@ -236,7 +238,7 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
             "shape that would decide an undecided row (power 80%).</p>")
         text.append(html_table(verdict.sort(_order(verdict)), VERDICT_COLUMNS, {
             "loss_rel_diff": lambda row: _cell(row, "loss_rel_diff", "+.2%"),
-            "r_index": lambda row: _cell(row, "r_index", ".2f")}))
+            "r_index": lambda row: _cell(row, "r_index", ".2f")}, source="aspect_verdict.parquet"))
     text += _iso_loss_part(tables)
     controls = tables.get("aspect_controls", pl.DataFrame())
     if not controls.is_empty():
@@ -246,5 +248,5 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
                     "pairs and the null, shows how much pairing by seed would have inflated it.</p>")
         text.append(html_table(controls.sort([*_order(controls), "measure"]), [
             "family", "sparsity", "param_budget", "measure", "cross_shape_same_seed",
-            "cross_shape_different_seed", "null"]))
+            "cross_shape_different_seed", "null"], source="aspect_controls.parquet"))
     return TITLE, figures, "".join(text)

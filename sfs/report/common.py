@@ -18,6 +18,8 @@ from sfs.storage.store import atomic_write_bytes
 LONG_CELL = 60
 LONG = " class='long'"
 MAX_PANELS = 12  # figures of one kind per report; the tables hold everything
+MAX_LINES = 8  # lines (one per sparsity, say) in one plot: more, evenly spread, would be unreadable
+MAX_TABLE_ROWS = 200  # rows of one HTML table: the parquet table beside it holds every row
 # the axes a panel or table may be split by: the curves' keys (not the learning rate, which
 # may be chosen per shape: sfs.analysis.lr_selection)
 AXES_SHOWN = ("family", "n_features", "depth", "sparsity", "importance", "feature_dist",
@@ -92,17 +94,25 @@ def format_cell(value) -> str:
 
 
 def html_table(frame: pl.DataFrame, columns: list[str],
-               formats: dict[str, Callable[[dict], str]] | None = None) -> str:
+               formats: dict[str, Callable[[dict], str]] | None = None,
+               source: str | None = None) -> str:
     """The rows of ``frame`` as an HTML table of ``columns`` (missing columns stay empty);
     ``formats[column](row)`` renders a cell its own way (e.g. a value with its interval).
     The table sits in a ``div.table`` that scrolls sideways when it is wider than the page,
     its headers may break after an underscore, and cells longer than ``LONG_CELL``
-    characters are ``td.long`` (kept wide enough to read)."""
+    characters are ``td.long`` (kept wide enough to read). Past ``MAX_TABLE_ROWS`` rows it
+    shows the first of them and says so, naming ``source``, the file with every row (a
+    sweep of 10^6 models has tables of 10^5 rows: a page to summarise, not to hold them)."""
     formats = formats or {}
     head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in columns)
     body = []
+    note = ""
+    if frame.height > MAX_TABLE_ROWS:
+        note = (f"<p class='note'>The first {MAX_TABLE_ROWS} of {frame.height:,} rows; every row is "
+                f"in {html.escape(source or 'the parquet table of this section')}.</p>")
+        frame = frame.head(MAX_TABLE_ROWS)
     for row in frame.iter_rows(named=True):
         cells = (formats[c](row) if c in formats else format_cell(row.get(c)) for c in columns)
         body.append("<tr>" + "".join(f"<td{LONG if len(cell) > LONG_CELL else ''}>{html.escape(cell)}</td>"
                                      for cell in cells) + "</tr>")
-    return f"<div class='table'><table><tr>{head}</tr>{''.join(body)}</table></div>"
+    return f"{note}<div class='table'><table><tr>{head}</tr>{''.join(body)}</table></div>"

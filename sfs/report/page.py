@@ -20,7 +20,17 @@ import numpy as np
 import polars as pl
 
 from sfs.analysis.curves import preferred_form
-from sfs.report.common import AXES_SHOWN, MAX_PANELS, Figure, html_table, pyplot, save_figure, varying, with_interval
+from sfs.report.common import (
+    AXES_SHOWN,
+    MAX_LINES,
+    MAX_PANELS,
+    Figure,
+    html_table,
+    pyplot,
+    save_figure,
+    varying,
+    with_interval,
+)
 from sfs.storage.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -82,13 +92,21 @@ def _mean_sd(ax, curve: pl.DataFrame, x: str, y: str, label: str, fmt: str = "o-
     return line[0].get_color(), xs
 
 
-def _by(panel: pl.DataFrame, key: str):
+def _by(ax, panel: pl.DataFrame, key: str):
+    """The panel's groups by ``key``, one line each: all of them up to ``MAX_LINES``, else
+    that many values evenly spread from the smallest to the largest, which the plot says."""
+    values = panel[key].unique().sort()
+    if values.len() > MAX_LINES:
+        values = values.gather(np.unique(np.linspace(0, values.len() - 1, MAX_LINES).round().astype(int)))
+        ax.text(0.99, 0.01, f"{values.len()} of {panel[key].n_unique()} {key} values shown, evenly spread",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="grey")
+        panel = panel.filter(pl.col(key).is_in(values.implode()))
     return panel.sort(key).group_by([key], maintain_order=True)
 
 
 def _loss_vs_width(plt, metrics: pl.DataFrame, fits: pl.DataFrame, out: Path) -> list[Figure]:
     def draw(ax, keys, panel):
-        for (sparsity,), curve in _by(panel, "sparsity"):
+        for (sparsity,), curve in _by(ax, panel, "sparsity"):
             colour, _ = _mean_sd(ax, curve, "width", "loss", f"S={sparsity:g}", fmt="o")
             fit = fits.filter((pl.col("x") == "width") & (pl.col("sparsity") == sparsity))
             for k, v in keys.items():
@@ -108,7 +126,7 @@ def _loss_vs_width(plt, metrics: pl.DataFrame, fits: pl.DataFrame, out: Path) ->
 def _represented_vs_width(plt, metrics: pl.DataFrame, out: Path) -> list[Figure]:
     def draw(ax, keys, panel):
         n_features = int(panel["n_features"][0])
-        for (sparsity,), curve in _by(panel, "sparsity"):
+        for (sparsity,), curve in _by(ax, panel, "sparsity"):
             colour, xs = _mean_sd(ax, curve, "width", "frac_represented", f"S={sparsity:g}")
             widths = np.geomspace(xs.min(), xs.max(), 50)
             ax.plot(widths, cs_represented_bound(widths, n_features, sparsity), "--",
@@ -124,7 +142,7 @@ def _represented_vs_width(plt, metrics: pl.DataFrame, out: Path) -> list[Figure]
 
 def _dstar_vs_sparsity(plt, metrics: pl.DataFrame, out: Path) -> list[Figure]:
     def draw(ax, keys, panel):
-        for (width,), curve in _by(panel, "width"):
+        for (width,), curve in _by(ax, panel, "width"):
             _mean_sd(ax, curve, "sparsity", "dims_per_feature", f"m={width}", x_of=lambda s: 1 / (1 - s))
         for level in (1.0, 0.5):
             ax.axhline(level, color="grey", ls=":", lw=1)
@@ -143,7 +161,7 @@ def _universality(plt, universality: pl.DataFrame, out: Path) -> list[Figure]:
     figures = []
     for x_axis, legend in (("width", "sparsity"), ("sparsity", "width")):
         def draw(ax, keys, panel, x_axis=x_axis, legend=legend):
-            for (value,), curve in _by(panel, legend):
+            for (value,), curve in _by(ax, panel, legend):
                 curve = curve.sort(x_axis)
                 x = curve[x_axis].to_numpy()
                 x = 1 / (1 - x) if x_axis == "sparsity" else x
@@ -212,7 +230,7 @@ def _fits_table(fits: pl.DataFrame) -> str:
     columns = ["x", *keys, "form", "alpha", "E", "A", "n_points", "n_seeds", "heldout_rel_err", "warning"]
     return html_table(fits.sort(["x", *keys]), columns, {
         "alpha": with_interval("alpha", ".3f"), "E": with_interval("E", ".3g"),
-        "A": with_interval("A", ".3g")})
+        "A": with_interval("A", ".3g")}, source="fits.parquet")
 
 
 def _headline_table(headline: pl.DataFrame) -> str:
@@ -244,7 +262,8 @@ def _control_table(control: pl.DataFrame) -> str:
     table = html_table(control.sort([*keys, "width", "width_b"]), [
         *keys, "width", "width_b", "n_pairs_same_seed", "n_pairs_different_seed",
         "gram_cosine_same_seed", "gram_cosine_different_seed", "gram_cosine_same_minus_different"],
-        {"gram_cosine_same_minus_different": with_interval("gram_cosine_same_minus_different", ".3f")})
+        {"gram_cosine_same_minus_different": with_interval("gram_cosine_same_minus_different", ".3f")},
+        source="universality_control.parquet")
     return ("<h3>Control: pairs of two widths that share a seed</h3><p>Two models of one seed "
             "share their data stream, so cross-width comparisons use different seeds only "
             "(as cross-seed ones do). The same-seed pairs are shown here, with the difference and "
@@ -259,7 +278,8 @@ def _width_depth_table(width_depth: pl.DataFrame) -> str:
     columns = [*keys, "preferred", "E", "A", "alpha", "B", "beta", "heldout_additive", "heldout_width_only",
                "n_widths", "n_depths", "n_seeds", "warning"]
     table = html_table(width_depth, [c for c in columns if c in width_depth.columns],
-                       {name: with_interval(name, ".3g") for name in ("E", "A", "alpha", "B", "beta")})
+                       {name: with_interval(name, ".3g") for name in ("E", "A", "alpha", "B", "beta")},
+                       source="width_depth_fits.parquet")
     return ("<p>Loss across widths and depths fitted with depth as a variable, "
             "L = E + A m^-alpha + B l^-beta (m width, l = depth + 1), 95% intervals from resampling "
             "seeds within each (width, depth). <code>preferred</code>: the form whose prediction of "
@@ -290,7 +310,7 @@ def _lr_table(selection: pl.DataFrame) -> str:
             f"docs/science.md, \"Fair comparisons\").{warning}</p>"
             + html_table(chosen.sort(keys), [*keys, "lr", "val_loss_mean", "n_models",
                                              *(["n_compared"] if probed else []), "n_diverged",
-                                             "at_grid_edge", "chosen_on"]))
+                                             "at_grid_edge", "chosen_on"], source="lr_selection.parquet"))
 
 
 def _convergence_note(metrics: pl.DataFrame, options) -> str:
@@ -312,7 +332,8 @@ def _convergence_note(metrics: pl.DataFrame, options) -> str:
     where = (unconverged.group_by(keys).agg(pl.len().alias("unconverged"),
                                             pl.col("final_decrease").median().alias("median_decrease"))
              .sort(keys))
-    return text + html_table(where, [*keys, "unconverged", "median_decrease"])
+    return text + html_table(where, [*keys, "unconverged", "median_decrease"],
+                             source="metrics.parquet (column converged)")
 
 
 STYLE = (

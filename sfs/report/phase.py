@@ -154,5 +154,6 @@ def section(plt, phase: pl.DataFrame, out: Path) -> tuple[str, list[Figure], str
     if not differ.is_empty():
         text += "<h3>Cells where they differ</h3>" + html_table(differ, [
             "importance_ratio", "density", "phase", "analytic_phase", "interior", "n_seeds",
-            *[f"frac_{p}" for p in (*PHASES, OTHER)], "loss", "analytic_loss", "w1", "w2"])
+            *[f"frac_{p}" for p in (*PHASES, OTHER)], "loss", "analytic_loss", "w1", "w2"],
+            source="phase.parquet")
     return TITLE, phase_figures(plt, phase, out), text

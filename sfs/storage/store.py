@@ -29,7 +29,7 @@ import logging
 import os
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +68,18 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` so that readers see the old file or the new, never half."""
+    atomic_write_file(path, lambda tmp: tmp.write_bytes(payload))
+
+
+def atomic_write_file(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` writes a file beside ``path``; it is synced and moved into place, so
+    that readers see the old file or the new, never half (e.g. a streaming copy too large
+    to hold in memory)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
