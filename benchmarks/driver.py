@@ -68,6 +68,12 @@ def sample(driver: psutil.Process, samples: list, stop: threading.Event) -> None
         stop.wait(0.2)
 
 
+def _rss_at(samples: list[tuple[float, int]], when: float) -> int:
+    """The last RSS sampled at or before ``when``."""
+    before = [rss for t, rss in samples if t <= when]
+    return before[-1] if before else samples[0][1]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=100_000)
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--slots", type=int, default=16, help="logical CPUs of the local Ray")
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--log", type=Path, default=None, help="write the launch's output here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={out}",
@@ -98,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             elif (match := LOOP.search(line)) is not None:
                 loop = [int(g) for g in match.groups()]
         proc.wait()
+        if args.log is not None:
+            args.log.write_text("".join(lines))
         stop.set()
         sampler.join()
         wall = time.time() - started
@@ -122,6 +131,16 @@ def main(argv: list[str] | None = None) -> None:
         "driver_rss_first_pack_mb": round(after_start[0] * mb),
         "driver_rss_peak_mb": round(max(rss for _, rss in samples) * mb),
         "driver_rss_growth_mb": round((max(after_start) - after_start[0]) * mb),
+        # the same while packs were being stored, and when the peak came (after the last
+        # pack: the end of the sweep, i.e. Tune's result grid, the store's last write, the summary)
+        "driver_rss_growth_storing_mb": round(
+            (max(rss for t, rss in samples if first <= t <= stored_at[-1]) - after_start[0]) * mb),
+        "driver_rss_peak_s_after_last_pack": round(max(samples, key=lambda s: s[1])[0] - stored_at[-1], 1),
+        # RSS when each tenth of the packs had been stored: a leak per trial grows evenly,
+        # a warm-up (imports, caches, the writer's first packs) early and then not
+        "driver_rss_by_tenths_mb": [
+            round(_rss_at(samples, stored_at[min(len(stored_at) - 1, k * len(stored_at) // 10)]) * mb)
+            for k in range(11)],
     }
     print(json.dumps(figures))
     checks = [("stored packs/s >= 20", packs_per_s >= 20),

@@ -129,24 +129,58 @@ def test_the_persist_callback_stops_the_sweep_on_a_failed_write_and_keeps_which_
                                                        else (None, error))
 
 
-def test_the_pack_queue_hands_out_each_pack_once_in_order_then_says_finished():
+@pytest.mark.integration
+def test_the_pack_queue_hands_out_each_pack_once_in_order_then_says_finished(local_ray):
+    """Each trial's config holds its pack's id; the pack waits on the server (a real Ray
+    actor) until the trial has ended, and is fetched from it as the worker does."""
     from ray.tune.search import Searcher
 
     from sfs.config.compose import load_configs
     from sfs.plan import make_packs, plan_models
     from sfs.sweep.trials import PackQueue
+    from sfs.training.pack_server import fetch_pack, start_server
     from sfs.training.worker import WorkerOptions
 
     (cfg,) = load_configs(["+sweep=smoke"])
     packs = make_packs("smoke", plan_models(cfg), 2)
     options = WorkerOptions(log_every=50, device="cpu", torch_threads=1)
-    queue = PackQueue([(pack, options) for pack in packs])
-    suggested = [queue.suggest(f"t{k}") for k in range(len(packs))]
-    assert [s["sfs"]["pack_id"] for s in suggested] == [p.pack_id for p in packs]
-    assert all(s["sfs"]["options"] is options for s in suggested)
-    assert [Pack.from_dict(pickle.loads(s["sfs"]["pack"])) for s in suggested] == packs
-    assert all(isinstance(s["sfs"]["pack"], bytes) for s in suggested)  # Tune's copies share it
-    assert queue.suggest("one more") == Searcher.FINISHED
+    server = start_server("test-pack-queue")
+    try:
+        queue = PackQueue([(pack, options) for pack in packs], server, "test-pack-queue")
+        suggested = [queue.suggest(f"t{k}") for k in range(len(packs))]
+        assert [s["sfs"]["pack_id"] for s in suggested] == [p.pack_id for p in packs]
+        assert all(s["sfs"]["options"] is options for s in suggested)
+        assert all(set(s["sfs"]) == {"pack_id", "server", "options"} for s in suggested)  # no pack
+        fetched = [Pack.from_dict(pickle.loads(fetch_pack(s["sfs"]["server"], s["sfs"]["pack_id"])))
+                   for s in suggested]
+        assert fetched == packs
+        assert queue.suggest("one more") == Searcher.FINISHED
+        for k in range(len(packs)):  # each trial ended (stored, or failed for good)
+            queue.on_trial_complete(f"t{k}")
+        # an async actor's calls may run out of order: the drops arrive, not necessarily first
+        deadline = time.monotonic() + 30
+        while local_ray.get(server.held.remote()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert local_ray.get(server.held.remote()) == 0
+    finally:
+        local_ray.kill(server)
+
+
+@pytest.mark.integration
+def test_a_trial_that_asks_before_its_pack_arrived_waits_for_it(local_ray):
+    """The driver's put and the worker's get come from two processes, which Ray does not
+    order: a get that comes first waits."""
+    from sfs.training.pack_server import start_server
+
+    server = start_server("test-pack-wait")
+    try:
+        early = server.get.remote("p1")
+        ready, _ = local_ray.wait([early], timeout=0.5)
+        assert not ready
+        server.put.remote("p1", b"the pack")
+        assert local_ray.get(early, timeout=30) == b"the pack"
+    finally:
+        local_ray.kill(server)
 
 
 def test_a_pickled_pack_queue_leaves_its_packs_behind():
@@ -159,7 +193,8 @@ def test_a_pickled_pack_queue_leaves_its_packs_behind():
 
     (cfg,) = load_configs(["+sweep=smoke"])
     packs = make_packs("smoke", plan_models(cfg), 1)
-    queue = PackQueue([(pack, WorkerOptions(log_every=50, device="cpu", torch_threads=1)) for pack in packs])
+    queue = PackQueue([(pack, WorkerOptions(log_every=50, device="cpu", torch_threads=1)) for pack in packs],
+                      server=None, server_name="unused")
     restored = pickle.loads(pickle.dumps(queue))
     assert restored.packs == () and len(queue.packs) == len(packs) == 8
     assert len(pickle.dumps(queue)) < len(pickle.dumps(packs)) / 4

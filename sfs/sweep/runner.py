@@ -19,9 +19,11 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from sfs.config import Config
@@ -35,6 +37,7 @@ from sfs.sweep.progress import Progress, ProgressCallback, make_display
 from sfs.sweep.search_rounds import next_round
 from sfs.sweep.summary import SweepSummary, summarise
 from sfs.sweep.trials import LoopWatch, PackQueue
+from sfs.training.pack_server import start_server
 from sfs.training.worker import WorkerOptions, run_pack_trial
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,6 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (Interrupt) says how sfs resumes
     # Tune's result grid looks for the per-trial files we switched off; nothing is missing.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    import ray
 
     lead = parts[0].cfg
     # MLflow sets up (imports, SQLite schema) in a thread while Ray starts its processes:
@@ -207,11 +209,13 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     persist = PersistCallback(by_id, interrupt.halt)
     watch = LoopWatch()
     tune_dir = Path(lead.paths.out_dir) / ".tune"
+    server_name = f"sfs-packs-{run_name}-{uuid.uuid4().hex[:8]}"
+    server = start_server(server_name)
     try:
         try:
             # progress first: PersistCallback takes the payload out of each final result
-            tuner = _make_tuner(lead, queue, resources, interrupt, [progress, persist, watch],
-                                tune_dir, run_name)
+            tuner = _make_tuner(lead, PackQueue(queue, server, server_name), resources, interrupt,
+                                [progress, persist, watch], tune_dir, run_name, len(queue))
         except OSError as error:  # Tune records its own state under paths.out_dir first
             raise unwritable(tune_dir.parent, error) from error
         try:
@@ -226,6 +230,10 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
             log.warning("the traceback of the stop", exc_info=True)
     finally:
         persist.close()  # every finished pack stored before the summary or the next round
+        try:
+            ray.kill(server)
+        except Exception:  # Ray itself is gone (it ends with the launch anyway)
+            log.debug("stopping the pack server", exc_info=True)
     writer = persist.writer
     log.debug("Tune's loop: %s; sfs's callbacks held it at most %.0f ms; storing waited at most "
               "%.0f ms for room and took at most %.0f ms a pack, %.0f ms on average (%d packs)",
@@ -240,12 +248,12 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     return len(queue)
 
 
-def _make_tuner(lead: Config, queue: list[tuple[Pack, WorkerOptions]], resources: dict,
-                interrupt: Interrupt, callbacks: list, tune_dir: Path, run_name: str):
+def _make_tuner(lead: Config, queue: PackQueue, resources: dict, interrupt: Interrupt,
+                callbacks: list, tune_dir: Path, run_name: str, n_packs: int):
     return tune.Tuner(
         tune.with_resources(run_pack_trial, resources),
         tune_config=tune.TuneConfig(
-            search_alg=PackQueue(queue), num_samples=len(queue),  # one trial per pack, made lazily
+            search_alg=queue, num_samples=n_packs,  # one trial per pack, made lazily
             reuse_actors=True,  # one worker process per slot: Lightning imported once
             max_concurrent_trials=lead.cluster.max_concurrent_trials,
             trial_dirname_creator=lambda t: t.config["sfs"]["pack_id"],

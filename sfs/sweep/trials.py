@@ -23,35 +23,44 @@ from sfs.training.worker import WorkerOptions
 
 
 class PackQueue(Searcher):
-    """Suggests one trial config per pack, in the given order: ``{"sfs": {"pack_id", "pack"
-    (``Pack.to_dict``, pickled; ``sfs.training.worker`` unpickles it), "options" (its ``WorkerOptions``)}}``."""
+    """Suggests one trial config per pack, in the given order: ``{"sfs": {"pack_id", "server"
+    (the name of the ``PackServer`` that holds the pack), "options" (its ``WorkerOptions``)}}``.
 
-    def __init__(self, packs: Sequence[tuple[Pack, WorkerOptions]]) -> None:
+    The pack itself (``Pack.to_dict``, pickled; ``sfs.training.worker`` unpickles it) goes to
+    the server as its trial is made, and is dropped there when the trial has ended: Tune
+    keeps every trial's config, with copies and renderings of it, until the sweep ends, so a
+    pack in the config would stay in the driver's memory (``sfs.training.pack_server``)."""
+
+    def __init__(self, packs: Sequence[tuple[Pack, WorkerOptions]], server, server_name: str) -> None:
         super().__init__()
         self.packs = packs
         self.next = 0
+        self.server, self.server_name = server, server_name
+        self.pack_of: dict[str, str] = {}  # trial id -> pack id, for the trials in flight
 
     def suggest(self, trial_id: str) -> dict | None:
         if self.next >= len(self.packs):
             return Searcher.FINISHED
         pack, options = self.packs[self.next]
         self.next += 1
-        # The pack as one pickled blob, not nested dicts: Tune keeps every trial's config (a
-        # deep copy and the original) until the sweep ends, and a deep copy of bytes is the
-        # bytes themselves; 64 specs as dicts held ~0.5 MB per trial in the driver.
-        return {"sfs": {"pack_id": pack.pack_id, "pack": pickle.dumps(pack.to_dict()), "options": options}}
+        self.server.put.remote(pack.pack_id, pickle.dumps(pack.to_dict()))
+        self.pack_of[trial_id] = pack.pack_id
+        return {"sfs": {"pack_id": pack.pack_id, "server": self.server_name, "options": options}}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        """Nothing to learn: every pack is trained once (Tune retries a failed one itself)."""
+        """The trial has ended (stored, or failed for good): its pack is not needed again."""
+        pack_id = self.pack_of.pop(trial_id, None)
+        if pack_id is not None:
+            self.server.drop.remote(pack_id)
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         """Nothing to save: sfs never restores a Tune run (the store is the record)."""
 
     def __getstate__(self) -> dict:
-        """Without the packs: the Tuner pickles its searcher into its own restore file
-        (``tuner.pkl``, which sfs never reads), and at 10^6 models the packs took ~5 s there
-        before the first trial. An unpickled queue is empty."""
-        return {**self.__dict__, "packs": ()}
+        """Without the packs or the server: the Tuner pickles its searcher into its own
+        restore file (``tuner.pkl``, which sfs never reads), and at 10^6 models the packs
+        took ~5 s there before the first trial. An unpickled queue is empty."""
+        return {**self.__dict__, "packs": (), "server": None, "pack_of": {}}
 
 
 class LoopWatch(tune.Callback):

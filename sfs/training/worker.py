@@ -1,6 +1,7 @@
 """The Ray Tune trainable that runs on workers: train one pack, report its results once.
 
-The driver passes each trial its pack and a ``WorkerOptions``; the trial trains on the device
+The driver passes each trial its pack's id and a ``WorkerOptions``; the trial fetches the
+pack (``sfs.training.pack_server``), trains on the device
 Ray gave it (``trial_device``) and hands back a pickled ``PackResult`` under
 ``PAYLOAD_KEY`` in its last ``tune.report``. While it trains, it reports the steps its pack
 has done (``STEPS_DONE_KEY``, no payload) at a log point of the loop at most every
@@ -81,11 +82,13 @@ def run_pack_trial(config: dict) -> None:
 
     from sfs.core import faults
     from sfs.training.loop import train_pack
+    from sfs.training.pack_server import fetch_pack
 
     item = config["sfs"]
     options: WorkerOptions = item["options"]
     torch.set_num_threads(options.torch_threads)
-    pack = Pack.from_dict(pickle.loads(item["pack"]))  # as sfs.sweep.trials.PackQueue made it
+    # as sfs.sweep.trials.PackQueue put it on the server
+    pack = Pack.from_dict(pickle.loads(fetch_pack(item["server"], item["pack_id"])))
     start_as_nan = faults.before_training(options.faults, pack)
     progress = (ProgressReports(pack.pack_id, len(pack.models), options.progress_every_s)
                 if options.progress_every_s > 0 else None)
