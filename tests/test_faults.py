@@ -124,15 +124,28 @@ def test_unreachable_mlflow_server_fails_before_training(tmp_path):
     assert time.time() - started < 120
 
 
-def test_a_real_mlflow_server(tmp_path, wait_for_http):
-    port = _free_port()
-    server = subprocess.Popen(
+def _mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1:port, its database and artifacts in folder; in a
+    session of its own, so that its process group (the server and its web workers) can be
+    killed as a machine failing would."""
+    return subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         # no background job runner: it is not used here and delays the server's stop by ~30 s
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+
+def _pack_runs(uri: str) -> set[str]:
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    return {r.info.run_id for r in runs if "sfs.pack_id" in r.data.tags}
+
+
+def test_a_real_mlflow_server(tmp_path, wait_for_http):
+    port = _free_port()
+    server = _mlflow_server(tmp_path, port)
     try:
         uri = f"http://127.0.0.1:{port}"
         wait_for_http(f"{uri}/health", server, "mlflow server")
@@ -140,16 +153,55 @@ def test_a_real_mlflow_server(tmp_path, wait_for_http):
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, output
         assert f"open {uri}" in output
-        client = MlflowClient(uri)
-        runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
         table = pl.read_parquet(tmp_path / "runs" / "smoke" / "trials.parquet")
-        pack_runs = [r for r in runs if "sfs.pack_id" in r.data.tags]
-        assert {r.info.run_id for r in pack_runs} == set(table["mlflow_run_id"])
-        assert client.list_artifacts(pack_runs[0].info.run_id, "weights")
+        pack_runs = _pack_runs(uri)
+        assert pack_runs == set(table["mlflow_run_id"])
+        assert MlflowClient(uri).list_artifacts(next(iter(pack_runs)), "weights")
         assert not (tmp_path / "runs" / "smoke" / "mlflow.db").exists()  # the server holds it all
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_mlflow_server_lost_mid_sweep_stops_it_clearly_and_the_rerun_resumes(tmp_path, wait_for_http):
+    """The tracking server dies (its whole process group killed) once two of eight packs are
+    stored: the launch stops with one line naming the cause, no traceback, and keeps what
+    it stored; with the server back, the same command stores the rest, a run for each pack."""
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    launch = (tmp_path / "runs", f"tracking.uri={uri}", "sweep.pack_size=1", "aggregate.enabled=false")
+    server = _mlflow_server(tmp_path, port)
+    try:
+        wait_for_http(f"{uri}/health", server, "mlflow server")
+        proc = _launch(*launch)
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "[2/8 packs]" in line:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
+                break
+        output = "".join(lines) + proc.communicate(timeout=300)[0]
+        assert proc.returncode != 0, output
+        assert "storing a pack failed: the MLflow tracking server did not answer" in output, output
+        assert "run the same command again to resume" in output
+        assert "Traceback" not in output, output
+        kept = pl.read_parquet(tmp_path / "runs" / "smoke" / "trials.parquet")
+        assert 2 <= kept.height < 8 and set(kept["status"]) == {"ok"}
+
+        server = _mlflow_server(tmp_path, port)  # the same database, back on the same port
+        wait_for_http(f"{uri}/health", server, "mlflow server")
+        proc = _launch(*launch)
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+        assert f"resumed: {kept.height} already stored" in output, output
+        table = pl.read_parquet(tmp_path / "runs" / "smoke" / "trials.parquet")
+        assert table.height == table["model_id"].n_unique() == 8 and set(table["status"]) == {"ok"}
+        assert _pack_runs(uri) == set(table["mlflow_run_id"])
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
 
 
 def test_corrupt_store_is_refused_through_the_cli(tmp_path):

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,15 @@ def _row(spec: ModelSpec, pack: Pack, **values) -> dict:
             "finished_at": time.time(), **values}
 
 
+def _tracking_server_failed(error: BaseException) -> bool:
+    """Whether ``error`` is MLflow's client failing to reach its server (refused, timed out,
+    an error status): MLflow raises these as "API request to URL failed ...". Without
+    MLflow loaded (tracking off) it cannot be."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    return (exceptions is not None and isinstance(error, exceptions.MlflowException)
+            and str(error).startswith("API request to "))
+
+
 class PersistCallback(tune.Callback):
     """Runs in the driver, inside Tune's event loop: hands every finished pack to the
     writer thread (``sfs.sweep.writer``), which stores it while the loop goes on."""
@@ -79,6 +89,11 @@ class PersistCallback(tune.Callback):
         if isinstance(error, StoreError):
             self.store_error = error
             log.error("%s", error)
+        elif _tracking_server_failed(error):  # an outage, not a bug: one line, no traceback
+            self.error = error
+            log.error("storing a pack failed: the MLflow tracking server did not answer: %s",
+                      str(error).splitlines()[0][:400])
+            log.debug("the MLflow error", exc_info=(type(error), error, error.__traceback__))
         else:
             self.error = error
             log.error("storing a pack failed: %s: %s", type(error).__name__, error,
