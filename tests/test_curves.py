@@ -115,17 +115,13 @@ def test_model_metrics_known_values():
     assert deep["layer_represented"] == [2, 1] and deep["min_layer_represented"] == 1
 
 
-@pytest.mark.integration
-def test_pairs_streamed_from_parallel_batches_are_the_serial_ones_in_order(tmp_path):
-    """The compared pairs leave the workers batch by batch, as parquet parts joined on disk:
-    the table is the one an in-process run writes, row for row, and no part is left over."""
+def _grid_loaded(sparsities: list[float]) -> tuple[Loaded, pl.DataFrame]:
+    """Random models of 2 widths x 3 seeds per sparsity (a curve each), and their metrics."""
     import dataclasses
 
-    from sfs.analysis.curves import SERIAL_BELOW, analyse
     from sfs.config.compose import load_configs
     from sfs.plan import plan_models
 
-    sparsities = np.round(np.linspace(0, 0.9, 30), 3).tolist()
     (cfg,) = load_configs(["+sweep=smoke", "sweep.n_features=[6]", "sweep.widths=[2,3]",
                            f"sweep.sparsities=[{','.join(map(str, sparsities))}]", "sweep.seeds=[0,1,2]"])
     specs = plan_models(cfg)
@@ -133,7 +129,19 @@ def test_pairs_streamed_from_parallel_batches_are_the_serial_ones_in_order(tmp_p
     ok = pl.DataFrame([{**dataclasses.asdict(s), "model_id": s.model_id, "n_params": s.n_params,
                         "loss": 0.5 / s.width * (1 + 0.01 * s.seed), "status": "ok"} for s in specs])
     loaded = Loaded(ok, ok, [rng.normal(size=(s.n_features, s.width)) for s in specs])
-    metrics = model_metrics(loaded)
+    return loaded, model_metrics(loaded)
+
+
+@pytest.mark.integration
+def test_pairs_streamed_from_parallel_batches_are_the_serial_ones_in_order(tmp_path):
+    """The compared pairs leave the workers batch by batch, as parquet parts joined on disk:
+    the table is the one an in-process run writes, row for row, and no part is left over."""
+    import dataclasses
+
+    from sfs.analysis.curves import SERIAL_BELOW, analyse
+
+    sparsities = np.round(np.linspace(0, 0.9, 30), 3).tolist()
+    loaded, metrics = _grid_loaded(sparsities)
     options = AggregateConfig(n_boot=100, n_perm=20, workers=2)
     assert len(sparsities) >= SERIAL_BELOW  # enough curves for the worker processes
     parallel = analyse(loaded, metrics, options, tmp_path / "parallel" / "pairs.parquet")
@@ -147,3 +155,15 @@ def test_pairs_streamed_from_parallel_batches_are_the_serial_ones_in_order(tmp_p
     assert parallel.universality.equals(serial.universality)
     assert parallel.fits.equals(serial.fits)
     assert [p.name for p in (tmp_path / "parallel").iterdir()] == ["pairs.parquet"]
+
+
+def test_a_long_analysis_says_how_far_it_is(tmp_path, monkeypatch, caplog):
+    from sfs.analysis import curves
+
+    monkeypatch.setattr(curves, "PROGRESS_EVERY_S", 0.0)  # a line after every batch
+    loaded, metrics = _grid_loaded([0.0, 0.5, 0.9])
+    with caplog.at_level("INFO", logger="sfs.analysis.curves"):
+        curves.analyse(loaded, metrics, AggregateConfig(n_boot=100, n_perm=20, workers=1),
+                       tmp_path / "pairs.parquet")
+    said = [r.getMessage() for r in caplog.records if "curves, ETA" in r.getMessage()]
+    assert said and said[-1].startswith("fits and compared pairs: 3/3 curves, ETA 0 min")

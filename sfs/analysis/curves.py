@@ -19,10 +19,12 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import logging
 import math
 import multiprocessing
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +46,12 @@ from sfs.core.signals import children_deaf_to_ctrl_c
 from sfs.core.spec import derive_seed
 from sfs.storage.store import atomic_write_file, write_table
 
+log = logging.getLogger(__name__)
+
 CURVE_KEYS = [k for k in GROUP_KEYS if k not in ("width", "seed")]
 DEPTH_CURVE_KEYS = [k for k in CURVE_KEYS if k != "depth"]
 SERIAL_BELOW = 24  # fewer tasks than this run in-process: spawning workers costs more
+PROGRESS_EVERY_S = 30.0  # a progress line while the curves are analysed, at most this often
 BATCH_CURVES = 64  # curves per batch at most (a batch's pairs: one part file, ~70,000 rows)
 
 
@@ -184,6 +189,7 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
     fit_rows: list[dict] = []
     cells: list[pl.DataFrame] = []
     control: list[pl.DataFrame] = []
+    started = last_said = time.monotonic()
     try:
         # each batch's rows become frames as it comes back: a dict per row would cost
         # ~1 kB each, a million of them at 10^6 models
@@ -191,6 +197,11 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
             fit_rows += [r.fit for r in results]
             cells.append(_frame([cell for r in results for cell in r.cells]))
             control.append(_frame([row for r in results for row in r.control]))
+            if time.monotonic() - last_said >= PROGRESS_EVERY_S:  # a long analysis says where it is
+                last_said = time.monotonic()
+                done = len(fit_rows)
+                log.info("fits and compared pairs: %d/%d curves, ETA %.0f min", done, len(tasks),
+                         (last_said - started) / done * (len(tasks) - done) / 60)
         _join_parts(sorted(parts.glob("*.parquet")), pairs_path)
     finally:
         shutil.rmtree(parts, ignore_errors=True)
