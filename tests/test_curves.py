@@ -167,3 +167,39 @@ def test_a_long_analysis_says_how_far_it_is(tmp_path, monkeypatch, caplog):
                        tmp_path / "pairs.parquet")
     said = [r.getMessage() for r in caplog.records if "curves, ETA" in r.getMessage()]
     assert said and said[-1].startswith("fits and compared pairs: 3/3 curves, ETA 0 min")
+
+
+@pytest.mark.integration
+def test_the_analysis_workers_end_with_their_parent_killed_alone(tmp_path):
+    """A parent killed alone (SIGKILL, no cleanup) leaves no worker behind, neither busy
+    with its task nor waiting for the next one forever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time\n"
+        "from sfs.analysis.curves import iter_tasks\n"
+        "if __name__ == '__main__':\n"
+        "    for _ in iter_tasks(time.sleep, [60.0] * 4, workers=2, serial=False, chunksize=1):\n"
+        "        pass\n")
+    parent = subprocess.Popen([sys.executable, str(script)])
+    try:
+        deadline = time.monotonic() + 60
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline:  # the two pool workers started
+            workers = [c for c in psutil.Process(parent.pid).children()
+                       if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())]
+            time.sleep(0.2)
+        assert len(workers) == 2
+        time.sleep(3)  # each busy with its task
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        gone, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        parent.kill()

@@ -193,7 +193,9 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
     try:
         # each batch's rows become frames as it comes back: a dict per row would cost
         # ~1 kB each, a million of them at 10^6 models
-        for results in iter_tasks(analyse_batch, batches, workers, serial=len(tasks) < SERIAL_BELOW):
+        # one batch at a time: batches are sized to balance the workers already
+        for results in iter_tasks(analyse_batch, batches, workers, serial=len(tasks) < SERIAL_BELOW,
+                                  chunksize=1):
             fit_rows += [r.fit for r in results]
             cells.append(_frame([cell for r in results for cell in r.cells]))
             control.append(_frame([row for r in results for row in r.control]))
@@ -294,9 +296,32 @@ _ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                       "MKL_NUM_THREADS")}
 
 
+def _start_worker() -> None:
+    """Worker initializer: one BLAS thread (``_limit_blas``), and an end with the parent."""
+    _exit_with_parent()
+    _limit_blas()
+
+
+def _exit_with_parent() -> None:
+    """End this worker process when its parent dies (killed alone, say): a pool's worker
+    otherwise waits for work forever, and would first finish the batch in hand."""
+    import multiprocessing.connection
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # readable once the parent is gone
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sfs-parent-watch", daemon=True).start()
+
+
 def _limit_blas() -> None:
-    """Worker initializer: load every BLAS the analysis uses (numpy's, scipy's own), then
-    pin them all to one thread (a limit set before a library loads does not reach it)."""
+    """Load every BLAS the analysis uses (numpy's, scipy's own), then pin them all to one
+    thread (a limit set before a library loads does not reach it)."""
     import scipy.stats  # noqa: F401
     from threadpoolctl import threadpool_limits
 
@@ -312,9 +337,11 @@ def run_tasks(function: Callable, tasks: list, workers: int) -> list:
     return list(iter_tasks(function, tasks, workers, serial=len(tasks) < SERIAL_BELOW))
 
 
-def iter_tasks(function: Callable, tasks: list, workers: int, serial: bool) -> Iterator:
+def iter_tasks(function: Callable, tasks: list, workers: int, serial: bool,
+               chunksize: int | None = None) -> Iterator:
     """``function(t)`` for each of ``tasks``, in order, as they come: in parallel processes
-    (one BLAS thread each), or in-process when ``serial`` or with one worker."""
+    (one BLAS thread each), or in-process when ``serial`` or with one worker. ``chunksize``:
+    tasks sent to a worker at once (default: about 8 chunks per worker)."""
     if serial or workers <= 1:
         import scipy.stats  # noqa: F401  (load scipy's BLAS before limiting it)
         from threadpoolctl import threadpool_limits
@@ -328,9 +355,9 @@ def iter_tasks(function: Callable, tasks: list, workers: int, serial: bool) -> I
     try:
         with children_deaf_to_ctrl_c():  # the workers start (on submission) blind to Ctrl-C
             pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                          initializer=_limit_blas)
+                                                          initializer=_start_worker)
             results: Iterable = pool.map(function, tasks,
-                                         chunksize=max(1, len(tasks) // (8 * workers)))
+                                         chunksize=chunksize or max(1, len(tasks) // (8 * workers)))
     finally:
         for name, value in saved.items():
             if value is None:
