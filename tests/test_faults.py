@@ -153,6 +153,7 @@ def test_a_real_mlflow_server(tmp_path, wait_for_http):
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, output
         assert f"open {uri}" in output
+        assert "View run" not in output  # not MLflow's two links for every run
         table = pl.read_parquet(tmp_path / "runs" / "smoke" / "trials.parquet")
         pack_runs = _pack_runs(uri)
         assert pack_runs == set(table["mlflow_run_id"])

@@ -116,6 +116,9 @@ class Tracker:
         # Fail fast on an unreachable server instead of MLflow's minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        # With a server, MLflow prints two links for every run it ends (a request to read the
+        # run back first): thousands of lines and requests in a sweep; sfs prints one link
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
