@@ -191,9 +191,9 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
     control: list[pl.DataFrame] = []
     started = last_said = time.monotonic()
     try:
-        # each batch's rows become frames as it comes back: a dict per row would cost
-        # ~1 kB each, a million of them at 10^6 models
-        # one batch at a time: batches are sized to balance the workers already
+        # one batch sent at a time (batches are sized to balance the workers already); each
+        # batch's rows become frames as it comes back: a dict per row would cost ~1 kB, and
+        # there are a million of them at 10^6 models
         for results in iter_tasks(analyse_batch, batches, workers, serial=len(tasks) < SERIAL_BELOW,
                                   chunksize=1):
             fit_rows += [r.fit for r in results]

@@ -78,6 +78,7 @@ def format_summary(summary) -> str:
             lines.append(f"{p.name}: FAILED models: {', '.join(p.failed_ids)} "
                          "(errors in trials.parquet, column 'error')")
         if p.missing:
-            lines.append(f"{p.name}: {p.missing} models not trained (interrupted?): run the same "
+            why = "interrupted" if summary.interrupted else "stopped early: the lines above say why"
+            lines.append(f"{p.name}: {p.missing} models not trained ({why}): run the same "
                          "command again to resume")
     return "\n".join(lines)
