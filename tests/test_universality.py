@@ -11,7 +11,9 @@ from sfs.analysis.gram_measures import (
     gram_cosine,
     jaccard,
     jaccard_chance,
+    nan_mean_median,
     per_feature_agreement,
+    per_feature_agreement_within,
     random_gram_cosine_baseline,
 )
 from sfs.analysis.permutation_null import (
@@ -332,3 +334,36 @@ def test_the_null_path_follows_the_cost_model():
     assert choose(100, [2, 3, 4], 8) == "weights"  # 22 ms against 119 ms by the Grams
     assert choose(200, [5, 10], 4) == "weights"  # 40 ms against 133 ms
     assert choose(1000, [200, 300], 2) == "per_pair"  # neither fits in memory
+
+
+def test_the_agreement_of_pairs_among_models_is_that_of_each_pair_alone():
+    """Rows centred once per model, not once per pair: the same correlations, NaN where a
+    row is constant (an unlearned feature's row of zeros)."""
+    rng = _rng(40)
+    W = [rng.standard_normal((9, m)) for m in (2, 3, 5, 5)]
+    W[1][4] = 0.0  # feature 4 unlearned in model 1
+    G = np.stack([gram(w) for w in W])
+    pairs = np.array([(0, 1), (1, 2), (2, 3), (3, 0), (1, 1)])
+    within = per_feature_agreement_within(G, pairs)
+    alone = np.stack([per_feature_agreement(G[a], G[b]) for a, b in pairs])
+    assert np.allclose(within, alone, equal_nan=True)
+    assert np.isnan(within[0, 4]) and np.isnan(within[1, 4]) and not np.isnan(within[2]).any()
+
+
+def test_the_mean_and_median_over_features_are_numpys_nan_aware_ones():
+    import warnings
+
+    rng = _rng(41)
+    for shape in [(50, 7), (30, 8), (3, 1), (4, 2), (10,)]:
+        x = rng.standard_normal(shape)
+        x[rng.random(shape) < 0.4] = np.nan
+        if len(shape) == 2:
+            x[0] = np.nan  # a row without any value: NaN, no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmean(x, axis=-1), np.nanmedian(x, axis=-1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            mean, median = nan_mean_median(x)
+        assert np.allclose(mean, expected[0], equal_nan=True)
+        assert np.array_equal(median, expected[1], equal_nan=True)
