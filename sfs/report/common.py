@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from sfs.storage.store import atomic_write_bytes
@@ -24,6 +25,14 @@ MAX_TABLE_ROWS = 200  # rows of one HTML table: the parquet table beside it hold
 # may be chosen per shape: sfs.analysis.lr_selection)
 AXES_SHOWN = ("family", "n_features", "depth", "sparsity", "importance", "feature_dist",
               "weight_decay", "steps", "batch_size")
+
+
+def evenly_spread(values: list, k: int) -> list:
+    """At most ``k`` of the sorted ``values``, evenly spread from the first to the last (all
+    of them when there are no more than ``k``): which sparsities, say, a plot shows."""
+    if len(values) <= k:
+        return list(values)
+    return list(dict.fromkeys(values[int(round(i))] for i in np.linspace(0, len(values) - 1, k)))
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from sfs.core import metrics as M
-from sfs.report.common import MAX_PANELS, Figure, save_figure
+from sfs.report.common import MAX_PANELS, Figure, evenly_spread, save_figure
 
 MAX_MODELS = 5  # panels per figure: sparsities spread from dense to sparse
 MAX_FEATURES = 50  # bars per panel: the most important features
@@ -45,9 +45,8 @@ def representative_models(metrics: pl.DataFrame) -> list[pl.DataFrame]:
         width = int(widths[np.argmin(np.abs(np.log(widths / max(1.0, n_features / 4))))])
         family = family.filter(pl.col("width") == width)
         sparsities = sorted(family["sparsity"].unique().to_list())
-        picks = dict.fromkeys(sparsities[int(round(i))] for i in
-                              np.linspace(0, len(sparsities) - 1, min(MAX_MODELS, len(sparsities))))
-        rows = [family.filter(pl.col("sparsity") == s).sort("loss").head(1) for s in picks]
+        rows = [family.filter(pl.col("sparsity") == s).sort("loss").head(1)
+                for s in evenly_spread(sparsities, MAX_MODELS)]
         chosen.append(pl.concat(rows))
     return chosen[:MAX_PANELS]
 

@@ -25,6 +25,7 @@ from sfs.report.common import (
     MAX_LINES,
     MAX_PANELS,
     Figure,
+    evenly_spread,
     html_table,
     pyplot,
     save_figure,
@@ -95,12 +96,12 @@ def _mean_sd(ax, curve: pl.DataFrame, x: str, y: str, label: str, fmt: str = "o-
 def _by(ax, panel: pl.DataFrame, key: str):
     """The panel's groups by ``key``, one line each: all of them up to ``MAX_LINES``, else
     that many values evenly spread from the smallest to the largest, which the plot says."""
-    values = panel[key].unique().sort()
-    if values.len() > MAX_LINES:
-        values = values.gather(np.unique(np.linspace(0, values.len() - 1, MAX_LINES).round().astype(int)))
-        ax.text(0.99, 0.01, f"{values.len()} of {panel[key].n_unique()} {key} values shown, evenly spread",
+    values = panel[key].unique().sort().to_list()
+    shown = evenly_spread(values, MAX_LINES)
+    if len(shown) < len(values):
+        ax.text(0.99, 0.01, f"{len(shown)} of {len(values)} {key} values shown, evenly spread",
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="grey")
-        panel = panel.filter(pl.col(key).is_in(values.implode()))
+        panel = panel.filter(pl.col(key).is_in(shown))
     return panel.sort(key).group_by([key], maintain_order=True)
 
 
