@@ -13,6 +13,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -251,11 +252,24 @@ def test_above_model_runs_max_a_pack_run_holds_its_models(tmp_path, complete):
 
     database = _copy(complete, tmp_path)
     tracker = Tracker(f"sqlite:///{database}", "smoke", tmp_path, model_runs=False)
-    pack = _pack()
-    pack_run = tracker.log_pack(pack, _result(pack), _weights(tmp_path), start_ms=1)
+    pack = _pack(4)
+    assert len(pack.models) == 4
+    result = _result(pack)
+    diverged = result.models[-1]  # its loss NaN, its curve NaN after the first log
+    diverged.loss, diverged.status, diverged.curve = float("nan"), "diverged", np.array([0.9, np.nan, np.nan])
+    pack_run = tracker.log_pack(pack, result, _weights(tmp_path), start_ms=1)
     (run,) = _active(tracker)
     assert run.info.run_id == pack_run
-    assert {k for k in run.data.metrics if k.startswith("loss/")} == {f"loss/{m.label}" for m in pack.models}
+    # the pack's models summarised over their finite values: losses 0.1, 1.1, 2.1 (and NaN),
+    # curves (0.9, 0.5, 0.2 + i) at steps 50, 100, 150 (_result)
+    metrics = run.data.metrics
+    assert metrics["loss_min"] == pytest.approx(0.1) and metrics["loss_max"] == pytest.approx(2.1)
+    assert metrics["loss_median"] == pytest.approx(1.1)
+    assert metrics["models_ok"] == 3 and metrics["models_diverged"] == 1
+    assert not any("/" in k for k in metrics)  # no metric per model: the table holds them
+    curve = tracker.client.get_metric_history(pack_run, "train_loss_median")
+    assert [(m.step, m.value) for m in sorted(curve, key=lambda m: m.step)] == [
+        (50, pytest.approx(0.9)), (100, pytest.approx(0.5)), (150, pytest.approx(1.2))]
     import json
 
     assert {"path": TABLE_FILE, "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
