@@ -18,7 +18,11 @@ against the targets:
   longest a finished pack waited for room in the writer's queue, the longest and the mean
   write of one pack (the launch's debug line "Tune's loop: ..."), and from the mean the
   packs/s the writer alone sustains (what the driver could store were the workers faster);
-- the driver's resident memory (RSS) when the first pack was stored and at its peak.
+- the driver's resident memory (RSS) when the first pack was stored and at its peak;
+- the driver's CPU time per stored pack (all its threads), and from it the packs/s a
+  driver with one core of its own would sustain: here 16 worker processes share 2 cores
+  with it, and training a pack of 64 tiny models alone takes ~90 ms of a core, so this
+  machine cannot deliver 20 packs/s whatever the driver does.
 
 Targets: >= 20 packs/s stored, sfs holding the loop no longer than 100 ms, driver RSS growth
 < 200 MB over 10^5 models. On a machine with few cores the workers and the driver share
@@ -59,17 +63,21 @@ def grid(models: int, pack: int, steps: int) -> list[str]:
             "data.eval_samples=256", "aggregate.enabled=false"]
 
 
-def sample(driver: psutil.Process, samples: list, stop: threading.Event) -> None:
+def sample(driver: psutil.Process, samples: list, cpu: list, stop: threading.Event) -> None:
+    """Every 0.2 s: (time, RSS) into samples, (time, CPU seconds: user + system, all the
+    driver's threads) into cpu."""
     while not stop.is_set():
         try:
-            samples.append((time.time(), driver.memory_info().rss))
+            now, times = time.time(), driver.cpu_times()
+            samples.append((now, driver.memory_info().rss))
+            cpu.append((now, times.user + times.system))
         except psutil.Error:
             pass
         stop.wait(0.2)
 
 
-def _rss_at(samples: list[tuple[float, int]], when: float) -> int:
-    """The last RSS sampled at or before ``when``."""
+def _value_at(samples: list[tuple[float, float]], when: float) -> float:
+    """The last value (RSS, or CPU seconds) sampled at or before ``when``."""
     before = [rss for t, rss in samples if t <= when]
     return before[-1] if before else samples[0][1]
 
@@ -93,8 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         samples: list[tuple[float, int]] = []
+        cpu: list[tuple[float, float]] = []
         stop = threading.Event()
-        sampler = threading.Thread(target=sample, args=(psutil.Process(proc.pid), samples, stop))
+        sampler = threading.Thread(target=sample, args=(psutil.Process(proc.pid), samples, cpu, stop))
         sampler.start()
         stored_at: list[float] = []  # when each pack was stored (the driver's log time)
         loop, lines = None, []
@@ -118,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     span = stored_at[-1] - stored_at[0]
     packs_per_s = (len(stored_at) - 1) / span
     first = stored_at[0]
+    # the driver's CPU per stored pack while packs were stored: Tune's loop, the writer,
+    # Ray's client threads. On a machine whose cores the workers share, 1 / this is what
+    # a driver with one core of its own would sustain (a floor: its C threads can use more)
+    cpu_ms_per_pack = 1000 * (_value_at(cpu, stored_at[-1]) - _value_at(cpu, first)) / (len(stored_at) - 1)
     after_start = [rss for t, rss in samples if t >= first] or [samples[-1][1]]
     mb = 1 / 2**20
     figures = {
@@ -128,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         "loop_steps": loop[0], "longest_loop_step_ms": loop[1], "longest_sfs_hold_ms": loop[2],
         "longest_queue_wait_ms": loop[3], "longest_pack_write_ms": loop[4], "mean_pack_write_ms": loop[5],
         "writer_capacity_packs_per_s": round(1000 / max(loop[5], 1), 1),
+        "driver_cpu_ms_per_pack": round(cpu_ms_per_pack, 1),
+        "driver_one_core_packs_per_s": round(1000 / max(cpu_ms_per_pack, 1e-3), 1),
         "driver_rss_first_pack_mb": round(after_start[0] * mb),
         "driver_rss_peak_mb": round(max(rss for _, rss in samples) * mb),
         "driver_rss_growth_mb": round((max(after_start) - after_start[0]) * mb),
@@ -139,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         # RSS when each tenth of the packs had been stored: a leak per trial grows evenly,
         # a warm-up (imports, caches, the writer's first packs) early and then not
         "driver_rss_by_tenths_mb": [
-            round(_rss_at(samples, stored_at[min(len(stored_at) - 1, k * len(stored_at) // 10)]) * mb)
+            round(_value_at(samples, stored_at[min(len(stored_at) - 1, k * len(stored_at) // 10)]) * mb)
             for k in range(11)],
     }
     print(json.dumps(figures))
@@ -147,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
               ("sfs held Tune's loop <= 100 ms", loop[2] <= 100),
               ("driver RSS growth < 200 MB", figures["driver_rss_growth_mb"] < 200)]
     print("; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
+    print(f"the driver used {cpu_ms_per_pack:.0f} ms of CPU a stored pack: with a core of its own it "
+          f"would store {figures['driver_one_core_packs_per_s']} packs/s (this machine's workers "
+          f"delivered {packs_per_s:.1f})")
 
 
 if __name__ == "__main__":

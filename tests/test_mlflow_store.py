@@ -291,7 +291,7 @@ def test_tidy_deletes_the_runs_of_packs_never_stored_with_their_model_runs(tmp_p
     keep = tracker.log_pack(stored, _result(stored), _weights(tmp_path), start_ms=1)
     tracker.log_pack(lost, _result(lost), _weights(tmp_path), start_ms=1)  # killed before its rows
     # killed while logging: the pack's run and one model run left RUNNING
-    half, _ = tracker._start(killed, 1)
+    half, _, _ = tracker._start(killed, 1)
     tracker.client.create_run(tracker.experiment_id, tags={"mlflow.parentRunId": half, "sfs.kind": "model",
                                                            "sfs.store": tracker.store_dir})
     aggregate = tracker.log_aggregate(tmp_path, [], None)

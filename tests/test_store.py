@@ -118,6 +118,24 @@ def test_corrupt_or_foreign_tables_are_refused_and_kept(tmp_path):
         TrialStore(tmp_path).open_for_writing()
 
 
+def test_parts_of_older_layouts_are_read_with_the_rest_and_a_corrupt_part_is_named(tmp_path):
+    with TrialStore(tmp_path) as store:
+        store.write_rows("p1", _rows(["a"], t=1.0))
+        store.write_rows("p2", _rows(["b"], t=2.0))
+    # parts an older version wrote, with fewer columns: one before the others (the scan
+    # takes its layout from the first file) and one after
+    for name, model, t in (("0-old", "c", 3.0), ("zz-old", "d", 4.0)):
+        pl.DataFrame({"model_id": [model], "sweep": ["s"], "status": ["ok"],
+                      "finished_at": [t]}).write_parquet(tmp_path / "parts" / f"{name}.parquet")
+    table = TrialStore(tmp_path).load()
+    assert table.schema == pl.Schema(TRIAL_SCHEMA)
+    assert table["model_id"].to_list() == ["a", "b", "c", "d"]  # by finished_at
+    assert table["loss"].to_list() == [0.5, 0.5, None, None]
+    (tmp_path / "parts" / "p3-half.parquet").write_bytes(b"half a file")
+    with pytest.raises(StoreError, match="p3-half.parquet is not a readable parquet"):
+        TrialStore(tmp_path).load()
+
+
 def test_a_second_writer_is_refused(tmp_path):
     with TrialStore(tmp_path):
         with pytest.raises(StoreError, match="another sfs process"):

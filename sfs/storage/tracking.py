@@ -217,11 +217,14 @@ class Tracker:
             log.info("deleted MLflow run %s (and %d model runs) of a pack that was never stored",
                      run_id, len(children))
 
-    def _start(self, pack: Pack, start_ms: int, error: str | None = None) -> tuple[str, list]:
-        """Create the pack's run; return its id and its params, which the caller logs in
-        the same batch as its metrics (one MLflow call fewer per pack). Its tags already
-        name the table it will hold (what ``log_table`` would set by reading the run back)."""
+    def _start(self, pack: Pack, start_ms: int, error: str | None = None) -> tuple[str, list, object]:
+        """Create the pack's run; return its id, its params, which the caller logs in the
+        same batch as its metrics (one MLflow call fewer per pack), and its artifact
+        repository (``log_artifact`` would read the run back to find it: a query a pack).
+        Its tags already name the table it will hold (what ``log_table`` would set by
+        reading the run back)."""
         from mlflow.entities import Param
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         shape = pack.shape
         name = f"{shape.family}-n{shape.n_features}-m{shape.width}-d{shape.depth}-{pack.pack_id[:8]}"
@@ -234,7 +237,8 @@ class Tracker:
         shared["pack_size"] = len(pack.models)
         for axis, plural in zip(PER_MODEL_FIELDS, PER_MODEL_PLURALS):
             shared[plural] = ",".join(sorted({str(getattr(m, axis)) for m in pack.models}))
-        return run.info.run_id, [Param(k, str(v)[:6000]) for k, v in shared.items()]
+        artifacts = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
+        return run.info.run_id, [Param(k, str(v)[:6000]) for k, v in shared.items()], artifacts
 
     def _model_run(self, parent_id: str, pack_id: str, sweep: str, spec: ModelSpec, start_ms: int,
                    end_ms: int, status: str, outcome: str, metrics: list) -> str:
@@ -255,7 +259,7 @@ class Tracker:
         self.client.set_terminated(run_id, status=status, end_time=end_ms)
         return run_id
 
-    def _table(self, run_id: str, rows: list[dict]) -> None:
+    def _table(self, artifacts, rows: list[dict]) -> None:
         """The per-model table as an MLflow table artifact (shown by the run's artifact view):
         pandas' "split" JSON layout, as ``MlflowClient.log_table`` writes it, written here
         directly (log_table builds a DataFrame and reads the run back: ~80 ms a pack)."""
@@ -265,13 +269,13 @@ class Tracker:
         with tempfile.TemporaryDirectory(prefix="sfs-table-") as folder:
             path = Path(folder) / TABLE_FILE
             path.write_text(json.dumps(table, allow_nan=False))
-            self.client.log_artifact(run_id, str(path))
+            artifacts.log_artifact(str(path))
 
     def log_pack(self, pack: Pack, result, weights_file: Path, start_ms: int) -> str:
         """Log a finished pack: its run (shared params, the per-model table, the weights)
         and a run per model under it, or, without model runs, per-model metrics and loss
         curves on the pack's run. Returns the pack's run id."""
-        run_id, params = self._start(pack, start_ms)
+        run_id, params, artifacts = self._start(pack, start_ms)
         pack_id = pack.pack_id  # a hash of every model's: computed once
         now = int(time.time() * 1000)
         metrics = []
@@ -288,13 +292,13 @@ class Tracker:
             metrics = pack_metrics(pack, result, now)
         for batch_metrics, batch_params in _batches(metrics, params):
             self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
-        self._table(run_id, rows)
-        self.client.log_artifact(run_id, str(weights_file), artifact_path="weights")
+        self._table(artifacts, rows)
+        artifacts.log_artifact(str(weights_file), artifact_path="weights")
         self.client.set_terminated(run_id, status="FINISHED", end_time=now)
         return run_id
 
     def log_failed_pack(self, pack: Pack, error: str, start_ms: int) -> str:
-        run_id, params = self._start(pack, start_ms, error)
+        run_id, params, artifacts = self._start(pack, start_ms, error)
         for batch_metrics, batch_params in _batches([], params):
             self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
         now = int(time.time() * 1000)
@@ -302,7 +306,7 @@ class Tracker:
             pack_id = pack.pack_id
             for spec in pack.models:
                 self._model_run(run_id, pack_id, pack.sweep, spec, start_ms, now, "FAILED", "failed", [])
-        self._table(run_id, [{**asdict(m), "model_id": m.model_id, "status": "failed"} for m in pack.models])
+        self._table(artifacts, [{**asdict(m), "model_id": m.model_id, "status": "failed"} for m in pack.models])
         self.client.set_terminated(run_id, status="FAILED", end_time=now)
         return run_id
 

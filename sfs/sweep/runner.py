@@ -125,6 +125,10 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial files
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we log progress
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (Interrupt) says how sfs resumes
+    # Tune saves its experiment state (every trial) for Tuner.restore, which sfs never uses
+    # (the store is the record): by default up to 5% of the loop's time, a quarter of the
+    # driver's loop CPU in a 10^5-model sweep (py-spy). Once an hour is enough.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
     # Tune's result grid looks for the per-trial files we switched off; nothing is missing.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
