@@ -119,7 +119,7 @@ class SweepStatus:
     failed: int
     missing: int | None  # planned, never stored: the next launch trains them (and the failed)
     unplanned: int  # stored but outside the recorded plan (a grid since shrunk)
-    pending_parts: int  # packs stored since the last consolidation (parts/*.parquet)
+    pending_parts: int  # part files not yet consolidated (parts/*.parquet: a pack each, or folded packs)
     failed_ids: list[str] = field(default_factory=list)
     aggregated: str = "no"  # "yes", "no" or "stale" (the store changed since)
 

@@ -37,8 +37,8 @@ def format_status(statuses: Sequence[SweepStatus]) -> str:
             lines.append(f"{s.name}: {s.unplanned} stored models are outside the recorded plan (kept, not "
                          "aggregated)")
         if s.pending_parts:
-            lines.append(f"{s.name}: {s.pending_parts} packs stored since the last consolidation (parts/; "
-                         "read with trials.parquet)")
+            lines.append(f"{s.name}: {s.pending_parts} part files of packs stored since the last "
+                         "consolidation (parts/; read with trials.parquet)")
         if s.aggregated == "stale":
             lines.append(f"{s.name}: the store changed after the last aggregation: rerun `sfs aggregate`")
     return "\n".join(lines)

@@ -118,6 +118,28 @@ def test_corrupt_or_foreign_tables_are_refused_and_kept(tmp_path):
         TrialStore(tmp_path).open_for_writing()
 
 
+def test_a_writer_folds_every_compact_parts_of_its_part_files_into_one(tmp_path, monkeypatch):
+    import sfs.storage.store as store_module
+
+    monkeypatch.setattr(store_module, "COMPACT_PARTS", 4)
+    with TrialStore(tmp_path) as store:
+        for k in range(10):
+            store.write_rows(f"p{k}", _rows([f"m{k}a", f"m{k}b"], t=float(k)))
+        names = sorted(p.name for p in store.parts_dir.glob("*.parquet"))
+        # packs 0-3 and 4-7 folded; 8 and 9 as written
+        assert [n.split("-")[0] for n in names] == ["compacted", "compacted", "p8", "p9"]
+        table = store.load()
+        assert table["model_id"].to_list() == [f"m{k}{s}" for k in range(10) for s in "ab"]
+        assert table.schema == pl.Schema(TRIAL_SCHEMA)
+        # killed after writing a folded file, before dropping what it folded: each row once
+        folded = pl.read_parquet(store.parts_dir / names[0])
+        folded.write_parquet(store.parts_dir / "compacted-0.parquet")
+        assert store.load().equals(table)
+        assert store.consolidate().equals(table) and not list(store.parts_dir.glob("*.parquet"))
+        store.write_rows("p10", _rows(["n"], t=10.0))  # the count starts again after consolidating
+        assert [p.name.split("-")[0] for p in store.parts_dir.glob("*.parquet")] == ["p10"]
+
+
 def test_parts_of_older_layouts_are_read_with_the_rest_and_a_corrupt_part_is_named(tmp_path):
     with TrialStore(tmp_path) as store:
         store.write_rows("p1", _rows(["a"], t=1.0))

@@ -3,7 +3,8 @@
 Layout of ``<out_dir>/<sweep>/``::
 
     trials.parquet        one row per model (TRIAL_SCHEMA); the consolidated table
-    parts/<pack>.parquet  rows of packs finished since the last consolidation
+    parts/<pack>.parquet  rows of packs finished since the last consolidation (every
+                          COMPACT_PARTS of them folded into one, parts/compacted-*.parquet)
     weights/<pack>.npz    one file per pack: model_ids (pack,), W (pack, feature, hidden),
                           b (pack, feature), curve (pack, n_logs), curve_steps (n_logs,);
                           deep families also their residual blocks A, B (pack, depth,
@@ -51,6 +52,10 @@ TRIAL_SCHEMA: dict[str, pl.DataType] = {
     "weights_path": pl.String, "weights_index": pl.Int64, "finished_at": pl.Float64,
 }
 STATUSES = ("ok", "diverged", "failed")
+# A writer folds the part files it wrote into one after this many: reading parts costs
+# ~70 kB of memory each whatever their size (polars holds every file's columns as chunks),
+# so the 1,563 parts of a 10^5-model sweep took 210 MB to read at its end.
+COMPACT_PARTS = 256
 DONE_STATUSES = ("ok", "diverged")  # a failed model is trained again on the next run
 
 
@@ -114,6 +119,7 @@ class TrialStore:
         self.parts_dir = self.dir / "parts"
         self.weights_dir = self.dir / "weights"
         self._lock_handle = None
+        self._fresh_parts: list[Path] = []  # part files this writer wrote, not yet folded
 
     # -- writer lifecycle -------------------------------------------------------------------
     def open_for_writing(self) -> TrialStore:
@@ -226,7 +232,23 @@ class TrialStore:
         bad = set(frame["status"].to_list()) - set(STATUSES)
         if bad:
             raise ValueError(f"status must be one of {STATUSES}, got {sorted(bad)}")
-        write_table(frame, self.parts_dir / f"{pack_id}-{time.time_ns()}.parquet")
+        path = self.parts_dir / f"{pack_id}-{time.time_ns()}.parquet"
+        write_table(frame, path)
+        self._fresh_parts.append(path)
+        if len(self._fresh_parts) >= COMPACT_PARTS:
+            self.compact()
+
+    def compact(self) -> None:
+        """Fold the part files this writer wrote since it opened the store (or last folded
+        them) into one part file, then drop them. The pack is committed by its own part
+        file before this; a writer killed between the new file and the drops leaves rows
+        twice, which readers take once (``load``: one row per model)."""
+        paths, self._fresh_parts = self._fresh_parts, []
+        if len(paths) < 2:
+            return
+        write_table(self._read_parts(paths), self.parts_dir / f"compacted-{time.time_ns()}.parquet")
+        for path in paths:
+            path.unlink(missing_ok=True)
 
     def consolidate(self) -> pl.DataFrame:
         """Fold part files into trials.parquet (atomically), then drop the folded parts."""
@@ -237,6 +259,7 @@ class TrialStore:
             write_table(table, self.trials_path)
             for part in parts:  # already inside trials.parquet; safe to drop
                 part.unlink(missing_ok=True)
+            self._fresh_parts = []
         return table
 
 
