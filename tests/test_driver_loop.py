@@ -48,6 +48,29 @@ def test_submit_returns_at_once_until_the_queue_is_full_then_waits_for_room():
     assert writer.longest_wait_s >= 0.4
 
 
+def test_the_queue_is_bounded_in_bytes_too_and_a_pack_larger_than_that_waits_for_an_empty_queue():
+    release = threading.Event()
+    writer = PackWriter(on_error=pytest.fail, capacity=100, capacity_bytes=10)
+    writer.submit(release.wait)  # the writer takes it and sticks there
+    deadline = time.monotonic() + 5
+    while writer.backlog and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.submit(lambda: None, size=4)
+    writer.submit(lambda: None, size=4)  # 8 of 10 bytes queued: no wait
+    waiting = [threading.Thread(target=writer.submit, args=(lambda: None,), kwargs={"size": size})
+               for size in (4, 50)]  # 12 bytes would be too many; 50 more than the whole bound
+    for thread in waiting:
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive()
+    release.set()  # the queue drains: both go in, the large one alone
+    for thread in waiting:
+        thread.join(5)
+        assert not thread.is_alive()
+    writer.close()
+    assert writer.stored == 5
+
+
 def test_a_failed_write_is_reported_once_and_the_packs_queued_after_it_are_dropped():
     errors, written = [], []
     release = threading.Event()

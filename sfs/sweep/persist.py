@@ -121,7 +121,7 @@ class PersistCallback(tune.Callback):
         part, pack = self.packs[result["pack_id"]]
         started = self._started(trial)
         self.writer.submit(_unwritable_as_store_error(part, lambda: persist_pack(
-            part, pack, pickle.loads(payload), started)), lambda: self._stored(pack))
+            part, pack, pickle.loads(payload), started)), lambda: self._stored(pack), size=len(payload))
         self.longest_hold_s = max(self.longest_hold_s, time.perf_counter() - held)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
