@@ -47,6 +47,7 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
     """Train everything the configs plan that is not stored yet; return the summary."""
     started = time.perf_counter()
     parts: list[Part] = []
+    folded = False
     try:
         for cfg in cfgs:
             parts.append(prepare_part(cfg))
@@ -60,10 +61,15 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
             n_packs, interrupted = _run_tune(parts)
         else:
             connect_trackers(parts)
-        return summarise(parts, time.perf_counter() - started, n_packs, interrupted)
+        # each store read once: folded into its trials.parquet, and that table summarised
+        # (at 10^5 models every read of the whole table is ~100 MB of the driver's memory)
+        tables = [part.store.consolidate() for part in parts]
+        folded = True
+        return summarise(parts, tables, time.perf_counter() - started, n_packs, interrupted)
     finally:
         for part in parts:
-            part.store.consolidate()
+            if not folded:  # stopped by an error: what was stored is folded all the same
+                part.store.consolidate()
             part.store.close()
 
 

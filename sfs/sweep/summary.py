@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import polars as pl
+
 from sfs.core.text import text_table
 from sfs.storage.tracking import ui_command
 from sfs.sweep.persist import Part
@@ -41,10 +43,11 @@ class SweepSummary:
         return 0 if all(p.failed == 0 and p.missing == 0 for p in self.parts) else 1
 
 
-def summarise(parts: list[Part], wall_s: float, n_packs: int, interrupted: bool) -> SweepSummary:
+def summarise(parts: list[Part], tables: list[pl.DataFrame], wall_s: float, n_packs: int,
+              interrupted: bool) -> SweepSummary:
+    """The summary of each part from its store's table (``TrialStore.load``), in order."""
     summaries = []
-    for part in parts:
-        table = part.store.load()
+    for part, table in zip(parts, tables, strict=True):
         planned_ids = {spec.model_id for spec in part.planned}
         rows = table.filter(table["model_id"].is_in(planned_ids))
         status = rows["status"].to_list()
