@@ -38,8 +38,12 @@ def ui(argv: list[str]) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{database}",
                "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    print(f"sfs: MLflow UI of {args.sweep_dir} on http://127.0.0.1:{args.port} (Ctrl-C stops it)",
-          flush=True)
+    from sfs.storage.mlflow_sqlite import experiment_ids
+    from sfs.storage.tracking import runs_url
+
+    ids = experiment_ids(database)  # one sweep, one experiment: link to its runs table
+    page = runs_url(f"http://127.0.0.1:{args.port}", ids[0] if len(ids) == 1 else None)
+    print(f"sfs: MLflow UI of {args.sweep_dir} on {page} (Ctrl-C stops it)", flush=True)
     # Become the server rather than wait on it: Ctrl-C, `kill` or a closed terminal then
     # reach MLflow itself, which stops its workers; a parent killed while waiting would
     # leave the server running, orphaned, on the port.

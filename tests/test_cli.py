@@ -91,7 +91,7 @@ def test_sfs_ui_serves_a_sweep_folder_and_stops_with_its_process(tmp_path):
 
     sweep_dir = tmp_path / "smoke"
     sweep_dir.mkdir()
-    MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}").create_experiment("smoke")
+    experiment = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}").create_experiment("smoke")
     port = _free_port()
     proc = subprocess.Popen([str(SFS), "ui", str(sweep_dir), "--port", str(port)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -116,6 +116,7 @@ def test_sfs_ui_serves_a_sweep_folder_and_stops_with_its_process(tmp_path):
         # server must stop with it, not linger on the port behind a dead parent.
         proc.terminate()
         output, _ = proc.communicate(timeout=120)
+        assert f"on {url}/#/experiments/{experiment}/runs (Ctrl-C stops it)" in output  # the runs table
         deadline = time.time() + 60
         while not _gone(proc.pid):
             assert time.time() < deadline, "processes of `sfs ui` outlived it"

@@ -345,3 +345,25 @@ def test_a_sweep_above_model_runs_max_gets_runs_per_pack_and_says_so(tmp_path, c
     said = "smoke: 8 models > tracking.model_runs_max=7: MLflow gets a run per pack, with its models as the table"
     assert (said in caplog.text) is not model_runs
     _forget(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_the_printed_link_opens_the_runs_table_of_the_sweeps_experiment(tmp_path, complete):
+    from mlflow.tracking import MlflowClient
+
+    from sfs.storage.mlflow_sqlite import experiment_ids
+    from sfs.storage.tracking import runs_url, ui_command
+
+    database = _copy(complete, tmp_path)
+    assert experiment_ids(database) == []  # MLflow's "Default" only
+    client = MlflowClient(f"sqlite:///{database}")
+    kept, dropped = client.create_experiment("smoke"), client.create_experiment("old")
+    client.delete_experiment(dropped)
+    assert experiment_ids(database) == [kept]
+    assert experiment_ids(tmp_path / "absent.db") == []
+    assert runs_url("http://h:5000/", "3") == "http://h:5000/#/experiments/3/runs"
+    assert runs_url("http://h:5000", None) == "http://h:5000"
+    assert ui_command("https://alice:s3cret@host", "3") == "open https://***@host/#/experiments/3/runs"
+    assert ui_command(f"sqlite:///{database}", "3") == (
+        f"mlflow ui --backend-store-uri sqlite:///{database}, then open http://127.0.0.1:5000/#/experiments/3/runs")
+    _forget(f"sqlite:///{database}")
+

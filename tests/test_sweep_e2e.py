@@ -92,7 +92,11 @@ def test_cli_runs_a_sweep_and_prints_how_to_browse_it(tmp_path):
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     uri = f"sqlite:///{tmp_path / 'smoke' / 'mlflow.db'}"
-    assert f"mlflow ui --backend-store-uri {uri}" in output
+    assert f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/#/experiments/" in output
+    from sfs.storage.mlflow_sqlite import experiment_ids
+
+    (experiment,) = experiment_ids(tmp_path / "smoke" / "mlflow.db")
+    assert f"/#/experiments/{experiment}/runs" in output  # MLflow's runs table, not its GenAI pages
     assert "smoke  8" in output  # planned models in the summary table
     assert pl.read_parquet(tmp_path / "smoke" / "trials.parquet").height == 8
     import yaml

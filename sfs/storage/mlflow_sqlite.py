@@ -56,6 +56,18 @@ def ensure_store(path: Path) -> None:
     _publish(_create(path), path, replace=True)
 
 
+def experiment_ids(path: Path) -> list[str]:
+    """The ids of the active experiments of the store at ``path`` but MLflow's "Default",
+    read without MLflow (in order); none when it is not a readable MLflow store."""
+    try:
+        with closing(sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT experiment_id FROM experiments WHERE lifecycle_stage = 'active' "
+                              "AND name != 'Default' ORDER BY experiment_id").fetchall()
+    except sqlite3.Error:
+        return []
+    return [str(row[0]) for row in rows]
+
+
 def inspect(path: Path) -> tuple[str | None, str | None]:
     """(what is wrong with the store at ``path``, or None; what it holds, or None when it
     provably holds nothing). A store that is fine is not searched for content."""

@@ -64,11 +64,23 @@ def default_uri(sweep_dir: Path) -> str:
     return f"sqlite:///{Path(sweep_dir).absolute() / 'mlflow.db'}"
 
 
-def ui_command(uri: str) -> str:
-    """The command that shows this store (for the sweep summary)."""
+UI_URL = "http://127.0.0.1:5000"  # where ``mlflow ui`` (and ``sfs ui``) serve by default
+
+
+def runs_url(base: str, experiment_id: str | None) -> str:
+    """The page of MLflow's UI with the experiment's runs table. MLflow 3's UI opens an
+    experiment on the view its sidebar toggle was last left at, GenAI's by default (its
+    traces overview, empty here), whatever the experiment's kind: this link opens the runs."""
+    base = base.rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs" if experiment_id else base
+
+
+def ui_command(uri: str, experiment_id: str | None = None) -> str:
+    """How to see this store's runs (for the sweep summary): the page, or the command that
+    serves it and the page."""
     if uri.startswith("http"):
-        return f"open {redact(uri)}"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {runs_url(redact(uri), experiment_id)}"
+    return f"mlflow ui --backend-store-uri {uri}, then open {runs_url(UI_URL, experiment_id)}"
 
 
 def model_params(spec: ModelSpec, pack_id: str) -> dict[str, str]:

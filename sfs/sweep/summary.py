@@ -58,7 +58,7 @@ def summarise(parts: list[Part], tables: list[pl.DataFrame], wall_s: float, n_pa
             skipped=len(planned_ids - todo_ids), ok=status.count("ok"),
             diverged=status.count("diverged"), failed=len(failed_ids),
             missing=len(planned_ids) - rows.height, failed_ids=failed_ids,
-            mlflow=ui_command(part.tracker.uri) if part.tracker else None,
+            mlflow=ui_command(part.tracker.uri, part.tracker.experiment_id) if part.tracker else None,
         ))
     return SweepSummary(summaries, wall_s, n_packs, interrupted)
 
