@@ -285,8 +285,8 @@ class Tracker:
 
     def log_pack(self, pack: Pack, result, weights_file: Path, start_ms: int) -> str:
         """Log a finished pack: its run (shared params, the per-model table, the weights)
-        and a run per model under it, or, without model runs, per-model metrics and loss
-        curves on the pack's run. Returns the pack's run id."""
+        and a run per model under it, or, without model runs, metrics on the pack's run
+        that summarise its models (``pack_metrics``). Returns the pack's run id."""
         run_id, params, artifacts = self._start(pack, start_ms)
         pack_id = pack.pack_id  # a hash of every model's: computed once
         now = int(time.time() * 1000)
