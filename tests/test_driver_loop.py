@@ -150,6 +150,24 @@ def test_the_persist_callback_stops_the_sweep_on_a_failed_write_and_keeps_which_
         assert halt.is_set()
         assert (persist.store_error, persist.error) == ((error, None) if isinstance(error, StoreError)
                                                        else (None, error))
+        # what the summary says of the stop (a store error stops the launch with its own message)
+        assert persist.why == (None if isinstance(error, StoreError)
+                               else "storing a pack failed: RuntimeError: MLflow went away")
+
+
+def test_the_summary_says_why_models_are_missing():
+    from sfs.sweep.summary import PartSummary, SweepSummary, format_summary
+
+    part = PartSummary(name="smoke", folder="/runs/smoke", planned=8, skipped=0, ok=2, diverged=0,
+                       failed=0, missing=6, failed_ids=[], mlflow=None)
+    said = {stop: format_summary(SweepSummary([part], 1.0, 2, *stop)).splitlines()[-1]
+            for stop in ((True, None), (False, "storing a pack failed: OSError: gone"), (False, None))}
+    assert said == {
+        (True, None): "smoke: 6 models not trained (interrupted): run the same command again to resume",
+        (False, "storing a pack failed: OSError: gone"): "smoke: 6 models not trained (stopped early: "
+        "storing a pack failed: OSError: gone): run the same command again to resume",
+        (False, None): "smoke: 6 models not trained (stopped early: the lines above say why): run the "
+        "same command again to resume"}
 
 
 @pytest.mark.integration

@@ -185,8 +185,8 @@ def test_an_mlflow_server_lost_mid_sweep_stops_it_clearly_and_the_rerun_resumes(
         output = "".join(lines) + proc.communicate(timeout=300)[0]
         assert proc.returncode != 0, output
         assert "storing a pack failed: the MLflow tracking server did not answer" in output, output
-        assert ("models not trained (stopped early: the lines above say why): run the same command "
-                "again to resume") in output
+        assert ("models not trained (stopped early: storing a pack failed: the MLflow tracking server "
+                "did not answer): run the same command again to resume") in output  # the cause, said again
         assert "Traceback" not in output, output
         kept = pl.read_parquet(tmp_path / "runs" / "smoke" / "trials.parquet")
         assert 2 <= kept.height < 8 and set(kept["status"]) == {"ok"}

@@ -80,6 +80,7 @@ class PersistCallback(tune.Callback):
         self.stop = stop  # set when storing fails: the sweep stops
         self.store_error: StoreError | None = None  # the store became unwritable: stop
         self.error: BaseException | None = None  # storing failed otherwise (e.g. MLflow)
+        self.why: str | None = None  # that failure in a few words, for the summary
         self.longest_hold_s = 0.0  # the longest this callback held Tune's loop
         self.writer = PackWriter(self._failed)
 
@@ -91,11 +92,14 @@ class PersistCallback(tune.Callback):
             log.error("%s", error)
         elif _tracking_server_failed(error):  # an outage, not a bug: one line, no traceback
             self.error = error
+            self.why = "storing a pack failed: the MLflow tracking server did not answer"
             log.error("storing a pack failed: the MLflow tracking server did not answer: %s",
                       str(error).splitlines()[0][:400])
             log.debug("the MLflow error", exc_info=(type(error), error, error.__traceback__))
         else:
             self.error = error
+            first_line = str(error).splitlines()[0][:200] if str(error) else ""
+            self.why = f"storing a pack failed: {type(error).__name__}: {first_line}"
             log.error("storing a pack failed: %s: %s", type(error).__name__, error,
                       exc_info=(type(error), error, error.__traceback__))
         if self.stop is not None:

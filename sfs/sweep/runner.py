@@ -56,16 +56,16 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
             log.info("%s: %d models planned, %d already stored, %d to train%s", part.name,
                      len(part.planned), len(part.planned) - len(part.todo), len(part.todo),
                      _still_to_plan(part))
-        n_packs, interrupted = 0, False
+        n_packs, interrupted, stopped = 0, False, None
         if any(part.todo for part in parts):
-            n_packs, interrupted = _run_tune(parts)
+            n_packs, interrupted, stopped = _run_tune(parts)
         else:
             connect_trackers(parts)
         # each store read once: folded into its trials.parquet, and that table summarised
         # (at 10^5 models every read of the whole table is ~100 MB of the driver's memory)
         tables = [part.store.consolidate() for part in parts]
         folded = True
-        return summarise(parts, tables, time.perf_counter() - started, n_packs, interrupted)
+        return summarise(parts, tables, time.perf_counter() - started, n_packs, interrupted, stopped)
     finally:
         for part in parts:
             if not folded:  # stopped by an error: what was stored is folded all the same
@@ -106,6 +106,7 @@ class Interrupt(tune.Stopper):
     def __init__(self) -> None:
         self.event = threading.Event()  # Ctrl-C
         self.halt = threading.Event()  # storing failed: stop, but not as an interruption
+        self.why: str | None = None  # why the sweep stopped early (not Ctrl-C), for the summary
         self.previous = signal.default_int_handler
 
     def on_sigint(self, signum, frame) -> None:
@@ -127,7 +128,9 @@ class Interrupt(tune.Stopper):
         self.__init__()
 
 
-def _run_tune(parts: list[Part]) -> tuple[int, bool]:
+def _run_tune(parts: list[Part]) -> tuple[int, bool, str | None]:
+    """Train the parts' packs, round after round; returns the packs run, whether Ctrl-C
+    stopped it, and why it stopped early otherwise (None when it did not)."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial files
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we log progress
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (Interrupt) says how sfs resumes
@@ -182,7 +185,7 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool]:
             display.close()
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
-        return n_packs, interrupt.event.is_set()
+        return n_packs, interrupt.event.is_set(), interrupt.why
     finally:
         if started_ray:
             ray.shutdown()
@@ -237,6 +240,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
             # let the summary count what is missing (re-running resumes from there).
             log.error("Ray Tune stopped early: %s: %s", type(error).__name__,
                       str(error).splitlines()[0] if str(error) else "")
+            interrupt.why = interrupt.why or f"Ray Tune stopped early ({type(error).__name__})"
             log.warning("the traceback of the stop", exc_info=True)
     finally:
         persist.close()  # every finished pack stored before the summary or the next round
@@ -253,6 +257,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     if persist.store_error is not None:
         raise persist.store_error
     if persist.error is not None:  # logged with its traceback when it happened
+        interrupt.why = persist.why
         log.error("the sweep stopped because a pack could not be stored; everything stored "
                   "before it is kept: fix the cause and run the same command again to resume")
     return len(queue)

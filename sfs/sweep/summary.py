@@ -35,6 +35,7 @@ class SweepSummary:
     wall_s: float
     packs_run: int
     interrupted: bool = False
+    stopped: str | None = None  # why the sweep stopped early, when not by Ctrl-C
 
     @property
     def exit_code(self) -> int:
@@ -44,7 +45,7 @@ class SweepSummary:
 
 
 def summarise(parts: list[Part], tables: list[pl.DataFrame], wall_s: float, n_packs: int,
-              interrupted: bool) -> SweepSummary:
+              interrupted: bool, stopped: str | None = None) -> SweepSummary:
     """The summary of each part from its store's table (``TrialStore.load``), in order."""
     summaries = []
     for part, table in zip(parts, tables, strict=True):
@@ -60,7 +61,7 @@ def summarise(parts: list[Part], tables: list[pl.DataFrame], wall_s: float, n_pa
             missing=len(planned_ids) - rows.height, failed_ids=failed_ids,
             mlflow=ui_command(part.tracker.uri, part.tracker.experiment_id) if part.tracker else None,
         ))
-    return SweepSummary(summaries, wall_s, n_packs, interrupted)
+    return SweepSummary(summaries, wall_s, n_packs, interrupted, stopped)
 
 
 def format_summary(summary) -> str:
@@ -81,7 +82,9 @@ def format_summary(summary) -> str:
             lines.append(f"{p.name}: FAILED models: {', '.join(p.failed_ids)} "
                          "(errors in trials.parquet, column 'error')")
         if p.missing:
-            why = "interrupted" if summary.interrupted else "stopped early: the lines above say why"
+            why = ("interrupted" if summary.interrupted
+                   else f"stopped early: {summary.stopped}" if summary.stopped
+                   else "stopped early: the lines above say why")
             lines.append(f"{p.name}: {p.missing} models not trained ({why}): run the same "
                          "command again to resume")
     return "\n".join(lines)
