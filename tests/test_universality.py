@@ -7,6 +7,7 @@ from scipy.stats import ortho_group
 
 from sfs.analysis import permutation_null as N
 from sfs.analysis.gram_measures import (
+    dense_pairs,
     gram,
     gram_cosine,
     jaccard,
@@ -260,11 +261,15 @@ def test_compare_pair_is_reproducible_with_seed():
 
 # ---- compare_within: shared Grams and permutations for the pairs of one set of models ----
 
-def test_compare_within_matches_the_measures_pair_by_pair():
+@pytest.mark.parametrize("n_pairs", [5, 2], ids=["all_at_once", "pair_by_pair"])
+def test_compare_within_matches_the_measures_pair_by_pair(n_pairs):
+    """Pair by pair, whether the pairs are many among the models (products of every two
+    models at once) or few (each pair's own)."""
     rng = np.random.default_rng(3)
     W = [rng.normal(size=(12, m)) * rng.uniform(0, 1.2, (12, 1)) for m in (2, 3, 3, 5)]
     W[1] = W[2] @ np.linalg.qr(rng.normal(size=(3, 3)))[0]  # a rotated copy: cosine 1
-    pairs = np.array([(0, 1), (1, 2), (2, 3), (0, 3), (1, 3)])
+    pairs = np.array([(0, 1), (1, 2), (2, 3), (0, 3), (1, 3)])[:n_pairs]
+    assert dense_pairs(len(W), n_pairs) == (n_pairs == 5)
     within = compare_within(W, pairs, n_perm=300, rng=np.random.default_rng(0))
     assert set(within) == set(PairComparison.__dataclass_fields__)
     for index, (i, j) in enumerate(pairs):
@@ -336,14 +341,17 @@ def test_the_null_path_follows_the_cost_model():
     assert choose(1000, [200, 300], 2) == "per_pair"  # neither fits in memory
 
 
-def test_the_agreement_of_pairs_among_models_is_that_of_each_pair_alone():
+@pytest.mark.parametrize("n_pairs", [5, 3], ids=["all_at_once", "pair_by_pair"])
+def test_the_agreement_of_pairs_among_models_is_that_of_each_pair_alone(n_pairs):
     """Rows centred once per model, not once per pair: the same correlations, NaN where a
-    row is constant (an unlearned feature's row of zeros)."""
+    row is constant (an unlearned feature's row of zeros), whether every two models' rows
+    are correlated at once (many pairs) or each pair's alone (few)."""
     rng = _rng(40)
     W = [rng.standard_normal((9, m)) for m in (2, 3, 5, 5)]
     W[1][4] = 0.0  # feature 4 unlearned in model 1
     G = np.stack([gram(w) for w in W])
-    pairs = np.array([(0, 1), (1, 2), (2, 3), (3, 0), (1, 1)])
+    pairs = np.array([(0, 1), (1, 2), (2, 3), (3, 0), (1, 1)])[:n_pairs]
+    assert dense_pairs(len(W), n_pairs) == (n_pairs == 5)
     within = per_feature_agreement_within(G, pairs)
     alone = np.stack([per_feature_agreement(G[a], G[b]) for a, b in pairs])
     assert np.allclose(within, alone, equal_nan=True)

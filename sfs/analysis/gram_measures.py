@@ -176,7 +176,22 @@ def per_feature_agreement_within(G: np.ndarray, pairs: np.ndarray) -> np.ndarray
     G ``(k, n, n)``: ``(P, n)``. Each model's rows are centred once, not once per pair."""
     C, s, ok = _centred_rows(G)  # (k, n, n), (k, n), (k, n)
     a, b = pairs[:, 0], pairs[:, 1]
-    return _row_correlations(np.einsum("pij,pij->pi", C[a], C[b]), s[a], s[b], ok[a], ok[b])
+    if dense_pairs(len(G), len(pairs)):
+        # row i of every model against row i of every other, one (k, n) @ (n, k) product per
+        # feature i: (n, k, k), where gathering C[a] and C[b] would copy (P, n, n) twice
+        rows = C.transpose(1, 0, 2)  # (n, k, n)
+        num = (rows @ rows.transpose(0, 2, 1))[:, a, b].T  # (P, n)
+    else:
+        num = np.einsum("pij,pij->pi", C[a], C[b])
+    return _row_correlations(num, s[a], s[b], ok[a], ok[b])
+
+
+def dense_pairs(n_models: int, n_pairs: int) -> bool:
+    """Whether ``n_pairs`` pairs among ``n_models`` models are better computed for every two
+    models at once (a (k, k) product per measure) than pair by pair: when the pairs number at
+    least a quarter of the k^2 products (all pairs of a curve: k (k - 1) / 2 of them). A few
+    pairs among many models go pair by pair, which never forms a (k, k) table."""
+    return 4 * n_pairs >= n_models * n_models
 
 
 def _centred_rows(G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -191,12 +191,21 @@ def _percentile_interval(boot: np.ndarray, ci: float) -> np.ndarray:
 
 def _cells(pairs: dict[str, np.ndarray], kinds: tuple[str, ...]) -> dict[tuple, np.ndarray]:
     """Rows of the pairs of each (kind, width, width_b) of these kinds, in order of first pair."""
-    cells: dict[tuple, list[int]] = {}
-    for index, cell in enumerate(zip(pairs["kind"].tolist(), pairs["width"].tolist(),
-                                     pairs["width_b"].tolist())):
-        if cell[0] in kinds:
-            cells.setdefault(cell, []).append(index)
-    return {cell: np.array(rows) for cell, rows in cells.items()}
+    rows = np.flatnonzero(np.isin(pairs["kind"], kinds))  # (selected,)
+    if not rows.size:
+        return {}
+    # one integer per (kind, width, width_b): its cell, numbered in order of first pair
+    codes = [np.unique(pairs[name][rows], return_inverse=True)[1]
+             for name in ("kind", "width", "width_b")]
+    key = (codes[0] * (codes[1].max() + 1) + codes[1]) * (codes[2].max() + 1) + codes[2]
+    _, first, cell_of = np.unique(key, return_index=True, return_inverse=True)
+    by_cell = np.split(rows[np.argsort(cell_of, kind="stable")], np.cumsum(np.bincount(cell_of))[:-1])
+    cells = {}
+    for cell in np.argsort(first):
+        index = by_cell[cell]  # the cell's pairs, in order
+        cells[(str(pairs["kind"][index[0]]), int(pairs["width"][index[0]]),
+               int(pairs["width_b"][index[0]]))] = index
+    return cells
 
 
 def universality_cells(keys: dict, pairs: dict[str, np.ndarray], options: AggregateConfig,

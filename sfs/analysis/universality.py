@@ -19,6 +19,7 @@ import numpy as np
 
 from sfs.analysis.gram_measures import (
     as_float64,
+    dense_pairs,
     gram,
     jaccard,
     jaccard_chance,
@@ -85,7 +86,10 @@ def compare_within(W: list[np.ndarray], pairs: np.ndarray, *, n_perm: int = 200,
     norm = np.sqrt(np.square(G_flat).sum(axis=1))  # (k,)
     a, b = pairs[:, 0], pairs[:, 1]
     denom = norm[a] * norm[b]  # (P,); ||P G_b P^T||_F = ||G_b||_F for every P
-    inner = np.einsum("pq,pq->p", G_flat[a], G_flat[b])
+    if dense_pairs(k, len(pairs)):  # every model against every other: one (k, k) product
+        inner = (G_flat @ G_flat.T)[a, b]
+    else:  # a few pairs among many models
+        inner = np.einsum("pq,pq->p", G_flat[a], G_flat[b])
     observed = np.divide(inner, denom, out=np.full(inner.shape, np.nan), where=denom > 0)
     perms = draw_permutations(n_perm, n, rng)  # (n_perm, n), shared by every pair
     null_inner = null_inner_products(W, G, pairs, perms, path)  # (P, n_perm)
