@@ -1,5 +1,7 @@
 """The results store: atomic commits, resume bookkeeping, refusing what it cannot trust."""
 
+import time
+
 import numpy as np
 import polars as pl
 import pytest
@@ -127,17 +129,30 @@ def test_a_writer_folds_every_compact_parts_of_its_part_files_into_one(tmp_path,
             store.write_rows(f"p{k}", _rows([f"m{k}a", f"m{k}b"], t=float(k)))
         names = sorted(p.name for p in store.parts_dir.glob("*.parquet"))
         # packs 0-3 and 4-7 folded; 8 and 9 as written
-        assert [n.split("-")[0] for n in names] == ["compacted", "compacted", "p8", "p9"]
+        # named by the time of the commit: name order is commit order
+        assert [n.split("-", 1)[1] for n in names] == ["compacted.parquet"] * 2 + ["p8.parquet", "p9.parquet"]
         table = store.load()
         assert table["model_id"].to_list() == [f"m{k}{s}" for k in range(10) for s in "ab"]
         assert table.schema == pl.Schema(TRIAL_SCHEMA)
         # killed after writing a folded file, before dropping what it folded: each row once
         folded = pl.read_parquet(store.parts_dir / names[0])
-        folded.write_parquet(store.parts_dir / "compacted-0.parquet")
+        folded.write_parquet(store.parts_dir / f"{time.time_ns()}-compacted.parquet")
         assert store.load().equals(table)
         assert store.consolidate().equals(table) and not list(store.parts_dir.glob("*.parquet"))
         store.write_rows("p10", _rows(["n"], t=10.0))  # the count starts again after consolidating
-        assert [p.name.split("-")[0] for p in store.parts_dir.glob("*.parquet")] == ["p10"]
+        assert [p.name.split("-", 1)[1] for p in store.parts_dir.glob("*.parquet")] == ["p10.parquet"]
+
+
+def test_rows_come_in_order_of_finishing_each_model_once_whatever_the_order_of_commits(tmp_path):
+    with TrialStore(tmp_path) as store:
+        store.write_rows("p1", _rows(["a", "b"], t=2.0))
+        store.write_rows("p2", _rows(["c"], t=1.0))  # committed later, finished earlier
+        assert store.load()["model_id"].to_list() == ["c", "a", "b"]
+        store.write_rows("p3", _rows(["a"], status="failed", t=3.0))  # a stored again: the newest
+        assert store.load()["model_id"].to_list() == ["c", "b", "a"]
+        assert store.consolidate()["status"].to_list() == ["ok", "ok", "failed"]
+        store.write_rows("p4", _rows(["d"], t=4.0))  # in order, once each: read as it is
+        assert store.load()["model_id"].to_list() == ["c", "b", "a", "d"]
 
 
 def test_parts_of_older_layouts_are_read_with_the_rest_and_a_corrupt_part_is_named(tmp_path):

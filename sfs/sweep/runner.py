@@ -63,7 +63,7 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
             connect_trackers(parts)
         # each store read once: folded into its trials.parquet, and that table summarised
         # (at 10^5 models every read of the whole table is ~100 MB of the driver's memory)
-        tables = [part.store.consolidate() for part in parts]
+        tables = [part.store.consolidate().select("model_id", "status") for part in parts]
         folded = True
         return summarise(parts, tables, time.perf_counter() - started, n_packs, interrupted, stopped)
     finally:
