@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sfs.config.schema import Config, ConfigError, register_configs
+from sfs.core.text import first_line
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_configs()
@@ -51,7 +52,7 @@ def to_config(composed: DictConfig) -> Config:
     try:
         cfg = OmegaConf.to_object(composed)
     except OmegaConfBaseException as error:  # e.g. a missing value; Hydra names the key
-        raise ConfigError(str(error).splitlines()[0]) from error
+        raise ConfigError(first_line(error)) from error
     cfg.paths.out_dir = str(Path(cfg.paths.out_dir).expanduser().absolute())
     return cfg
 
@@ -72,7 +73,7 @@ def recorded_config(path: Path | str) -> Config:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), recorded)
     except OmegaConfBaseException as error:
-        raise ConfigError(f"{path} is not a recorded sfs config: {str(error).splitlines()[0]}") from error
+        raise ConfigError(f"{path} is not a recorded sfs config: {first_line(error)}") from error
     return to_config(merged)
 
 

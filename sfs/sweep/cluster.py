@@ -15,6 +15,7 @@ import os
 import re
 
 from sfs.config import Config
+from sfs.core.text import first_line
 from sfs.training.worker_setup import WORKER_RUNTIME_ENV
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def start_ray(cfg: Config) -> bool:
                      runtime_env=WORKER_RUNTIME_ENV)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ClusterError(f"cannot join the Ray cluster at cluster.address={cluster.address!r}: "
-                               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                               f"{first_line(error) or type(error).__name__}"
                                ) from error
     if quiet:
         quiet_ray(started=True)

@@ -27,6 +27,7 @@ from ray import tune
 
 from sfs.config import Config
 from sfs.core.shapes import format_shapes
+from sfs.core.text import first_line
 from sfs.plan import ModelSpec, Pack
 from sfs.plan_lr import outcomes_of, planned_grid, probe_seeds
 from sfs.storage.store import DONE_STATUSES, StoreError, TrialStore, atomic_write_bytes
@@ -94,12 +95,11 @@ class PersistCallback(tune.Callback):
             self.error = error
             self.why = "storing a pack failed: the MLflow tracking server did not answer"
             log.error("storing a pack failed: the MLflow tracking server did not answer: %s",
-                      str(error).splitlines()[0][:400])
+                      first_line(error, 400))
             log.debug("the MLflow error", exc_info=(type(error), error, error.__traceback__))
         else:
             self.error = error
-            first_line = str(error).splitlines()[0][:200] if str(error) else ""
-            self.why = f"storing a pack failed: {type(error).__name__}: {first_line}"
+            self.why = f"storing a pack failed: {type(error).__name__}: {first_line(error, 200)}"
             log.error("storing a pack failed: %s: %s", type(error).__name__, error,
                       exc_info=(type(error), error, error.__traceback__))
         if self.stop is not None:

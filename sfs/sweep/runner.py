@@ -28,6 +28,7 @@ from ray import tune
 
 from sfs.config import Config
 from sfs.core import faults
+from sfs.core.text import first_line
 from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs, plan_models
 from sfs.plan_adaptive import setting_key
 from sfs.plan_lr import grid_size, probe_seeds
@@ -239,7 +240,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
             # Everything finished so far is stored (or queued to be); say what happened and
             # let the summary count what is missing (re-running resumes from there).
             log.error("Ray Tune stopped early: %s: %s", type(error).__name__,
-                      str(error).splitlines()[0] if str(error) else "")
+                      first_line(error))
             interrupt.why = interrupt.why or f"Ray Tune stopped early ({type(error).__name__})"
             log.warning("the traceback of the stop", exc_info=True)
     finally:
