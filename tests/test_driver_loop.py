@@ -3,6 +3,7 @@ that feeds it, and the pack queue that feeds Tune (sfs.sweep.trials)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 import time
@@ -239,3 +240,24 @@ def test_a_pickled_pack_queue_leaves_its_packs_behind():
     restored = pickle.loads(pickle.dumps(queue))
     assert restored.packs == () and len(queue.packs) == len(packs) == 8
     assert len(pickle.dumps(queue)) < len(pickle.dumps(packs)) / 4
+
+
+def test_the_tune_settings_are_variables_ray_tune_reads_and_a_users_own_value_wins(monkeypatch):
+    """A renamed variable in a Ray upgrade would silently bring back per-trial files or
+    Tune's frequent state saves: each name must be one Tune still lists (or reads)."""
+    from ray.tune.constants import TUNE_ENV_VARS
+
+    from sfs.sweep import runner
+
+    read_by_tune = TUNE_ENV_VARS | {"RAY_AIR_NEW_OUTPUT"}  # the latter read by Tune's output module
+    assert set(runner.TUNE_ENVIRONMENT) <= read_by_tune
+    assert runner.TUNE_ENVIRONMENT["TUNE_GLOBAL_CHECKPOINT_S"] == "3600"
+    for name in [*runner.TUNE_ENVIRONMENT, "TUNE_DISABLE_SIGINT_HANDLER"]:
+        monkeypatch.setenv(name, "")  # so that monkeypatch restores each as it was
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "60")  # the user's choice
+    runner.set_tune_environment()
+    assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "60"
+    assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
+    assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"
+    assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"

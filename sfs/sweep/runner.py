@@ -129,16 +129,29 @@ class Interrupt(tune.Stopper):
         self.__init__()
 
 
-def _run_tune(parts: list[Part]) -> tuple[int, bool, str | None]:
-    """Train the parts' packs, round after round; returns the packs run, whether Ctrl-C
-    stopped it, and why it stopped early otherwise (None when it did not)."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial files
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we log progress
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours (Interrupt) says how sfs resumes
+# Ray Tune's settings for a launch, by environment variable, unless the user set them.
+TUNE_ENVIRONMENT = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no per-trial files
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no tables; sfs logs the progress
     # Tune saves its experiment state (every trial) for Tuner.restore, which sfs never uses
     # (the store is the record): by default up to 5% of the loop's time, a quarter of the
     # driver's loop CPU in a 10^5-model sweep (py-spy). Once an hour is enough.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    "TUNE_GLOBAL_CHECKPOINT_S": "3600",
+}
+
+
+def set_tune_environment() -> None:
+    """TUNE_ENVIRONMENT into os.environ where the user has not set them, and Tune's Ctrl-C
+    handler off (ours, ``Interrupt``, says how sfs resumes)."""
+    for name, value in TUNE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+
+def _run_tune(parts: list[Part]) -> tuple[int, bool, str | None]:
+    """Train the parts' packs, round after round; returns the packs run, whether Ctrl-C
+    stopped it, and why it stopped early otherwise (None when it did not)."""
+    set_tune_environment()
     # Tune's result grid looks for the per-trial files we switched off; nothing is missing.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
