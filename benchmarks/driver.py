@@ -3,12 +3,14 @@
     python benchmarks/driver.py                      # 100,000 models, packs of 64, 16 slots
     python benchmarks/driver.py --models 6400        # a quicker look
     python benchmarks/driver.py --no-mlflow          # the store alone
+    python benchmarks/driver.py --steps 5 --slots 8  # on 2 cores: packs light enough that
+                                                     # the driver, not the workers, sets the pace
 
 A simulated cluster: one local Ray with ``--slots`` logical CPUs (more than this machine
 has: each slot is a worker process), running ``python -m sfs.launch`` on a grid of tiny
 packs (64 models of n=5, m=2, 50 steps) with MLflow on (a run per pack above
-``tracking.model_runs_max``). The packs cost the workers almost nothing, so what sets the
-pace is the driver: Tune's event loop handing out trials and taking results, and the writer
+``tracking.model_runs_max``). Where the workers have cores enough, what sets the pace is
+the driver: Tune's event loop handing out trials and taking results, and the writer
 thread storing each pack (weights, MLflow run, rows). It prints one JSON line and a verdict
 against the targets:
 
@@ -20,9 +22,11 @@ against the targets:
   packs/s the writer alone sustains (what the driver could store were the workers faster);
 - the driver's resident memory (RSS) when the first pack was stored and at its peak;
 - the driver's CPU time per stored pack (all its threads), and from it the packs/s a
-  driver with one core of its own would sustain: here 16 worker processes share 2 cores
-  with it, and training a pack of 64 tiny models alone takes ~90 ms of a core, so this
-  machine cannot deliver 20 packs/s whatever the driver does.
+  driver with one core of its own would sustain: with the defaults on 2 cores the 16
+  worker processes, training each pack of 64 x 50 steps and doing Ray's and Tune's work
+  for its trial, deliver ~12 packs/s whatever the driver does; with ``--steps 5 --slots
+  8`` they deliver faster than the driver stores (21.6 packs/s stored on 2 cores,
+  2026-12-04).
 
 Targets: >= 20 packs/s stored, sfs holding the loop no longer than 100 ms, driver RSS growth
 < 200 MB over 10^5 models. On a machine with few cores the workers and the driver share
