@@ -104,7 +104,7 @@ def _task(composed: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from sfs.config import ConfigError
-    from sfs.config.compose import expand_sweeps, to_config, without_sweep_choice
+    from sfs.config.compose import checked, expand_sweeps, to_config, without_sweep_choice
 
     # Hydra's log file lies beside the results: once their disk is full, each line written to
     # it would print logging's own "--- Logging error ---" traceback, burying the one clear
@@ -114,7 +114,7 @@ def _task(composed: DictConfig) -> None:
     overrides = without_sweep_choice(list(HydraConfig.get().overrides.task))
     try:
         cfgs = expand_sweeps(to_config(composed), overrides,
-                             lambda extra: compose(config_name="config", overrides=extra))
+                             checked(lambda extra: compose(config_name="config", overrides=extra)))
     except ConfigError as error:
         sys.exit(f"sfs: invalid config: {error}")
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since main(): act on it now

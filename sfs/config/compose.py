@@ -103,11 +103,43 @@ def expand_sweeps(cfg: Config, overrides: list[str], compose: Callable[[list[str
     return parts
 
 
+def checked(compose: Callable[[list[str]], DictConfig]) -> Callable[[list[str]], DictConfig]:
+    """``compose`` with Hydra's refusals (an override that does not parse, names no key,
+    gives a key a value of the wrong type, or picks a config that does not exist) raised as
+    one ConfigError line naming the override and why, instead of Hydra's exception."""
+    from hydra.errors import HydraException
+
+    def compose_checked(overrides: list[str]) -> DictConfig:
+        try:
+            return compose(overrides)
+        except HydraException as error:
+            raise ConfigError(_hydra_refusal(error)) from error
+
+    return compose_checked
+
+
+def _hydra_refusal(error: BaseException) -> str:
+    """Hydra's refusal as one line: its first line, what its cause adds (the key and the
+    type it wanted), the override it could not parse, the options where a config is missing."""
+    message = first_line(error).rstrip(".")
+    override = getattr(error, "override", None)  # OverrideParseException
+    if override:
+        message = f"cannot parse the override {override}: {message}"
+    cause = error.__cause__
+    if cause is not None and first_line(cause) and first_line(cause) not in message:
+        message = f"{message}: {first_line(cause)}"
+    options = getattr(error, "options", None)  # MissingConfigException
+    if options:
+        message = f"{message}; the options are {', '.join(options)}"
+    return message
+
+
 def load_configs(overrides: list[str]) -> list[Config]:
     """Compose and check the configs of a launch without running it (tests, aggregation)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    @checked
     def compose_with(extra: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=extra)
 
