@@ -177,9 +177,6 @@ def test_the_loop_calls_progress_at_every_log_point(make_spec):
 
 
 def test_the_sfs_keys_compose_and_validate():
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     from sfs.config import ConfigError
     from sfs.config.compose import load_configs
 
@@ -190,7 +187,7 @@ def test_the_sfs_keys_compose_and_validate():
     for bad in ("sfs.progress_every_s=0", "sfs.progress_every_s=7200"):
         with pytest.raises(ConfigError, match="sfs.progress_every_s"):
             load_configs(["+sweep=smoke", bad])
-    with pytest.raises((HydraException, OmegaConfBaseException), match="sfs.verbose"):
+    with pytest.raises(ConfigError, match="sfs.verbose=loud: Value 'loud' is not a valid bool"):
         load_configs(["+sweep=smoke", "sfs.verbose=loud"])
 
 
