@@ -207,3 +207,32 @@ def test_same_seed_control_against_different_seeds():
         assert 0.5 <= row[f"{m}_different_seed_lo"] <= 0.515 <= row[f"{m}_different_seed_hi"] <= 0.53
         assert row[f"{m}_same_minus_different"] == pytest.approx(0.385)
         assert (0.9 - row[f"{m}_different_seed_hi"] == pytest.approx(row[f"{m}_same_minus_different_lo"]))
+
+
+def test_the_cells_of_a_curve_are_its_pairs_per_kind_and_widths_in_order_of_first_pair():
+    """Found by numpy: the same cells, keys and rows as a plain loop over the pairs."""
+    from sfs.analysis.curves import curve_pairs
+    from sfs.analysis.seeds import CELL_KINDS, _cells
+
+    def by_loop(pairs, kinds):
+        cells: dict = {}
+        for index, cell in enumerate(zip(pairs["kind"].tolist(), pairs["width"].tolist(),
+                                         pairs["width_b"].tolist())):
+            if cell[0] in kinds:
+                cells.setdefault(cell, []).append(index)
+        return cells
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):  # curves with missing models, in shuffled order
+        models = [(int(w), int(s)) for w in rng.choice([2, 3, 4, 6, 8, 10], 4, replace=False)
+                  for s in rng.choice(8, rng.integers(1, 5), replace=False)]
+        widths, seeds = map(list, zip(*(models[i] for i in rng.permutation(len(models)))))
+        index = curve_pairs(widths, seeds)
+        pairs = {"kind": np.array([kind for kind, _, _ in index]),
+                 "width": np.array([widths[i] for _, i, _ in index]),
+                 "width_b": np.array([widths[j] for _, _, j in index])}
+        for kinds in (CELL_KINDS, (SAME_SEED_CONTROL,), (CROSS_WIDTH,)):
+            cells, expected = _cells(pairs, kinds), by_loop(pairs, kinds)
+            assert list(cells) == list(expected)
+            assert all(cells[cell].tolist() == rows for cell, rows in expected.items())
+    assert _cells({name: np.array([]) for name in ("kind", "width", "width_b")}, CELL_KINDS) == {}
