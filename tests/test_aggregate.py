@@ -149,6 +149,17 @@ def test_report_shows_every_plot_with_a_caption(tmp_path):
     assert "<div class='table'><table>" in page  # tables scroll within the page, never widen it
 
 
+def test_the_report_names_the_intervals_at_the_level_they_were_computed(tmp_path):
+    """aggregate.ci=0.9: every interval the page describes is a 90% one; the only 95% left is
+    the convergence check's one-sided bound, whose level is its own."""
+    cfg, _ = build_store(tmp_path, extra=("aggregate.ci=0.9",))
+    aggregate(cfg)
+    page = (tmp_path / "smoke" / "report" / "index.html").read_text()
+    assert "Scaling fits (90% intervals from resampling seeds)" in page
+    assert "its 90% bootstrap band" in page and "90% interval from resampling seeds" in page
+    assert page.count("95%") == page.count("one-sided 95%") == 1
+
+
 def test_a_curve_whose_widths_kept_different_learning_rates_is_one_curve(tmp_path):
     """sweep.lrs: each width keeps its own best rate; the fits, tables and report treat the
     widths as one curve (the learning rate is not a curve key)."""

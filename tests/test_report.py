@@ -101,3 +101,10 @@ def test_a_plot_with_many_sparsities_draws_a_few_evenly_spread_from_dense_to_spa
     few = [value for (value,), _ in _by(ax, _metrics(), "sparsity")]
     assert len(few) == 7 and not ax.texts  # all of them, nothing said
     plt.close("all")
+
+
+def test_the_interval_level_is_named_as_a_reader_writes_it():
+    from sfs.report.common import interval_level
+
+    assert [interval_level(c) for c in (0.95, 0.9, 0.975, 0.5, 0.8)] == ["95%", "90%", "97.5%", "50%", "80%"]
+    assert interval_level(1 - 2 * 0.05) == "90%"  # the TOST interval at test_level 0.05

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sfs.report.common import MAX_PANELS, Figure, html_table, save_figure
+from sfs.report.common import MAX_PANELS, Figure, html_table, interval_level, save_figure
 
 TITLE = "Superposition vs universality (equal parameters, different shapes)"
 
@@ -47,7 +47,7 @@ def _panel_name(family: str, sparsity: float) -> tuple[str, str]:
     return (f"{family} S={sparsity:g}".strip(), f"{family}_S{sparsity:g}" if family else f"S{sparsity:g}")
 
 
-def _loss_vs_budget(plt, shapes: pl.DataFrame, fits: pl.DataFrame, out: Path) -> list[Figure]:
+def _loss_vs_budget(plt, shapes: pl.DataFrame, fits: pl.DataFrame, out: Path, level: str) -> list[Figure]:
     figures = []
     for family, sparsity, group in _per_sparsity(shapes):
         title, slug = _panel_name(family, sparsity)
@@ -71,7 +71,7 @@ def _loss_vs_budget(plt, shapes: pl.DataFrame, fits: pl.DataFrame, out: Path) ->
                title=title)
         figures.append(_finish(plt, fig, ax, out, f"aspect_loss_vs_N_{slug}.png", (
             f"Loss vs parameter count ({title}), one colour per depth (the width "
-            "at each budget is the planner's): mean over seeds with its 95% seed-bootstrap "
+            f"at each budget is the planner's): mean over seeds with its {level} seed-bootstrap "
             "interval, and each depth's fitted L(N) (line) where the fit is reliable. Shapes of "
             "one budget sit at (nearly) the same N: their vertical spread is how much shape "
             f"matters at fixed N. {int(group['n_seeds'].sum())} models.")))
@@ -114,7 +114,7 @@ def _capacity(plt, shapes: pl.DataFrame, out: Path) -> list[Figure]:
     return figures
 
 
-def _index(plt, verdict: pl.DataFrame, out: Path) -> list[Figure]:
+def _index(plt, verdict: pl.DataFrame, out: Path, level: str) -> list[Figure]:
     """R with its interval per budget and sparsity, against the margin."""
     if "r_index" not in verdict.columns:
         return []
@@ -138,7 +138,7 @@ def _index(plt, verdict: pl.DataFrame, out: Path) -> list[Figure]:
     name = _save(plt, fig, out, "aspect_index.png")
     return [Figure(name, (
         "Universality index R = (cross-shape - null) / (within-shape - null) for the iso-loss "
-        "shape pair of each budget and sparsity, with its 95% seed-bootstrap interval (blue: "
+        f"shape pair of each budget and sparsity, with its {level} seed-bootstrap interval (blue: "
         "off-diagonal geometry; orange: Gram cosine, used where seeds share no geometry beyond "
         "chance); 1: as alike as seeds of one shape, 0: no more alike than chance. 'As alike as "
         "seeds' needs the one-sided lower bound above the margin (dotted)."))]
@@ -166,7 +166,7 @@ def _order(frame: pl.DataFrame) -> list[str]:
     return [c for c in ("family", "sparsity", "param_budget") if c in frame.columns]
 
 
-def _iso_loss_part(tables: dict[str, pl.DataFrame]) -> list[str]:
+def _iso_loss_part(tables: dict[str, pl.DataFrame], level: str) -> list[str]:
     """The shapes the iso-loss search built (``sweep.iso_loss``) and the verdict on them."""
     shapes = tables.get("iso_loss_shapes", pl.DataFrame())
     if shapes.is_empty():
@@ -176,7 +176,7 @@ def _iso_loss_part(tables: dict[str, pl.DataFrame]) -> list[str]:
             "reference depth's shape at a budget) and each other depth, the width whose mean loss "
             "over seeds meets the target within sweep.iso_loss.tolerance, found by a search over "
             "width (iso_loss_shapes.parquet; docs/science.md, \"The aspect verdict\"). loss: "
-            "mean over seeds with its 95% interval; rel_gap: (loss - target) / target.</p>",
+            f"mean over seeds with its {level} interval; rel_gap: (loss - target) / target.</p>",
             html_table(shapes.sort([*keys, "target_budget", "depth"]), [
                 *keys, "target_budget", "target_loss", "depth", "width", "n_params", "lr", "loss",
                 "rel_gap", "n_seeds", "n_unconverged", "rounds", "status", "note"],
@@ -198,20 +198,23 @@ def _iso_loss_part(tables: dict[str, pl.DataFrame]) -> list[str]:
     return text
 
 
-def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
+def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path, options
             ) -> tuple[str, list[Figure], str]:
+    """The aspect study's section; ``options``: the aggregation's (``AggregateConfig``), whose
+    levels the text names (intervals at ``ci``, the TOST's at 1 - 2 ``test_level``, power)."""
+    level = interval_level(options.ci)
     shapes = tables.get("aspect_shapes", pl.DataFrame())
     if shapes.is_empty():
         return TITLE, [], "<p>No model of this study trained ok yet.</p>"
     verdict = tables.get("aspect_verdict", pl.DataFrame())
-    figures = (_loss_vs_budget(plt, shapes, fits, out) + _capacity(plt, shapes, out)
-               + _index(plt, verdict, out))
+    figures = (_loss_vs_budget(plt, shapes, fits, out, level) + _capacity(plt, shapes, out)
+               + _index(plt, verdict, out, level))
     spread = tables.get("aspect_spread", pl.DataFrame())
     text = ["<h3>Does shape matter at fixed N?</h3>"]
     if spread.is_empty():
         text.append("<p>Fewer than two shapes per budget: no spread to report.</p>")
     else:
-        text.append("<p>Spread = largest minus smallest shape mean loss at one budget (95% interval "
+        text.append(f"<p>Spread = largest minus smallest shape mean loss at one budget ({level} interval "
                     "from resampling seeds within shapes); Kruskal-Wallis p-value of equal loss "
                     "across shapes; seed_sd = pooled seed-to-seed SD.</p>")
         text.append(html_table(spread.sort(_order(spread)), [
@@ -228,18 +231,19 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path
             "never by hand. Statement 1: superposition across one layer is the complete story; "
             "statement 2: models reaching the same loss learn the same features. Per budget and "
             f"sparsity: two shapes are iso-loss when a TOST shows their losses equal within "
-            f"{first['loss_margin']:.0%} (loss_rel_diff with its 90% interval); R compares the "
+            f"{first['loss_margin']:.0%} (loss_rel_diff with its {interval_level(1 - 2 * options.test_level)} "
+            "interval); R compares the "
             "iso-loss shapes' models (different seeds only) with seeds of one shape, against a "
             "null that relabels features within importance strata, with a seed-bootstrap "
             f"interval; 'as alike as seeds' needs R shown &ge; {first['r_margin']} (equivalence "
             "p-value), 'less alike' a permutation test of shape labels (Holm across rows) and R "
             "shown below the margin; 'contradicts 1' needs more decodable features shared than "
             "the compressed-sensing capacity of the narrower bottleneck. seeds_needed: seeds per "
-            "shape that would decide an undecided row (power 80%).</p>")
+            f"shape that would decide an undecided row (power {interval_level(options.power)}).</p>")
         text.append(html_table(verdict.sort(_order(verdict)), VERDICT_COLUMNS, {
             "loss_rel_diff": lambda row: _cell(row, "loss_rel_diff", "+.2%"),
             "r_index": lambda row: _cell(row, "r_index", ".2f")}, source="aspect_verdict.parquet"))
-    text += _iso_loss_part(tables)
+    text += _iso_loss_part(tables, level)
     controls = tables.get("aspect_controls", pl.DataFrame())
     if not controls.is_empty():
         text.append("<h3>Control: pairs that share a seed</h3><p>Two models of one seed share "

@@ -27,6 +27,12 @@ AXES_SHOWN = ("family", "n_features", "depth", "sparsity", "importance", "featur
               "weight_decay", "steps", "batch_size")
 
 
+def interval_level(ci: float) -> str:
+    """How the report names the intervals of ``aggregate.ci``: 0.95 -> "95%", 0.9 -> "90%",
+    0.975 -> "97.5%" (every bootstrap and seed-bootstrap interval of the tables is at it)."""
+    return f"{100 * ci:.10g}%"
+
+
 def evenly_spread(values: list, k: int) -> list:
     """At most ``k`` of the sorted ``values``, evenly spread from the first to the last (all
     of them when there are no more than ``k``): which sparsities, say, a plot shows."""

@@ -27,6 +27,7 @@ from sfs.report.common import (
     Figure,
     evenly_spread,
     html_table,
+    interval_level,
     pyplot,
     save_figure,
     varying,
@@ -105,7 +106,7 @@ def _by(ax, panel: pl.DataFrame, key: str):
     return panel.sort(key).group_by([key], maintain_order=True)
 
 
-def _loss_vs_width(plt, metrics: pl.DataFrame, fits: pl.DataFrame, out: Path) -> list[Figure]:
+def _loss_vs_width(plt, metrics: pl.DataFrame, fits: pl.DataFrame, out: Path, level: str) -> list[Figure]:
     def draw(ax, keys, panel):
         for (sparsity,), curve in _by(ax, panel, "sparsity"):
             colour, _ = _mean_sd(ax, curve, "width", "loss", f"S={sparsity:g}", fmt="o")
@@ -120,7 +121,7 @@ def _loss_vs_width(plt, metrics: pl.DataFrame, fits: pl.DataFrame, out: Path) ->
 
     return _panel_figures(plt, metrics, out, "loss_vs_width", draw, lambda keys, panel: (
         f"Held-out loss vs width ({_label(keys)}), one colour per sparsity: mean over seeds "
-        "with one standard deviation, the fitted scaling law (line) and its 95% bootstrap "
+        f"with one standard deviation, the fitted scaling law (line) and its {level} bootstrap "
         f"band over seeds (shade). {panel.height} models."))
 
 
@@ -155,7 +156,7 @@ def _dstar_vs_sparsity(plt, metrics: pl.DataFrame, out: Path) -> list[Figure]:
         f"(antipodal pairs). {panel.height} models."))
 
 
-def _universality(plt, universality: pl.DataFrame, out: Path) -> list[Figure]:
+def _universality(plt, universality: pl.DataFrame, out: Path, level: str) -> list[Figure]:
     if universality.is_empty():
         return []
     cross = universality.filter(pl.col("kind") == "cross_seed")
@@ -182,7 +183,7 @@ def _universality(plt, universality: pl.DataFrame, out: Path) -> list[Figure]:
         figures += _panel_figures(plt, cross, out, f"universality_vs_{x_axis}", draw,
                                   lambda keys, panel, x_axis=x_axis: (
             f"Universality across seeds vs {x_axis} ({_label(keys)}): cosine of the Gram "
-            "matrices W W^T of every pair of seeds of one spec (mean, 95% interval from "
+            f"matrices W W^T of every pair of seeds of one spec (mean, {level} interval from "
             "resampling seeds); shade: the label-permutation null (mean +- 2 SD). "
             f"{int(panel['n_pairs'].sum())} pairs from {int(panel['n_seeds'].sum())} models."))
     return figures
@@ -255,7 +256,7 @@ def _headline_table(headline: pl.DataFrame) -> str:
             f"Verdicts computed from fits.parquet and metrics.parquet.</p>{table}")
 
 
-def _control_table(control: pl.DataFrame) -> str:
+def _control_table(control: pl.DataFrame, level: str) -> str:
     """Same-seed vs different-seed pairs of two widths: the confound pairing by seed brings."""
     if control.is_empty():
         return ""
@@ -268,11 +269,11 @@ def _control_table(control: pl.DataFrame) -> str:
     return ("<h3>Control: pairs of two widths that share a seed</h3><p>Two models of one seed "
             "share their data stream, so cross-width comparisons use different seeds only "
             "(as cross-seed ones do). The same-seed pairs are shown here, with the difference and "
-            "its 95% seed-bootstrap interval, to keep that confound visible: "
+            f"its {level} seed-bootstrap interval, to keep that confound visible: "
             f"universality_control.parquet.</p>{table}")
 
 
-def _width_depth_table(width_depth: pl.DataFrame) -> str:
+def _width_depth_table(width_depth: pl.DataFrame, level: str) -> str:
     """L = E + A m^-alpha + B l^-beta across depths (m width, l = depth + 1)."""
     width_depth = preferred_form(width_depth)  # the preferred form's parameters
     keys = varying(width_depth, AXES_SHOWN)
@@ -282,7 +283,7 @@ def _width_depth_table(width_depth: pl.DataFrame) -> str:
                        {name: with_interval(name, ".3g") for name in ("E", "A", "alpha", "B", "beta")},
                        source="width_depth_fits.parquet")
     return ("<p>Loss across widths and depths fitted with depth as a variable, "
-            "L = E + A m^-alpha + B l^-beta (m width, l = depth + 1), 95% intervals from resampling "
+            f"L = E + A m^-alpha + B l^-beta (m width, l = depth + 1), {level} intervals from resampling "
             "seeds within each (width, depth). <code>preferred</code>: the form whose prediction of "
             "each (width, depth) cell from the others is better (held-out RMSE of log loss): "
             "<code>additive</code> (depth changes the loss at equal width) only when it cuts "
@@ -364,6 +365,7 @@ def write_report(cfg, result, loaded) -> Path:
     from sfs.report.summary import summary_html
 
     plt = pyplot()
+    level = interval_level(cfg.aggregate.ci)
     out = result.sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     metrics, fits = result.metrics, result.fits
@@ -393,11 +395,12 @@ def write_report(cfg, result, loaded) -> Path:
                                  "would be a panel of one point. metrics.parquet holds every "
                                  "model's quantities.</p>"))
             else:
-                sections += _per_setting_sections(plt, result, loaded, out, links, cfg.sweep.param_budgets)
+                sections += _per_setting_sections(plt, result, loaded, out, links,
+                                                  cfg.sweep.param_budgets, level)
             if result.aspect:
                 from sfs.report.aspect import section
 
-                sections.append(section(plt, result.aspect, fits, out))
+                sections.append(section(plt, result.aspect, fits, out, cfg.aggregate))
                 links["aspect"] = sections[-1][0]
             # how the models were trained: reference tables, after the findings
             lr_choice = _lr_table(result.lr_selection)
@@ -416,7 +419,7 @@ def write_report(cfg, result, loaded) -> Path:
         "<p>The findings first, then every section's plots and full tables. The tables are "
         "parquet files in the sweep folder (fits.parquet, headline.parquet, metrics.parquet, "
         "universality.parquet, ...), beside this report's folder.</p>",
-        summary_html(result, loaded, {key: _anchor(title) for key, title in links.items()}),
+        summary_html(result, loaded, {key: _anchor(title) for key, title in links.items()}, level),
         "<nav id='contents'><h2>Contents</h2><ol><li><a href='#summary'>Summary</a></li>",
         *(f"<li><a href='#{_anchor(title)}'>{html.escape(title)}</a></li>" for title, _, _ in sections),
         "</ol></nav>",
@@ -435,7 +438,8 @@ def write_report(cfg, result, loaded) -> Path:
     return index
 
 
-def _per_setting_sections(plt, result, loaded, out: Path, links: dict[str, str], budgets) -> list:
+def _per_setting_sections(plt, result, loaded, out: Path, links: dict[str, str], budgets,
+                          level: str) -> list:
     """The sections drawn per setting (one panel per combination of the axes shown): the
     scaling fits, capacity, feature norms, the headline and universality."""
     from sfs.report.features import feature_norm_figures
@@ -443,12 +447,12 @@ def _per_setting_sections(plt, result, loaded, out: Path, links: dict[str, str],
     metrics, fits, universality = result.metrics, result.fits, result.universality
     sections = []
     links["fits"] = "Scaling: loss vs width"
-    sections.append((links["fits"], _loss_vs_width(plt, metrics, fits, out), _fits_table(fits)))
+    sections.append((links["fits"], _loss_vs_width(plt, metrics, fits, out, level), _fits_table(fits)))
     if not result.width_depth.is_empty():
         from sfs.report.contours import iso_loss_contours
 
         contours = iso_loss_contours(plt, preferred_form(result.width_depth), metrics, budgets, out)
-        sections.append(("Scaling across depths", contours, _width_depth_table(result.width_depth)))
+        sections.append(("Scaling across depths", contours, _width_depth_table(result.width_depth, level)))
     sections.append(("Capacity: features represented", _represented_vs_width(plt, metrics, out)
                      + _dstar_vs_sparsity(plt, metrics, out), ""))
     sections.append(("Features: norms and superposition", feature_norm_figures(plt, metrics, loaded, out)
@@ -457,6 +461,6 @@ def _per_setting_sections(plt, result, loaded, out: Path, links: dict[str, str],
         links["headline"] = "Liu et al. (2025) headline"
         sections.append((links["headline"], [], _headline_table(result.headline)))
     no_pairs = "" if not universality.is_empty() else "<p>No two seeds of one setting: no pairs to compare.</p>"
-    sections.append(("Universality across seeds", _universality(plt, universality, out),
-                     no_pairs + _control_table(result.control)))
+    sections.append(("Universality across seeds", _universality(plt, universality, out, level),
+                     no_pairs + _control_table(result.control, level)))
     return sections

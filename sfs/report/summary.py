@@ -28,7 +28,7 @@ def _cells(frame: pl.DataFrame, columns: list[str], formats: dict | None = None)
 
 
 def fit_summary(fits: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(the fitted curves: x, the keys that vary, form, alpha and E with their 95% intervals,
+    """(the fitted curves: x, the keys that vary, form, alpha and E with their intervals,
     seeds, warning; the curves not fitted, counted by reason)."""
     if fits.is_empty() or "form" not in fits.columns:
         return pl.DataFrame(), pl.DataFrame()
@@ -102,10 +102,10 @@ def _counts(frame: pl.DataFrame, column: str) -> str:
     return "; ".join(f"<b>{html.escape(str(v))}</b>: {c}" for v, c in counts.iter_rows())
 
 
-def summary_html(result, loaded, sections: dict[str, str]) -> str:
+def summary_html(result, loaded, sections: dict[str, str], level: str) -> str:
     """The summary section. ``sections``: the anchor of each section a part points to
     (keys ``fits``, ``headline``, ``phase``, ``aspect``, ``convergence``; a missing key: no
-    link)."""
+    link); ``level``: the intervals' (``sfs.report.common.interval_level``)."""
     tables = summary_tables(result, loaded)
 
     def link(key: str, text: str) -> str:
@@ -126,7 +126,7 @@ def summary_html(result, loaded, sections: dict[str, str]) -> str:
                      f"{link('convergence', 'the convergence check')}.")
     parts.append("<p>" + " ".join(facts) + "</p>")
 
-    parts.append("<h3>Scaling fits (95% intervals from resampling seeds)</h3>")
+    parts.append(f"<h3>Scaling fits ({level} intervals from resampling seeds)</h3>")
     if "fits" in tables:
         parts.append(_capped(tables["fits"], link("fits", "the scaling section")))
     if "unfitted" in tables:
