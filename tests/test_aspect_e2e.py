@@ -82,3 +82,19 @@ def test_the_verdict_has_one_row_per_sparsity_and_parameter_budget(tiny_aspect):
     groups = sorted(zip(verdict["sparsity"], verdict["param_budget"]))
     assert groups == sorted((s, b) for s in SPARSITIES for b in BUDGETS)  # each once
     assert set(verdict["verdict"]) <= VERDICTS, verdict["verdict"].to_list()
+
+
+def test_the_aspect_section_names_its_levels_as_the_aggregation_set_them(tiny_aspect, tmp_path):
+    """Intervals at aggregate.ci, the TOST's at 1 - 2 test_level, the seeds needed at power."""
+    import dataclasses
+
+    from sfs.report.aspect import section
+    from sfs.report.common import pyplot
+
+    cfg, _, result = tiny_aspect
+    options = dataclasses.replace(cfg.aggregate, ci=0.9, test_level=0.1, power=0.9)
+    _, figures, text = section(pyplot(), result.aspect, result.fits, tmp_path, options)
+    captions = " ".join(figure.caption for figure in figures)
+    assert "its 90% seed-bootstrap interval" in captions and "95%" not in captions + text
+    assert "(90% interval from resampling seeds within shapes)" in text
+    assert "loss_rel_diff with its 80% interval" in text and "(power 90%)" in text
