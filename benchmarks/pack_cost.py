@@ -31,17 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from step_overhead import make_pack  # noqa: E402
 
-from sfs.plan import pack_seconds  # noqa: E402
+from sfs.plan import COSTS, StepCost, pack_seconds  # noqa: E402
 from sfs.training.loop import train_pack  # noqa: E402
 
 SHAPES = [(20, 2, 1024, 300), (20, 10, 1024, 300), (1000, 10, 512, 40), (1000, 100, 512, 40)]
 SIZES = (1, 2, 4, 8, 16, 32)
 
 
-def modelled_ms_per_step(shape, k: int) -> float:
-    """pack_seconds without its per-trial part, per step."""
-    per_trial = pack_seconds(replace(shape, steps=0), k)
-    return 1000 * (pack_seconds(shape, k) - per_trial) / shape.steps
+def modelled_ms_per_step(shape, k: int, cost: StepCost) -> float:
+    """pack_seconds on the device's cost (``sfs.plan.COSTS``) without its per-trial part, per step."""
+    per_trial = pack_seconds(replace(shape, steps=0), k, cost)
+    return 1000 * (pack_seconds(shape, k, cost) - per_trial) / shape.steps
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    cost = COSTS["cuda" if args.device.type == "cuda" else "cpu"]
     rows = []
     for n, m, batch, steps in args.shapes:
         train_pack(make_pack(n, m, 2, 20, batch), args.device, 100)  # warm-up: lazy imports, allocator
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             train_pack(pack, args.device, 100)  # ends copying the weights to the host: synchronised
             seconds = time.perf_counter() - started
             measured = 1000 * seconds / steps
-            modelled = modelled_ms_per_step(pack.shape, k)
+            modelled = modelled_ms_per_step(pack.shape, k, cost)
             rows.append({"n": n, "m": m, "batch": batch, "k": k, "ms_per_step": round(measured, 3),
                          "modelled_ms_per_step": round(modelled, 3),
                          "model_steps_per_s": round(k * steps / seconds, 1),

@@ -371,7 +371,7 @@ def sfs_plan(grid: Grid, cpus: int, device: str = "cpu", gpus_per_trial: float =
     slots = max(1, int(cpus // cfg.cluster.cpus_per_trial))
     if device != "cpu":  # as sfs.sweep.cluster.trial_resources counts them
         slots = max(1, min(slots, int(torch.cuda.device_count() // gpus_per_trial)))
-    size = cfg.sweep.pack_size or auto_pack_size(specs, slots)
+    size = cfg.sweep.pack_size or auto_pack_size(specs, slots, "cpu" if device == "cpu" else "cuda")
     packs = make_packs(cfg.sweep.name, specs, size)
     return {"pack_size": size, "pack_sizes": [len(p.models) for p in packs], "slots": slots}
 

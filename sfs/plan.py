@@ -200,26 +200,48 @@ def _plan_models(cfg: Config) -> list[ModelSpec]:
     return specs
 
 
-# A pack's training batch is (pack, batch, feature) floats; keep it near 16 MB so packing
-# never trades memory for speed, and bound the pack so one slow trial cannot dominate.
-_MAX_BATCH_ELEMENTS = 1 << 22
-_MAX_PACK = 64
+@dataclass(frozen=True)
+class StepCost:
+    """What a pack costs to train on one kind of device, for choosing pack sizes.
 
-# Cost of one training step of a pack of k models on one CPU core: STEP_S + k * per-model
-# cost. Fitted to benchmarks/pack_cost.py (table in benchmarks/README.md; one torch thread):
-# n=20 k=1..32 gives 0.4 ms + k * 0.30-0.37 ms; n=1000 k=1..8 gives 11-15 ms per model.
-# A model's cost is per element of its (batch, feature) input (sampling, ReLU, loss: ~15 ns)
-# plus the matmuls (embedding ~0.15 ns per batch x feature x hidden, each residual block
-# 2 x hidden^2).
-# Only ratios matter: they decide how many packs balance the slots against the per-step
-# and per-trial overhead that smaller packs pay more often.
-_STEP_S = 4e-4
-_ELEMENT_S = 15e-9
-_MATMUL_S = 0.15e-9
-_TRIAL_S = 0.3  # per pack: Trainer, evaluation, storing, Tune's hand-over (actors reused)
+    A training step of a pack of k models costs ``step_s + k * (model_s + batch * (element_s
+    * n + matmul_s * matmul))`` seconds (``matmul``: the multiply-adds of one batch row, see
+    ``pack_seconds``), and each pack ``trial_s`` more (Trainer, evaluation, storing, Tune's
+    hand-over; actors are reused). A pack is capped at ``max_pack`` models and at
+    ``max_batch_elements`` floats in its (pack, batch, feature) training batch. Only ratios
+    matter: they decide how many packs balance the slots against the per-step and per-trial
+    overhead that smaller packs pay more often.
+    """
+
+    step_s: float
+    model_s: float
+    element_s: float
+    matmul_s: float
+    trial_s: float
+    max_batch_elements: int
+    max_pack: int
 
 
-def pack_seconds(shape: ModelSpec, n_models: int) -> float:
+# One CPU core, fitted to benchmarks/pack_cost.py (table in benchmarks/README.md; one torch
+# thread): n=20 k=1..32 gives 0.4 ms + k * 0.30-0.37 ms; n=1000 k=1..8 gives 11-15 ms per
+# model. A model's cost is per element of its (batch, feature) input (sampling, ReLU, loss:
+# ~15 ns) plus the matmuls (~0.15 ns per batch x feature x hidden). The batch is kept near
+# 16 MB so packing never trades cache for speed, and the pack bounded so one slow trial
+# cannot dominate.
+CPU_COST = StepCost(step_s=4e-4, model_s=0.0, element_s=15e-9, matmul_s=0.15e-9, trial_s=0.3,
+                    max_batch_elements=1 << 22, max_pack=64)
+# A GPU (an H200, benchmarks/README.md "GPU check", 2026-12-04): a step is mostly kernel
+# launches, ~1.9 ms whatever the pack's size, plus ~17 us a model (its own generator's draw,
+# one launch each: a model's data must not depend on its pack-mates), ~49 ps an input element
+# and ~2.4 ps a multiply-add. n=20 packs of 16 -> 1024 models go from 7,600 to 49,000
+# model-steps/s, so GPU packs are large: capped at 1024 models and 2^26 floats (256 MB) of
+# batch, a fraction of any GPU's memory even with several packs sharing it.
+GPU_COST = StepCost(step_s=1.9e-3, model_s=17e-6, element_s=49e-12, matmul_s=2.4e-12, trial_s=0.3,
+                    max_batch_elements=1 << 26, max_pack=1024)
+COSTS = {"cpu": CPU_COST, "cuda": GPU_COST}
+
+
+def pack_seconds(shape: ModelSpec, n_models: int, cost: StepCost = CPU_COST) -> float:
     """Estimated wall seconds to train a pack of ``n_models`` models of ``shape``."""
     spec = families.family(shape.family)
     n, m, depth = shape.n_features, shape.width, shape.depth
@@ -227,11 +249,12 @@ def pack_seconds(shape: ModelSpec, n_models: int) -> float:
     # a residual block has two of m x (r m), an abs_mlp layer one of m x m
     layers = depth * m * m * (1 if spec.stack == "relu" else 2 * spec.block_ratio)
     matmul = n * m + layers
-    per_model = shape.batch_size * (_ELEMENT_S * n + _MATMUL_S * matmul)
-    return shape.steps * (_STEP_S + n_models * per_model) + _TRIAL_S
+    per_model = cost.model_s + shape.batch_size * (cost.element_s * n + cost.matmul_s * matmul)
+    return shape.steps * (cost.step_s + n_models * per_model) + cost.trial_s
 
 
-def estimated_makespan(groups: list[tuple[ModelSpec, int]], pack_size: int, n_slots: int) -> float:
+def estimated_makespan(groups: list[tuple[ModelSpec, int]], pack_size: int, n_slots: int,
+                       cost: StepCost = CPU_COST) -> float:
     """Seconds until the last pack finishes when each (shape, count) group is split into
     near-equal packs of at most ``pack_size`` and packs go largest first to the slot that
     frees up first (as Tune hands them out)."""
@@ -239,31 +262,48 @@ def estimated_makespan(groups: list[tuple[ModelSpec, int]], pack_size: int, n_sl
     for shape, count in groups:
         n_packs = math.ceil(count / pack_size)
         small, n_large = divmod(count, n_packs)  # n_large packs of small + 1, the rest of small
-        times += [pack_seconds(shape, small + 1)] * n_large
-        times += [pack_seconds(shape, small)] * (n_packs - n_large)
+        times += [pack_seconds(shape, small + 1, cost)] * n_large
+        times += [pack_seconds(shape, small, cost)] * (n_packs - n_large)
     slots = [0.0] * max(1, min(n_slots, len(times)))
     for t in sorted(times, reverse=True):
         heapq.heapreplace(slots, slots[0] + t)
     return max(slots)
 
 
-def auto_pack_size(specs: list[ModelSpec], n_slots: int) -> int:
-    """The pack size whose packs the slots finish soonest (``estimated_makespan``).
+def _candidate_sizes(counts: collections.Counter, cap: int) -> list[int]:
+    """Pack sizes worth simulating, largest first: every size up to 64 and, above it, the
+    sizes that split a group into p = 1..32 near-equal packs, for the 16 most common group
+    sizes (``counts``: models in a group -> groups). A size between two of those splits
+    those groups as the next one up does; the sizes left out only change splits into more
+    than 32 packs, where balance is already fine-grained. A GPU's cap of 1024 then costs at
+    most ~560 simulations, not 1024 (tested against trying every size)."""
+    sizes = set(range(1, min(cap, 64) + 1))
+    for count, _ in counts.most_common(16):
+        sizes.update(min(cap, math.ceil(count / p)) for p in range(1, 33))
+    return sorted(sizes, reverse=True)
+
+
+def auto_pack_size(specs: list[ModelSpec], n_slots: int, device: str = "cpu") -> int:
+    """The pack size whose packs the slots finish soonest (``estimated_makespan``) on
+    ``device`` ("cpu" or "cuda": ``COSTS``).
 
     Bigger packs amortise per-step and per-trial overhead; smaller ones let the slots share
-    the work evenly (80 models in 5 shapes of 16 on 2 slots: packs of 16 leave one slot
-    idle for the last; packs of 8 or 6 do not). Capped so a pack's batch stays near 16 MB.
+    the work evenly (80 models in 5 shapes of 16 on 2 CPU slots: packs of 16 leave one slot
+    idle for the last; packs of 8 or 6 do not). Capped so a pack's batch stays within the
+    device's bound (16 MB on a CPU).
     """
     if not specs:
         return 1
+    cost = COSTS[device]
     keys = list(map(_pack_key, specs))
     counts = collections.Counter(keys)
     shapes = dict(zip(reversed(keys), reversed(specs)))  # each key's first spec (the last write wins)
     groups = [(shapes[key], count) for key, count in counts.items()]
     largest = max(s.batch_size * s.n_features for s in shapes.values())  # pack fields
-    cap = max(1, min(_MAX_BATCH_ELEMENTS // largest, _MAX_PACK, max(counts.values())))
-    # ties go to the larger size: fewer packs, fewer MLflow runs and weights files
-    return min(range(cap, 0, -1), key=lambda size: estimated_makespan(groups, size, n_slots))
+    cap = max(1, min(cost.max_batch_elements // largest, cost.max_pack, max(counts.values())))
+    # ties go to the larger size (candidates largest first): fewer packs, MLflow runs and files
+    return min(_candidate_sizes(collections.Counter(counts.values()), cap),
+               key=lambda size: estimated_makespan(groups, size, n_slots, cost))
 
 
 def make_packs(sweep_name: str, specs: list[ModelSpec], pack_size: int) -> list[Pack]:

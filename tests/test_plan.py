@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sfs.config.compose import load_configs
 from sfs.plan import (
+    CPU_COST,
+    GPU_COST,
     PER_MODEL_FIELDS,
     ModelSpec,
     Pack,
@@ -20,6 +23,8 @@ from sfs.plan import (
     pack_seconds,
     plan_models,
 )
+from sfs.sweep.cluster import trial_device_kind
+from sfs.training.worker import trial_device
 
 
 def test_model_id_is_a_known_value(make_spec):
@@ -153,6 +158,59 @@ def test_estimated_makespan_schedules_largest_first_on_the_freest_slot(make_spec
     assert pack_seconds(busy, 4) > 2 * pack_seconds(busy, 1)
 
 
+# Measured on an H200 (benchmarks/README.md "GPU check", pack_cost.py --device cuda):
+# (n, m, batch, steps, k, ms per step, trial cost included)
+H200_STEPS = [(20, 2, 1024, 1000, 16, 2.11), (20, 2, 1024, 1000, 1024, 20.72),
+              (20, 10, 1024, 1000, 512, 11.45), (1000, 10, 512, 30, 1024, 60.6),
+              (1000, 100, 512, 30, 1024, 173.29)]
+
+
+@pytest.mark.parametrize("n, m, batch, steps, k, measured_ms", H200_STEPS)
+def test_the_gpu_step_cost_is_a_fit_of_the_measured_steps(make_spec, n, m, batch, steps, k, measured_ms):
+    shape = make_spec(n_features=n, width=m, batch_size=batch, steps=steps)
+    # per step, without the per-trial part (a few hundred ms that the measured figures
+    # spread over their steps; they are long enough for it to be small here)
+    modelled_ms = 1000 * (pack_seconds(shape, k, GPU_COST) - GPU_COST.trial_s) / steps
+    assert modelled_ms == pytest.approx(measured_ms, rel=0.15)
+
+
+def test_gpu_packs_are_as_large_as_the_slots_allow(make_spec):
+    # The tiny throughput grid (5 shapes x 16 models) on 4 slots: on one GPU, where a step is
+    # mostly launches, a whole shape a pack (5 packs, two rounds); on CPU cores, where a
+    # step grows with its pack, shapes are split to keep the 4 slots busy.
+    grid = [make_spec(n_features=20, width=m, seed=s, steps=2000, batch_size=1024)
+            for m in (2, 4, 6, 8, 10) for s in range(16)]
+    assert auto_pack_size(grid, n_slots=4, device="cuda") == 16
+    assert auto_pack_size(grid, n_slots=4, device="cpu") < 16
+    # 4,096 models of one shape on 4 slots: a pack per slot of 1,024 on a GPU; CPU packs
+    # stop at 64
+    one_shape = [make_spec(n_features=20, width=2, seed=s, steps=2000, batch_size=1024)
+                 for s in range(4096)]
+    assert auto_pack_size(one_shape, n_slots=4, device="cuda") == 1024
+    assert auto_pack_size(one_shape, n_slots=4, device="cpu") == CPU_COST.max_pack
+    # the batch bound: 2^26 floats at most (n=100,000, batch 1,024: one model per pack)
+    wide = [make_spec(seed=s, n_features=100_000, batch_size=1024) for s in range(100)]
+    assert auto_pack_size(wide, n_slots=1, device="cuda") == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auto_pack_size_finds_the_best_size_simulating_fewer(make_spec, seed):
+    # Groups of uneven sizes (up to 3,000 models a shape) on a GPU: the sizes simulated
+    # (all up to 64, then those that change a common group's split) find a makespan within
+    # 1% of the best of every size from 1 to the cap.
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 3000, size=int(rng.integers(1, 8)))
+    specs = [make_spec(n_features=20, width=int(w) + 1, seed=s, steps=1000, batch_size=1024)
+             for w, count in enumerate(counts) for s in range(count)]
+    slots = int(rng.integers(1, 33))
+    groups = [(make_spec(n_features=20, width=int(w) + 1, steps=1000, batch_size=1024), int(count))
+              for w, count in enumerate(counts)]
+    chosen = estimated_makespan(groups, auto_pack_size(specs, slots, "cuda"), slots, GPU_COST)
+    best = min(estimated_makespan(groups, size, slots, GPU_COST)
+               for size in range(1, min(GPU_COST.max_pack, int(counts.max())) + 1))
+    assert chosen <= 1.01 * best
+
+
 def test_pack_round_trips_through_a_dict(make_spec):
     pack = Pack("s", (make_spec(), make_spec(seed=1)))
     assert Pack.from_dict(pack.to_dict()) == pack
@@ -167,3 +225,22 @@ def test_scale_grows_seeds_steps_and_with_scale_batch_the_batch():
     assert {s.steps for s in scaled} == {3 * base[0].steps}
     assert {s.batch_size for s in scaled} == {base[0].batch_size}
     assert {s.batch_size for s in both} == {3 * base[0].batch_size}
+
+
+@pytest.mark.parametrize("gpu_share, option, kind", [
+    (0.25, "auto", "cuda"), (0.0, "auto", "cpu"), (0.25, "cpu", "cpu"), (0.0, "cuda", "cuda"),
+])
+def test_packs_are_sized_for_the_device_the_trials_train_on(gpu_share, option, kind):
+    # as sfs.training.worker.trial_device picks it: train.device=cpu always the CPU, cuda
+    # always a GPU, auto a GPU exactly when the trial was given a share of one
+    assert trial_device_kind({"cpu": 1.0, "gpu": gpu_share}, option) == kind
+
+
+def test_a_trial_without_a_gpu_share_trains_on_the_cpu():
+    import torch
+
+    assert trial_device("cpu") == torch.device("cpu")
+    assert trial_device("auto") == torch.device("cpu")  # no Ray GPU ids outside a GPU trial
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="train.device=cuda"):
+            trial_device("cuda")

@@ -110,6 +110,15 @@ def start_ray(cfg: Config) -> bool:
     return True
 
 
+def trial_device_kind(resources: dict, option: str) -> str:
+    """"cuda" where a trial with these resources trains on a GPU (as
+    ``sfs.training.worker.trial_device`` decides there: train.device=cuda, or auto and a GPU
+    share given), else "cpu": the device ``sfs.plan.auto_pack_size`` sizes packs for."""
+    if option == "cpu":
+        return "cpu"
+    return "cuda" if option == "cuda" or resources.get("gpu", 0) > 0 else "cpu"
+
+
 def trial_resources(cfg: Config) -> tuple[dict, int]:
     """Resources per trial and how many trials fit on the cluster at once."""
     import ray

@@ -32,7 +32,7 @@ from sfs.core.text import first_line
 from sfs.plan import ModelSpec, Pack, auto_pack_size, make_packs, plan_models
 from sfs.plan_adaptive import setting_key
 from sfs.plan_lr import grid_size, probe_seeds
-from sfs.sweep.cluster import start_ray, trial_resources
+from sfs.sweep.cluster import start_ray, trial_device_kind, trial_resources
 from sfs.sweep.persist import Part, PersistCallback, connect_trackers, prepare_part, unwritable
 from sfs.sweep.progress import Progress, ProgressCallback, make_display
 from sfs.sweep.search_rounds import next_round
@@ -216,7 +216,8 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     by_id: dict[str, tuple[Part, Pack]] = {}
     queue: list[tuple[Pack, WorkerOptions]] = []
     for part, todo in batch:
-        size = part.cfg.sweep.pack_size or auto_pack_size(all_todo, slots)
+        size = part.cfg.sweep.pack_size or auto_pack_size(
+            all_todo, slots, trial_device_kind(resources, part.cfg.train.device))
         part.packs = make_packs(part.name, todo, size)
         options = WorkerOptions(log_every=part.cfg.train.log_every,
                                 device=part.cfg.train.device,
