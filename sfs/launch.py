@@ -138,6 +138,7 @@ def main() -> None:
         from sfs.core.signals import ctrl_c_never_swallowed
 
         ctrl_c_never_swallowed()
+        _refuse_bad_overrides(sys.argv[1:])
         import hydra
 
         from sfs.config.compose import CONF_DIR
@@ -147,6 +148,29 @@ def main() -> None:
         hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)()
     except KeyboardInterrupt:
         _leave_interrupted()
+
+
+def _hydra_own(arg: str) -> bool:
+    """An override of Hydra's own settings (hydra.run.dir=..., hydra/launcher=...)."""
+    return arg.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+def _refuse_bad_overrides(args: list[str]) -> None:
+    """Hydra's own refusals (an override that does not parse, names no key, gives a key a
+    value of the wrong type, or picks a config that does not exist) as one line, like every
+    other config error and like ``python -m sfs.aggregate``: the overrides are composed and
+    checked once before Hydra's main composes them again (~0.2-0.6 s). Hydra's flags
+    (--multirun, --cfg, ...) leave the command line to Hydra, and Hydra's own settings are
+    not sfs's to check."""
+    if any(arg.startswith("-") for arg in args):
+        return
+    from sfs.config import ConfigError
+    from sfs.config.compose import load_configs
+
+    try:
+        load_configs([arg for arg in args if not _hydra_own(arg)])
+    except ConfigError as error:
+        sys.exit(f"sfs: invalid config: {error}")
 
 
 def _leave_interrupted() -> NoReturn:

@@ -189,8 +189,27 @@ def test_cli_rejects_bad_input_before_starting_anything(override, word, tmp_path
     output = proc.stdout + proc.stderr
     assert word in output
     assert "Traceback" not in output
+    # one line, Hydra's refusals (a wrong type, an unknown key) included, as sfs.aggregate
+    assert proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("sfs: invalid config: ")
     assert not (tmp_path / "smoke").exists()  # no store was opened, nothing trained
     assert not (tmp_path / "ray").exists()  # no Ray was started
+
+
+@pytest.mark.integration
+def test_the_launch_leaves_hydras_flags_and_settings_to_hydra(tmp_path):
+    # --cfg job prints the composed config and runs nothing: not an sfs refusal; a setting
+    # of Hydra's own beside a bad value: the bad value is still refused in one line
+    shown = subprocess.run([sys.executable, "-m", "sfs.launch", "+sweep=smoke", "--cfg", "job"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert shown.returncode == 0 and "widths:" in shown.stdout
+    refused = subprocess.run([sys.executable, "-m", "sfs.launch", "+sweep=smoke", "hydra.verbose=true",
+                              "train.steps=abc", f"paths.out_dir={tmp_path}"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert refused.returncode != 0
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("sfs: invalid config: Error merging override train.steps=abc")
 
 
 def test_the_aggregation_command_refuses_a_wrong_type_in_one_line():
