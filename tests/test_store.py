@@ -1,5 +1,6 @@
 """The results store: atomic commits, resume bookkeeping, refusing what it cannot trust."""
 
+import logging
 import time
 
 import numpy as np
@@ -141,6 +142,32 @@ def test_a_writer_folds_every_compact_parts_of_its_part_files_into_one(tmp_path,
         assert store.consolidate().equals(table) and not list(store.parts_dir.glob("*.parquet"))
         store.write_rows("p10", _rows(["n"], t=10.0))  # the count starts again after consolidating
         assert [p.name.split("-", 1)[1] for p in store.parts_dir.glob("*.parquet")] == ["p10.parquet"]
+
+
+def test_a_fold_that_fails_keeps_the_commit_and_its_parts(tmp_path, monkeypatch, caplog):
+    import sfs.storage.store as store_module
+
+    monkeypatch.setattr(store_module, "COMPACT_PARTS", 4)
+    real_write_table = store_module.write_table
+
+    def disk_full_for_folds(frame, path):
+        if path.name.endswith("-compacted.parquet"):
+            raise OSError(28, "No space left on device")
+        real_write_table(frame, path)
+
+    monkeypatch.setattr(store_module, "write_table", disk_full_for_folds)
+    with TrialStore(tmp_path) as store, caplog.at_level(logging.WARNING, logger="sfs.storage.store"):
+        for k in range(7):  # the fold at the 4th commit fails; the commits do not
+            store.write_rows(f"p{k}", _rows([f"m{k}"], t=float(k)))
+        assert store.load()["model_id"].to_list() == [f"m{k}" for k in range(7)]
+        assert len(list(store.parts_dir.glob("*.parquet"))) == 7
+        (warning,) = [r.getMessage() for r in caplog.records]  # said once, not at every commit
+        assert "could not fold 4 part files" in warning and "No space left on device" in warning
+        monkeypatch.setattr(store_module, "write_table", real_write_table)  # space again
+        store.write_rows("p7", _rows(["m7"], t=7.0))  # 4 more since the failure: folded now
+        names = [p.name.split("-", 1)[1] for p in store.parts_dir.glob("*.parquet")]
+        assert names == ["compacted.parquet"]
+        assert store.load()["model_id"].to_list() == [f"m{k}" for k in range(8)]
 
 
 def test_rows_come_in_order_of_finishing_each_model_once_whatever_the_order_of_commits(tmp_path):

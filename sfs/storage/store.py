@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from sfs.core.text import first_line
+
 log = logging.getLogger(__name__)
 
 TRIAL_SCHEMA: dict[str, pl.DataType] = {
@@ -121,6 +123,7 @@ class TrialStore:
         self.weights_dir = self.dir / "weights"
         self._lock_handle = None
         self._fresh_parts: list[Path] = []  # part files this writer wrote, not yet folded
+        self._fold_deferred = 0  # after a failed fold: parts to wait for before the next try
 
     # -- writer lifecycle -------------------------------------------------------------------
     def open_for_writing(self) -> TrialStore:
@@ -238,8 +241,22 @@ class TrialStore:
         path = self.parts_dir / f"{time.time_ns()}-{pack_id}.parquet"  # name order: commit order
         write_table(frame, path)
         self._fresh_parts.append(path)
-        if len(self._fresh_parts) >= COMPACT_PARTS:
+        if len(self._fresh_parts) >= COMPACT_PARTS + self._fold_deferred:
+            self._fold_quietly()
+
+    def _fold_quietly(self) -> None:
+        """``compact``, whose failure does not undo the commit before it: the pack is stored
+        by its own part file, and folding is housekeeping. A fold that fails (a full disk,
+        say) is said once, its parts stay as they are, and the next try waits for
+        COMPACT_PARTS more; the next commit meets the disk on its own."""
+        try:
             self.compact()
+            self._fold_deferred = 0
+        except OSError as error:
+            self._fold_deferred = len(self._fresh_parts)
+            log.warning("could not fold %d part files of %s into one (%s); they stay as they "
+                        "are, every pack stored", len(self._fresh_parts), self.parts_dir,
+                        first_line(error))
 
     def compact(self) -> None:
         """Fold the part files this writer wrote since it opened the store (or last folded
@@ -249,7 +266,11 @@ class TrialStore:
         paths, self._fresh_parts = self._fresh_parts, []
         if len(paths) < 2:
             return
-        write_table(self._read_parts(paths), self.parts_dir / f"{time.time_ns()}-compacted.parquet")
+        try:
+            write_table(self._read_parts(paths), self.parts_dir / f"{time.time_ns()}-compacted.parquet")
+        except BaseException:
+            self._fresh_parts = paths + self._fresh_parts  # not folded: still this writer's
+            raise
         for path in paths:
             path.unlink(missing_ok=True)
 
@@ -262,7 +283,7 @@ class TrialStore:
             write_table(table, self.trials_path)
             for part in parts:  # already inside trials.parquet; safe to drop
                 part.unlink(missing_ok=True)
-            self._fresh_parts = []
+            self._fresh_parts, self._fold_deferred = [], 0
         return table
 
 
