@@ -21,6 +21,23 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") or item.get_closest_marker("integration") else 1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sfs_cache(tmp_path_factory):
+    """sfs's cache (the empty MLflow store's template, ``sfs.storage.mlflow_sqlite``) in the
+    test run's temporary folder, shared by its processes and the launches they start, never
+    the user's ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.getbasetemp().parent / "sfs-cache"
+    previous = os.environ.get("SFS_CACHE_DIR")
+    os.environ["SFS_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SFS_CACHE_DIR", None)
+    else:
+        os.environ["SFS_CACHE_DIR"] = previous
+
+
 # A small, fast model: 5 features, width 2, 200 steps. ``make_spec`` overrides any field.
 TINY_SPEC = ModelSpec(
     family="relu_output", n_features=5, width=2, depth=0, sparsity=0.9, importance=0.9,

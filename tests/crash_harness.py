@@ -47,6 +47,11 @@ PHASES: list[tuple[str, str | None, int]] = [
     ("tables and report", r"compared pairs", 0),
     ("MLflow aggregate run, exit", r"report: ", 0),
 ]
+# These launches migrate each new MLflow store in place, as every launch did before the
+# cached template (sfs.storage.mlflow_sqlite): the cache folder named here cannot be made (a
+# path under a file), so each launch has the migration phase that the kills aim at. Launches
+# that make or copy the template are killed in tests of their own.
+NO_TEMPLATE = {"SFS_CACHE_DIR": str(Path(__file__).resolve() / "no-cache")}
 # columns that say when, where or under which id, not what: never compared across runs
 UNSTABLE = {"wall_s", "finished_at", "mlflow_run_id", "weights_path", "weights_index", "pack_id",
             "pack_size", "node", "device"}
@@ -72,7 +77,8 @@ class Launch:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sfs.launch", *SWEEP, f"paths.out_dir={self.out_dir}", *self.extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, **self.env}, start_new_session=True, preexec_fn=sigint_as_in_a_terminal)
+            env={**os.environ, **NO_TEMPLATE, **self.env}, start_new_session=True,
+            preexec_fn=sigint_as_in_a_terminal)
         self.phase = 0  # index into PHASES of the latest phase seen begun
         self.family: list[psutil.Process] = []  # the launch's processes when it was signalled
         self.survivors: list[str] = []  # processes that outlived a SIGKILL of the group

@@ -97,6 +97,23 @@ def test_a_launch_killed_during_mlflow_migration_resumes(tmp_path, uninterrupted
     check_resumed(rerun, rerun.wait(), empty_trials(), n_planned, tables)
 
 
+def test_a_launch_killed_while_making_the_store_template_resumes(tmp_path, uninterrupted):
+    """The first launch of an MLflow version makes the empty store's template in the cache
+    folder, MLflow migrating it there: killed at the same moment of that migration, it
+    leaves no template and no store, and the next launch makes both and resumes."""
+    _, tables, n_planned = uninterrupted
+    cache = tmp_path / "cache"
+    killed = Launch(tmp_path / "runs", env={**_kill_hook(tmp_path), "SFS_CACHE_DIR": str(cache)})
+    assert killed.wait() == -signal.SIGKILL, killed.output
+    (half_made,) = cache.glob(".mlflow-*.db.tmp-*[0-9]")
+    assert "_alembic_tmp_tags" in _tables(half_made)  # killed at that very moment
+    assert not list(cache.glob("mlflow-*.db")) and not (tmp_path / "runs" / "smoke" / "mlflow.db").exists()
+
+    rerun = Launch(tmp_path / "runs", env={"SFS_CACHE_DIR": str(cache)})
+    check_resumed(rerun, rerun.wait(), empty_trials(), n_planned, tables)
+    assert [p.name for p in cache.iterdir()] == [half_made.name.split(".tmp-")[0].lstrip(".")]
+
+
 def test_a_store_left_half_migrated_by_an_older_sfs_is_rebuilt(tmp_path, uninterrupted):
     """What launches before crash consistency left: MLflow creating ``mlflow.db`` in place,
     killed mid-migration, so that MLflow fails on it for good. It holds no runs: the next

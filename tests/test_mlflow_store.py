@@ -8,6 +8,7 @@ statement before it committed (Alembic does not wrap SQLite DDL in a transaction
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from contextlib import closing
@@ -367,3 +368,103 @@ def test_the_printed_link_opens_the_runs_table_of_the_sweeps_experiment(tmp_path
         f"mlflow ui --backend-store-uri sqlite:///{database}, then open http://127.0.0.1:5000/#/experiments/3/runs")
     _forget(f"sqlite:///{database}")
 
+
+
+# -- the cached template of an empty store --------------------------------------------------
+
+
+def _dump(database: Path) -> list[str]:
+    """The store's schema and rows as SQL, in a fixed order, its timestamps masked. The
+    lines of a statement are sorted too: MLflow's migration orders a table's constraints
+    differently from one process to the next (Python's set order)."""
+    import re
+
+    with closing(sqlite3.connect(database)) as db:
+        return sorted("\n".join(sorted(re.sub(r"\b1[0-9]{12}\b", "<ms>", statement).splitlines()))
+                      for statement in db.iterdump())
+
+
+def test_a_store_copied_from_the_template_is_the_store_mlflow_makes(tmp_path, monkeypatch):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    monkeypatch.setenv("SFS_CACHE_DIR", str(tmp_path / "cache"))
+    database = tmp_path / "a folder with spaces" / "mlflow.db"  # its artifact URI is escaped
+    database.parent.mkdir()
+    uri = f"sqlite:///{database}"
+    SqlAlchemyStore(uri, (database.parent / "mlartifacts").as_uri())  # MLflow's own
+    _forget(uri)
+    made_by_mlflow = _dump(database)
+    database.unlink()
+    ensure_store(database)  # makes the template, then copies it
+    assert list((tmp_path / "cache").iterdir())  # the template is there
+    ensure_store(other := tmp_path / "other" / "mlflow.db")
+    assert _dump(database) == made_by_mlflow
+    assert inspect(database) == inspect(other) == (None, None)
+    # and MLflow uses it as its own: a run's artifacts go under the sweep folder
+    tracker = Tracker(uri, "smoke", database.parent)
+    run = tracker.client.create_run(tracker.experiment_id)
+    assert run.info.artifact_uri.startswith((database.parent / "mlartifacts").as_uri())
+    _forget(uri)
+
+
+def test_once_the_template_is_made_new_stores_need_no_migration(tmp_path, monkeypatch):
+    import sfs.storage.mlflow_sqlite as mlflow_sqlite
+
+    monkeypatch.setenv("SFS_CACHE_DIR", str(tmp_path / "cache"))
+    ensure_store(tmp_path / "first" / "mlflow.db")
+
+    def no_migration(path):
+        raise AssertionError(f"migrated {path}")
+
+    monkeypatch.setattr(mlflow_sqlite, "_migrate", no_migration)
+    for name in ("second", "third"):
+        ensure_store(tmp_path / name / "mlflow.db")
+        assert inspect(tmp_path / name / "mlflow.db") == (None, None)
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["mlflow.db"]  # no leftovers
+
+
+def test_a_template_that_holds_data_is_made_again(tmp_path, monkeypatch, caplog):
+    import sfs.storage.mlflow_sqlite as mlflow_sqlite
+
+    monkeypatch.setenv("SFS_CACHE_DIR", str(tmp_path / "cache"))
+    template = mlflow_sqlite._template()
+    with closing(sqlite3.connect(template)) as db, db:  # somebody's experiment in it
+        db.execute("INSERT INTO experiments (experiment_id, name, lifecycle_stage, workspace) "
+                   "VALUES (7, 'theirs', 'active', 'default')")
+    with caplog.at_level("WARNING"):
+        ensure_store(database := tmp_path / "sweep" / "mlflow.db")
+    assert "holds 1 row in table experiments: making it again" in caplog.text
+    assert inspect(database) == (None, None)
+    with closing(sqlite3.connect(database)) as db:
+        assert db.execute("SELECT name FROM experiments").fetchall() == [("Default",)]
+
+
+def test_where_the_cache_cannot_be_written_each_store_is_migrated_in_place(tmp_path, monkeypatch):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("SFS_CACHE_DIR", str(tmp_path / "not-a-folder" / "sfs"))
+    ensure_store(database := tmp_path / "sweep" / "mlflow.db")
+    assert inspect(database) == (None, None)
+    assert sorted(p.name for p in database.parent.iterdir()) == ["mlflow.db"]
+
+
+def test_a_template_whose_making_was_killed_is_made_by_the_next_store(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import sfs.storage.mlflow_sqlite as mlflow_sqlite
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SFS_CACHE_DIR", str(cache))
+    # what a process killed while making it leaves: its temporary file (the process is gone)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    name = mlflow_sqlite._template().name
+    for leftover in (f".{name}.tmp-{dead}", f".{name}.tmp-{dead}-journal"):
+        (cache / leftover).write_bytes(b"half a store")
+    (cache / name).unlink()  # ... and no template
+    live = cache / f".{name}.tmp-{os.getppid()}"  # a living process's is left alone
+    live.write_bytes(b"")
+    ensure_store(database := tmp_path / "sweep" / "mlflow.db")
+    assert inspect(database) == (None, None)
+    assert inspect(cache / name) == (None, None)
+    assert not list(cache.glob(f".{name}.tmp-{dead}*")) and live.exists()

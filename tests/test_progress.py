@@ -211,7 +211,9 @@ NOISE = ("RAW: Lock", "mutex.cc", "Token authentication is enabled", "Creating i
 
 
 def _launch(tmp_path: Path, *overrides: str) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # a cache of its own: the launch makes the empty MLflow store's template, so MLflow
+    # migrates and says so (what the quiet launch hides and the verbose one shows)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SFS_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("MLFLOW_LOGGING_LEVEL", None)
     tmp_path.mkdir(parents=True)
     log_file = tmp_path / "launch.log"

@@ -8,14 +8,25 @@ it (``.mlflow.db.tmp-<pid>``, which the results store removes as a killed writer
 leftover) and links it into place only when it is complete. A store found half-made (by an
 older sfs, or by hand) is rebuilt the same way when it provably holds nothing, and refused
 with one message naming the file and the fix when it holds anything.
+
+Migrating a new store takes MLflow seconds (~150 statements), paid by every new sweep. So
+the first store of an MLflow version is also kept, empty, as a template in sfs's cache
+folder (``$SFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/sfs``, else ``~/.cache/sfs``); later new
+stores are copies of it whose one path-dependent row (the "Default" experiment's artifact
+location) is set as MLflow would have set it (tested: the same store as MLflow makes). A
+template that is not a complete, empty store is made again; where the cache folder cannot
+be written, each store is migrated in place as before.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
+import time
 from contextlib import closing
+from importlib import metadata
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -142,17 +153,115 @@ def _refusal(path: Path, problem: str, content: str) -> str:
             "on it) and run the same command again; tracking=off runs without MLflow")
 
 
-def _create(path: Path) -> Path:
-    """A complete new store under a temporary name beside ``path``; returns that name."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+def cache_dir() -> Path:
+    """sfs's cache folder: ``$SFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/sfs``, else ``~/.cache/sfs``."""
+    if os.environ.get("SFS_CACHE_DIR"):
+        return Path(os.environ["SFS_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sfs"
 
+
+def _template() -> Path | None:
+    """The cached empty store of the installed MLflow (and SQLAlchemy, which writes the
+    schema), made now if missing or not a complete empty store; None where the cache folder
+    cannot be written or the versions cannot be read."""
+    try:
+        name = f"mlflow-{metadata.version('mlflow')}-sqlalchemy-{metadata.version('sqlalchemy')}.db"
+    except metadata.PackageNotFoundError:
+        return None
+    template = cache_dir() / name
+    try:
+        _remove_leftovers(template)
+        if not template.exists():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            _publish(_migrate(template), template, replace=False)
+        problem, _ = inspect(template)
+        held = None if problem else _held(template)
+        if problem or held:
+            log.warning("%s: %s: making it again", template,
+                        problem or f"an empty store's template holds {held}")
+            _publish(_migrate(template), template, replace=True)
+    except (OSError, sqlite3.Error) as error:  # a read-only home, a full disk: no template
+        log.debug("no MLflow store template in %s (%s): migrating in place", template.parent, error)
+        return None
+    return template
+
+
+def _remove_leftovers(template: Path) -> None:
+    """Remove what processes killed while making ``template`` left (``.NAME.tmp-PID``,
+    its journal): the cache folder has no writer lock, so only a dead process's."""
+    for leftover in template.parent.glob(f".{template.name}.tmp-*"):
+        pid = leftover.name.removesuffix("-journal").rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's
+        return True
+    return True
+
+
+def _held(path: Path) -> str | None:
+    """What a complete store holds beyond a fresh one's rows; None when nothing."""
+    with closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                  if not name.startswith("sqlite_")]
+        return _content(db, tables)
+
+
+def _create(path: Path) -> Path:
+    """A complete new store under a temporary name beside ``path`` (a copy of the template,
+    else migrated there); returns that name."""
+    template = _template()
+    if template is not None:
+        tmp = _temporary(path)
+        try:
+            shutil.copyfile(template, tmp)
+            now = int(time.time() * 1000)
+            with closing(sqlite3.connect(tmp)) as db, db:  # as SqlAlchemyStore(uri, root) sets it
+                db.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, "
+                           "last_update_time = ? WHERE experiment_id = 0",
+                           (f"{_artifact_root(path)}/0", now, now))
+            _sync(tmp)
+            return tmp
+        except (OSError, sqlite3.Error) as error:
+            log.debug("cannot copy the MLflow store template %s (%s): migrating in place", template, error)
+            tmp.unlink(missing_ok=True)
+    return _migrate(path)
+
+
+def _artifact_root(path: Path) -> str:
+    """Where the runs of the store at ``path`` keep their artifacts (a ``file://`` URI)."""
+    return (path.parent / "mlartifacts").as_uri()
+
+
+def _temporary(path: Path) -> Path:
+    """The temporary name beside ``path`` that a store is made under, cleared of what a
+    killed process of the same pid left."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
         leftover.unlink(missing_ok=True)
+    return tmp
+
+
+def _sync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _migrate(path: Path) -> Path:
+    """A new store made and migrated by MLflow under a temporary name beside ``path``."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = _temporary(path)
     uri = f"sqlite:///{tmp}"
     log.debug("creating the MLflow store %s (as %s until it is complete)", path, tmp.name)
     try:
-        SqlAlchemyStore(uri, (path.parent / "mlartifacts").as_uri())  # creates and migrates
+        SqlAlchemyStore(uri, _artifact_root(path))  # creates and migrates
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -160,8 +269,7 @@ def _create(path: Path) -> Path:
         engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
         if engine is not None:
             engine.dispose()
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
+    _sync(tmp)
     return tmp
 
 
