@@ -235,7 +235,9 @@ CPU_COST = StepCost(step_s=4e-4, model_s=0.0, element_s=15e-9, matmul_s=0.15e-9,
 # one launch each: a model's data must not depend on its pack-mates), ~49 ps an input element
 # and ~2.4 ps a multiply-add. n=20 packs of 16 -> 1024 models go from 7,600 to 49,000
 # model-steps/s, so GPU packs are large: capped at 1024 models and 2^26 floats (256 MB) of
-# batch, a fraction of any GPU's memory even with several packs sharing it.
+# batch, a fraction of any GPU's memory even with several packs sharing it. Measured in one
+# process: with 4 trials sharing the GPU a sweep's steps ran ~5x slower (not modelled; the
+# slots' count still balances the packs).
 GPU_COST = StepCost(step_s=1.9e-3, model_s=17e-6, element_s=49e-12, matmul_s=2.4e-12, trial_s=0.3,
                     max_batch_elements=1 << 26, max_pack=1024)
 COSTS = {"cpu": CPU_COST, "cuda": GPU_COST}

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import polars as pl
 import pytest
-from test_plan_search import PINNED, synthetic_loss
+from iso_loss_synthetic import PINNED, synthetic_loss
 
 from sfs.analysis.lr_selection import select_learning_rates
 from sfs.analysis.model_metrics import GROUP_KEYS
