@@ -49,6 +49,19 @@ def test_submit_returns_at_once_until_the_queue_is_full_then_waits_for_room():
     assert writer.longest_wait_s >= 0.4
 
 
+def test_the_wait_for_room_counts_only_a_full_queue():
+    """What the sweep reports as "storing waited at most ... for room": a submit that finds
+    room waits for none, however long it took to get the queue's lock."""
+    writer = PackWriter(on_error=pytest.fail, capacity=3)
+    with writer._changed:  # the writer thread holds the lock for a moment (its own work)
+        late = threading.Thread(target=writer.submit, args=(lambda: None,))
+        late.start()
+        time.sleep(0.3)
+    late.join(5)
+    writer.close()
+    assert writer.stored == 1 and writer.longest_wait_s == 0.0
+
+
 def test_the_queue_is_bounded_in_bytes_too_and_a_pack_larger_than_that_waits_for_an_empty_queue():
     release = threading.Event()
     writer = PackWriter(on_error=pytest.fail, capacity=100, capacity_bytes=10)

@@ -72,15 +72,17 @@ class PackWriter:
         """Queue one pack of ``size`` bytes; waits while ``capacity`` packs or
         ``capacity_bytes`` are queued already (a pack larger than that waits for an empty
         queue)."""
-        started = time.perf_counter()
+        waited = 0.0  # on a full queue only: taking the lock is the caller's own hold time
         with self._changed:
             while self._jobs and (len(self._jobs) >= self.capacity
                                   or self._bytes + size > self.capacity_bytes):
+                began = time.perf_counter()
                 self._changed.wait()
+                waited += time.perf_counter() - began
             self._jobs.append(Job(write, done, size))
             self._bytes += size
             self._changed.notify_all()
-        self.longest_wait_s = max(self.longest_wait_s, time.perf_counter() - started)
+        self.longest_wait_s = max(self.longest_wait_s, waited)
 
     @property
     def backlog(self) -> int:
