@@ -31,7 +31,7 @@ def _launch(out_dir, *extra, **kwargs):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("adaptive")
-    proc = _launch(out, "aggregate.n_boot=100", "aggregate.n_perm=20")
+    proc = _launch(out, "aggregate.n_boot=100", "aggregate.n_perm=20", "hydra.verbose=[sfs.sweep.runner]")
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     return out / "phase_adaptive", output
@@ -45,6 +45,9 @@ def test_the_rounds_train_the_points_the_learner_asks_for(uninterrupted):
     assert 9 <= points.height <= 12  # 4 grid points + 2 rounds of 4 (a corner may repeat one)
     assert "adaptive sampling, round 1: 8 points over 1 setting (1 sampling); training" in output, output
     assert "adaptive sampling, round 2: 12 points over 1 setting (1 max_points); done" in output, output
+    # the rounds share one Tune run (its worker processes, torch and Lightning imported, serve
+    # them all): its loop is summed up once, at its end
+    assert output.count("Tune's loop: ") == 1, output
     phase = pl.read_parquet(sweep_dir / "phase.parquet")
     assert phase.height == points.height and set(phase["n_seeds"]) == {1}
     page = (sweep_dir / "report" / "index.html").read_text()

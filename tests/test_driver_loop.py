@@ -49,6 +49,31 @@ def test_submit_returns_at_once_until_the_queue_is_full_then_waits_for_room():
     assert writer.longest_wait_s >= 0.4
 
 
+def test_drain_waits_until_every_pack_handed_over_is_stored_and_the_writer_goes_on():
+    """Between a search's rounds: the next round reads the store, so it waits for the
+    writer to have stored every pack so far; the writer then takes the next round's."""
+    stored = []
+    writer = PackWriter(on_error=pytest.fail, capacity=8)
+    for k in range(3):
+        writer.submit(lambda k=k: (time.sleep(0.1), stored.append(k)))
+    writer.drain()
+    assert stored == [0, 1, 2] and writer.stored == 3
+    writer.submit(lambda: stored.append(3))  # the next round's pack
+    writer.drain()
+    writer.close()
+    assert stored == [0, 1, 2, 3]
+
+
+def test_drain_returns_when_a_write_failed():
+    failures = []
+    writer = PackWriter(on_error=failures.append, capacity=8)
+    writer.submit(lambda: 1 / 0)
+    writer.submit(lambda: pytest.fail("a pack after the failure is not stored"))
+    writer.drain()  # does not wait for packs that will never be stored
+    writer.close()
+    assert len(failures) == 1 and isinstance(failures[0], ZeroDivisionError)
+
+
 def test_the_wait_for_room_counts_only_a_full_queue():
     """What the sweep reports as "storing waited at most ... for room": a submit that finds
     room waits for none, however long it took to get the queue's lock."""
@@ -251,7 +276,7 @@ def test_a_pickled_pack_queue_leaves_its_packs_behind():
     queue = PackQueue([(pack, WorkerOptions(log_every=50, device="cpu", torch_threads=1)) for pack in packs],
                       server=None, server_name="unused")
     restored = pickle.loads(pickle.dumps(queue))
-    assert restored.packs == () and len(queue.packs) == len(packs) == 8
+    assert restored.packs == [] and restored.more is None and len(queue.packs) == len(packs) == 8
     assert len(pickle.dumps(queue)) < len(pickle.dumps(packs)) / 4
 
 

@@ -105,8 +105,12 @@ class PersistCallback(tune.Callback):
         if self.stop is not None:
             self.stop.set()
 
+    def drain(self) -> None:
+        """Wait until every pack handed over so far is stored (before the next round)."""
+        self.writer.drain()
+
     def close(self) -> None:
-        """Store every pack handed over so far (before the summary or the next round)."""
+        """Store every pack handed over so far, then stop the writer (before the summary)."""
         self.writer.close()
 
     def __getstate__(self) -> dict:

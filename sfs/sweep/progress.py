@@ -64,7 +64,7 @@ class Progress:
     """The sums behind the line, for one launch (every sweep it trains, every round).
 
     ``stored_before``: models the store already held when the launch began (a resume);
-    packs join with ``add_packs`` (one call per Tune pass), steps arrive with ``report``,
+    packs join with ``add_packs`` (one call per round), steps arrive with ``report``,
     finished and failed packs with ``finish``."""
 
     def __init__(self, label: str, stored_before: int = 0, clock: Callable[[], float] = time.monotonic,

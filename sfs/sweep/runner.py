@@ -4,15 +4,15 @@
 (``persist.prepare_part``), start Ray (``cluster``) while MLflow sets up, hand Tune one
 trial per pack (``sfs.training.worker.run_pack_trial``), let ``persist.PersistCallback``
 store each finished pack while ``progress`` shows the live line (models done, model-steps
-per second, packs running, elapsed, ETA), and read back the summary (``summary``). With ``sweep.iso_loss``
-the training repeats, one pass per round of the iso-loss search (``search_rounds``), until a
-round adds nothing. Ctrl-C stops it cleanly (``Interrupt``); re-running the same command
+per second, packs running, elapsed, ETA), and read back the summary (``summary``). With a
+search (``sweep.iso_loss``, ``sweep.adaptive``, the learning-rate probe) each round is planned
+from the store once the previous one is stored (``search_rounds``), until a round adds
+nothing; the rounds run in one Tune run, whose worker processes serve them all. Ctrl-C stops it cleanly (``Interrupt``); re-running the same command
 trains only what is missing.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -183,18 +184,25 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool, str | None]:
                             more_may_follow=any(_rounds_may_follow(p) for p in parts))
         display = make_display(progress, every=lead.sfs.progress_every_s)
         try:
-            n_packs, batch = 0, [(part, list(part.todo)) for part in parts]
-            run_name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
-            for round_ in itertools.count():
-                n_packs += _train(lead, batch, interrupt, f"{run_name}-{round_}" if round_ else run_name,
-                                  ProgressCallback(progress, display))
+            rounds = any(_rounds_may_follow(p) for p in parts)
+
+            def next_batch() -> list[tuple[Part, list[ModelSpec]]]:
+                """The search's next round (sweep.iso_loss, sweep.adaptive, the learning-rate
+                probe), read from the store; [] when none follows."""
                 if interrupt.event.is_set() or interrupt.halt.is_set():
-                    break
-                # the iso-loss search's next round (sweep.iso_loss), read from the store
+                    return []
                 batch = [(part, next_round(part)) for part in parts]
                 if not any(todo for _, todo in batch):
                     progress.more_may_follow = False  # the last round: the total is final
-                    break
+                    return []
+                return batch
+
+            batch = [(part, list(part.todo)) for part in parts]
+            if not any(todo for _, todo in batch) and rounds:  # a resumed search: its next round
+                batch = next_batch()
+            run_name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+            n_packs = _train(lead, batch, interrupt, run_name, ProgressCallback(progress, display),
+                             next_batch if rounds else None) if batch else 0
         finally:
             display.close()
             if in_main_thread:
@@ -206,34 +214,61 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool, str | None]:
 
 
 def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: Interrupt,
-           run_name: str, progress: ProgressCallback) -> int:
-    """One Tune pass over the batch's models (per part); returns the packs it ran."""
+           run_name: str, progress: ProgressCallback,
+           next_batch: Callable[[], list[tuple[Part, list[ModelSpec]]]] | None = None) -> int:
+    """One Tune run over the batch's models (per part) and, with ``next_batch``, over each
+    round it gives once the previous one is stored, until it gives none; returns the packs
+    run."""
     resources, slots = trial_resources(lead)
-    all_todo = [spec for _, todo in batch for spec in todo]
     injected = faults.from_environment()
     if injected:
         log.warning("fault injection on (%s): %s", faults.ENV, injected["ids"])
     by_id: dict[str, tuple[Part, Pack]] = {}
-    queue: list[tuple[Pack, WorkerOptions]] = []
-    for part, todo in batch:
-        size = part.cfg.sweep.pack_size or auto_pack_size(
-            all_todo, slots, trial_device_kind(resources, part.cfg.train.device))
-        part.packs = make_packs(part.name, todo, size)
-        options = WorkerOptions(log_every=part.cfg.train.log_every,
-                                device=part.cfg.train.device,
-                                torch_threads=part.cfg.train.torch_threads, faults=injected)
-        progress.progress.add_packs(part.packs)
-        for pack in part.packs:
-            by_id[pack.pack_id] = (part, pack)
-            queue.append((pack, options))
-    if not queue:
+    n_queued = 0
+
+    def queued(batch: list[tuple[Part, list[ModelSpec]]]) -> list[tuple[Pack, WorkerOptions]]:
+        """The batch's packs, largest first, each known to the callbacks."""
+        nonlocal n_queued
+        all_todo = [spec for _, todo in batch for spec in todo]
+        queue: list[tuple[Pack, WorkerOptions]] = []
+        for part, todo in batch:
+            size = part.cfg.sweep.pack_size or auto_pack_size(
+                all_todo, slots, trial_device_kind(resources, part.cfg.train.device))
+            part.packs = make_packs(part.name, todo, size)
+            options = WorkerOptions(log_every=part.cfg.train.log_every,
+                                    device=part.cfg.train.device,
+                                    torch_threads=part.cfg.train.torch_threads, faults=injected)
+            progress.progress.add_packs(part.packs)
+            for pack in part.packs:
+                by_id[pack.pack_id] = (part, pack)
+                queue.append((pack, options))
+        queue.sort(key=lambda item: item[0].cost, reverse=True)  # largest first
+        if queue:
+            log.info("training %d models in %d packs, %d at a time (%s per trial)",
+                     len(all_todo), len(queue), slots, resources)
+        n_queued += len(queue)
+        return queue
+
+    def next_round_queued() -> list[tuple[Pack, WorkerOptions]]:
+        """Called by PackQueue inside Tune's loop once every pack so far has ended: the
+        next round reads the store, so what the writer holds is stored first."""
+        persist.drain()
+        if persist.store_error is not None or persist.error is not None:
+            return []
+        while True:
+            batch = next_batch()
+            if not batch:
+                return []
+            queue = queued(batch)
+            if queue:
+                return queue
+
+    queue = queued(batch)
+    if not queue and next_batch is None:
         return 0
-    queue.sort(key=lambda item: item[0].cost, reverse=True)  # largest first
     # Tune keeps one pending trial for a custom searcher (PackQueue), which starves the slots
     # and evicts the reused actors between trials; as many as it keeps for its own grid:
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(200, int(1.1 * slots))))
-    log.info("training %d models in %d packs, %d at a time (%s per trial)",
-             len(all_todo), len(queue), slots, resources)
     persist = PersistCallback(by_id, interrupt.halt)
     watch = LoopWatch()
     tune_dir = Path(lead.paths.out_dir) / ".tune"
@@ -242,8 +277,11 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     try:
         try:
             # progress first: PersistCallback takes the payload out of each final result
-            tuner = _make_tuner(lead, PackQueue(queue, server, server_name), resources, interrupt,
-                                [progress, persist, watch], tune_dir, run_name, len(queue))
+            searcher = PackQueue(queue, server, server_name,
+                                 next_round_queued if next_batch is not None else None)
+            # rounds: as many trials as the rounds make (-1: until the searcher has no more)
+            tuner = _make_tuner(lead, searcher, resources, interrupt, [progress, persist, watch],
+                                tune_dir, run_name, len(queue) if next_batch is None else -1)
         except OSError as error:  # Tune records its own state under paths.out_dir first
             raise unwritable(tune_dir.parent, error) from error
         try:
@@ -275,7 +313,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
         interrupt.why = persist.why
         log.error("the sweep stopped because a pack could not be stored; everything stored "
                   "before it is kept: fix the cause and run the same command again to resume")
-    return len(queue)
+    return n_queued
 
 
 def _make_tuner(lead: Config, queue: PackQueue, resources: dict, interrupt: Interrupt,

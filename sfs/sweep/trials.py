@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ray import tune
 from ray.tune.search import Searcher
@@ -31,16 +31,28 @@ class PackQueue(Searcher):
     keeps every trial's config, with copies and renderings of it, until the sweep ends, so a
     pack in the config would stay in the driver's memory (``sfs.training.pack_server``)."""
 
-    def __init__(self, packs: Sequence[tuple[Pack, WorkerOptions]], server, server_name: str) -> None:
+    def __init__(self, packs: Sequence[tuple[Pack, WorkerOptions]], server, server_name: str,
+                 more: Callable[[], list[tuple[Pack, WorkerOptions]]] | None = None) -> None:
         super().__init__()
-        self.packs = packs
+        self.packs = list(packs)
         self.next = 0
         self.server, self.server_name = server, server_name
         self.pack_of: dict[str, str] = {}  # trial id -> pack id, for the trials in flight
+        # A search's next round (sfs.sweep.search_rounds): called once every pack so far has
+        # ended, [] when no round follows. The rounds share one Tuner, so its worker
+        # processes (torch and Lightning imported) serve them all.
+        self.more = more
 
     def suggest(self, trial_id: str) -> dict | None:
         if self.next >= len(self.packs):
-            return Searcher.FINISHED
+            if self.more is None:
+                return Searcher.FINISHED
+            if self.pack_of:
+                return None  # the round's last packs are training: ask again later
+            self.packs, self.next = self.more(), 0
+            if not self.packs:
+                self.more = None
+                return Searcher.FINISHED
         pack, options = self.packs[self.next]
         self.next += 1
         self.server.put.remote(pack.pack_id, pickle.dumps(pack.to_dict()))
@@ -60,7 +72,7 @@ class PackQueue(Searcher):
         """Without the packs or the server: the Tuner pickles its searcher into its own
         restore file (``tuner.pkl``, which sfs never reads), and at 10^6 models the packs
         took ~5 s there before the first trial. An unpickled queue is empty."""
-        return {**self.__dict__, "packs": (), "server": None, "pack_of": {}}
+        return {**self.__dict__, "packs": [], "server": None, "pack_of": {}, "more": None}
 
 
 class LoopWatch(tune.Callback):

@@ -62,6 +62,7 @@ class PackWriter:
         self.writing_s = 0.0  # the writer's busy time: stored / writing_s is what it sustains
         self._jobs: collections.deque[Job | None] = collections.deque()  # None: stop
         self._bytes = 0  # of the queued jobs
+        self._busy = False  # a job taken from the queue and not yet finished
         self._changed = threading.Condition()
         self._abandon = threading.Event()  # a second Ctrl-C: store nothing more
         self._thread = threading.Thread(target=self._run, name="sfs-writer", daemon=True)
@@ -96,6 +97,7 @@ class PackWriter:
             job = self._jobs.popleft()
             if job is not None:
                 self._bytes -= job.size
+                self._busy = True
             self._changed.notify_all()
             return job
 
@@ -110,23 +112,39 @@ class PackWriter:
             job = self._next()
             if job is None:
                 return
-            if self.failed or self._abandon.is_set():
-                continue  # the sweep is stopping: this pack is trained again next launch
-            started = time.perf_counter()
             try:
-                job.write()
-            except BaseException as error:  # noqa: BLE001 - any failure stops the sweep, said once
-                self.failed = True
-                self.on_error(error)
-                continue
-            took = time.perf_counter() - started
-            self.longest_write_s = max(self.longest_write_s, took)
-            self.writing_s += took
-            self.stored += 1
-            try:
-                job.done()
-            except Exception:  # a log line must never stop the storing
-                log.debug("after storing a pack", exc_info=True)
+                self._do(job)
+            finally:
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
+
+    def _do(self, job: Job) -> None:
+        if self.failed or self._abandon.is_set():
+            return  # the sweep is stopping: this pack is trained again next launch
+        started = time.perf_counter()
+        try:
+            job.write()
+        except BaseException as error:  # noqa: BLE001 - any failure stops the sweep, said once
+            self.failed = True
+            self.on_error(error)
+            return
+        took = time.perf_counter() - started
+        self.longest_write_s = max(self.longest_write_s, took)
+        self.writing_s += took
+        self.stored += 1
+        try:
+            job.done()
+        except Exception:  # a log line must never stop the storing
+            log.debug("after storing a pack", exc_info=True)
+
+    def drain(self) -> None:
+        """Wait until every pack submitted so far is stored (or the writer has failed: the
+        sweep is stopping), the thread left running for more: between the rounds of a
+        search, whose next round reads the store."""
+        with self._changed:
+            while (self._jobs or self._busy) and not self.failed and self._thread.is_alive():
+                self._changed.wait(0.1)
 
     def close(self) -> None:
         """Store every queued pack, then stop the thread. Interrupted (a second Ctrl-C), it
