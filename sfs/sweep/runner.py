@@ -7,8 +7,8 @@ store each finished pack while ``progress`` shows the live line (models done, mo
 per second, packs running, elapsed, ETA), and read back the summary (``summary``). With a
 search (``sweep.iso_loss``, ``sweep.adaptive``, the learning-rate probe) each round is planned
 from the store once the previous one is stored (``search_rounds``), until a round adds
-nothing; the rounds run in one Tune run, whose worker processes serve them all. Ctrl-C stops it cleanly (``Interrupt``); re-running the same command
-trains only what is missing.
+nothing; the rounds run in one Tune run, whose worker processes serve them all. Ctrl-C
+stops it cleanly (``Interrupt``); re-running the same command trains only what is missing.
 """
 
 from __future__ import annotations
