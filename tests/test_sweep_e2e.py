@@ -144,3 +144,27 @@ def test_a_killed_sweep_resumes_without_retraining_finished_models(tmp_path):
     assert parents == dict(zip(table["model_id"], table["mlflow_run_id"]))  # nor model runs
     assert sorted(r.data.tags["sfs.kind"] for r in runs if r.info.run_id not in pack_runs) == \
         ["aggregate"] + ["model"] * 24
+
+
+def test_a_round_that_cannot_be_planned_stops_the_sweep_with_its_own_error(local_ray, tmp_path, monkeypatch):
+    """A search's next round is planned inside the Tune run, when the last round's packs
+    are stored (sfs.sweep.trials.PackQueue): its failure (here the store unreadable, planted)
+    reaches the launch as itself, not as Tune's, and what was trained stays stored."""
+    import sfs.sweep.runner as runner
+    from sfs.storage.store import StoreError, TrialStore
+
+    plan = runner.next_round
+
+    def unreadable(part, starting=False):
+        if not starting:
+            raise StoreError(f"{part.store.dir}: cannot be read (planted)")
+        return plan(part, starting)
+
+    monkeypatch.setattr(runner, "next_round", unreadable)
+    (cfg,) = load_configs(["+sweep=phase_adaptive", "sweep.importances=[0.1,10.0]", "sweep.sparsities=[0.99,0.0]",
+                           "sweep.seeds=[0]", "sweep.adaptive.points_per_round=4", "sweep.pack_size=2",
+                           "train.steps=300", "tracking=off", f"paths.out_dir={tmp_path}"])
+    with pytest.raises(StoreError, match="planted"):
+        run_sweep([cfg])
+    table = TrialStore(tmp_path / "phase_adaptive").load()
+    assert table.height == 4 and (table["status"] == "ok").all()  # the grid, stored

@@ -249,19 +249,26 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
         n_queued += len(queue)
         return queue
 
+    round_errors: list[Exception] = []
+
     def next_round_queued() -> list[tuple[Pack, WorkerOptions]]:
         """Called by PackQueue inside Tune's loop once every pack so far has ended: the
-        next round reads the store, so what the writer holds is stored first."""
+        next round reads the store, so what the writer holds is stored first. Its failure
+        (an unreadable store, say) ends the run and is raised after it, not inside Tune."""
         persist.drain()
         if persist.store_error is not None or persist.error is not None:
             return []
-        while True:
-            batch = next_batch()
-            if not batch:
-                return []
-            queue = queued(batch)
-            if queue:
-                return queue
+        try:
+            while True:
+                batch = next_batch()
+                if not batch:
+                    return []
+                queue = queued(batch)
+                if queue:
+                    return queue
+        except Exception as error:
+            round_errors.append(error)
+            return []
 
     queue = queued(batch)
     if not queue and next_batch is None:
@@ -309,6 +316,8 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
     if persist.store_error is not None:
         raise persist.store_error
+    if round_errors:
+        raise round_errors[0]
     if persist.error is not None:  # logged with its traceback when it happened
         interrupt.why = persist.why
         log.error("the sweep stopped because a pack could not be stored; everything stored "
