@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first thing to run on a machine with an NVIDIA GPU, from a clone of sfs:
 #
-#     bash benchmarks/gpu_check.sh            # about 5-8 minutes of checks on one GPU
+#     bash benchmarks/gpu_check.sh            # about 6.5 minutes of checks on one GPU (at most 9)
 #     bash benchmarks/gpu_check.sh --keep     # keep the work folder (logs, stores, JSON)
 #
 # Without a GPU it prints one line saying so and exits 0. With one it:
@@ -12,6 +12,9 @@
 #   3. checks packing invariance on the GPU (benchmarks/pack_equivalence.py);
 #   4. runs benchmarks/throughput.py --device cuda --modes limit,sfs (one repeat, both grids);
 #   5. runs the pack-size sweep (16..1024 models a pack, benchmarks/pack_cost.py --device cuda);
+#   6. looks for why sfs on a GPU trailed the bare loop (2026-12-04: 0.07-0.14): sfs's step
+#      against the bare loop's in one process (benchmarks/step_overhead.py --device cuda),
+#      and the tiny grid with one trial on the GPU instead of four sharing it;
 # each time-boxed, with its wall time and PASS/FAIL, then a summary of the figures to copy
 # into benchmarks/README.md ("GPU check"). Exit status: 0 when every step passed, else 1.
 #
@@ -197,6 +200,19 @@ elif name == "pack_size":
         if r["model_steps_per_s"] > best.get(key, (0, 0))[1]:
             best[key] = (r["k"], r["model_steps_per_s"])
     print("; ".join(f"{key}: best k={k} ({rate:,.0f} model-steps/s)" for key, (k, rate) in best.items()))
+elif name == "sharing":
+    step, alone = load("step_overhead.json"), load("sharing.json")
+    shared = load("throughput.json")
+    parts = []
+    if step:
+        parts.append(f"one process: sfs {step['model_steps_per_s']['sfs']:,} vs bare "
+                     f"{step['model_steps_per_s']['bare']:,} model-steps/s (sfs/bare {step['sfs/bare']})")
+    if alone and alone.get("tiny", {}).get("sfs"):
+        line = f"tiny sfs, 1 trial on the GPU: {alone['tiny']['sfs']['model_steps_per_s']:,.0f} model-steps/s"
+        if shared and shared.get("tiny", {}).get("sfs"):
+            line += f" (4 sharing it: {shared['tiny']['sfs']['model_steps_per_s']:,.0f})"
+        parts.append(line)
+    print("; ".join(parts))
 elif name == "environment":
     print((work / "environment.txt").read_text().strip().replace("\n", "; "))
 EOF
@@ -268,15 +284,24 @@ step_pack_size() {
   "$PY" benchmarks/pack_cost.py --device cuda --sizes "$sizes" --n-features 1000 --steps 30 \
     --json-out "$WORK/pack_size_1000.json"
 }
-export -f step_environment step_smoke step_packing step_throughput step_pack_size
+step_sharing() {
+  "$PY" benchmarks/step_overhead.py --device cuda --steps 500 --repeats 2 | tail -1 \
+    | tee "$WORK/step_overhead.json"
+  "$PY" benchmarks/throughput.py --device cuda --modes sfs --grid tiny --repeats 1 --cpus 4 \
+    --gpus-per-trial 1 --timeout 70 --json-out "$WORK/sharing.json"
+}
+export -f step_environment step_smoke step_packing step_throughput step_pack_size step_sharing
 
 if [ -n "$PY" ] && [ "${RESULTS[0]}" = PASS ]; then
-  # Time boxes: 20 + 100 + 70 + 170 + 110 = 470 s, under 8 minutes with the summary.
+  # Time boxes: 20 + 100 + 45 + 170 + 110 + 80 = 525 s at most; on an H200 (2026-12-04) the
+  # first four took 9, 85, ~20 and 130 s; pack_size and sharing are estimated at ~75 and
+  # ~45 s: ~6.5 minutes in all.
   run_step environment 20 step_environment
   run_step smoke 100 step_smoke
-  run_step packing 70 step_packing
+  run_step packing 45 step_packing
   run_step throughput 170 step_throughput
   run_step pack_size 110 step_pack_size
+  run_step sharing 80 step_sharing
 fi
 
 # --- summary -------------------------------------------------------------------------
