@@ -84,12 +84,17 @@ def inspect(path: Path) -> tuple[str | None, str | None]:
     provably holds nothing). A store that is fine is not searched for content."""
     try:
         with closing(sqlite3.connect(path, timeout=30)) as db:  # reading rolls back a killed write
-            tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                      if not name.startswith("sqlite_")]
+            tables = _tables(db)
             problem = _schema_problem(db, tables)
             return problem, (_content(db, tables) if problem else None)
     except sqlite3.DatabaseError as error:
         return f"it is not a readable SQLite database ({error})", "what sfs cannot read"
+
+
+def _tables(db: sqlite3.Connection) -> list[str]:
+    """The store's tables, SQLite's own left out."""
+    return [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not name.startswith("sqlite_")]
 
 
 def _schema_problem(db: sqlite3.Connection, tables: list[str]) -> str | None:
@@ -208,9 +213,7 @@ def _alive(pid: int) -> bool:
 def _held(path: Path) -> str | None:
     """What a complete store holds beyond a fresh one's rows; None when nothing."""
     with closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as db:
-        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                  if not name.startswith("sqlite_")]
-        return _content(db, tables)
+        return _content(db, _tables(db))
 
 
 def _create(path: Path) -> Path:
