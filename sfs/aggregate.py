@@ -60,12 +60,12 @@ from sfs.analysis.lr_selection import select_learning_rates
 from sfs.analysis.model_metrics import GROUP_KEYS, SPEC_KEYS, Loaded, model_metrics
 from sfs.analysis.phase import phase_table
 from sfs.config import Config
-from sfs.core import metrics as M
 from sfs.core.spec import derive_seed
-from sfs.plan_lr import outcomes_of, planned_grid
+from sfs.plan_lr import outcomes_of, planned_grid_ids, probe_seeds
 from sfs.plan_search import SearchResult, replay_search
 from sfs.storage.point_values import replay_stored
 from sfs.storage.store import TrialStore, read_weights, write_table
+from sfs.storage.stored_weights import StoredWeights
 
 log = logging.getLogger(__name__)
 
@@ -90,29 +90,20 @@ class AggregateResult:
     phase: pl.DataFrame = field(default_factory=pl.DataFrame)  # the n=2, m=1 toy's cells (sfs.analysis.phase)
 
 
-def load_models(sweep_dir: Path, planned_ids: set[str]) -> Loaded:
-    """The planned models' rows, and the weights of those that trained ok (each weights
-    file read once), with the features represented after each residual block of deep
-    models."""
-    table = TrialStore(sweep_dir).load()
-    rows = table.filter(pl.col("model_id").is_in(list(planned_ids)))
-    ok = rows.filter(pl.col("status") == "ok").sort("model_id")
-    W: list[np.ndarray | None] = [None] * ok.height
-    layers: list[list[int] | None] = [None] * ok.height
-    curves: list[tuple[np.ndarray, np.ndarray] | None] = [None] * ok.height
-    for positions, arrays in read_weights(sweep_dir, ok, names=("W", "A", "c", "B", "curve",
-                                                                  "curve_steps")):
-        for position, weights in zip(positions.tolist(), arrays["W"]):
-            W[position] = weights
-        if "curve" in arrays:
-            for k, position in enumerate(positions.tolist()):
-                curves[position] = (arrays["curve"][k], arrays["curve_steps"][k])
-        if "A" in arrays:  # features represented after each block, for this file's models at once
-            per_layer = M.n_represented(M.layer_feature_directions(arrays))  # (model, layer)
-            for position, counts in zip(positions.tolist(), per_layer):
-                layers[position] = counts.tolist()
-    has_layers = any(layer is not None for layer in layers)
-    return Loaded(rows, ok, W, layers if has_layers else None, curves)  # type: ignore[arg-type]
+def load_models(sweep_dir: Path, planned_ids: set[str], table: pl.DataFrame | None = None) -> Loaded:
+    """The planned models' rows, and the ok ones' weights left in the store
+    (``StoredWeights``: each step reads what it needs, file by file). table: the store's
+    (``TrialStore.load``), where the caller has read it already."""
+    table = TrialStore(sweep_dir).load() if table is None else table
+    planned = table["model_id"].is_in(list(planned_ids))
+    rows = table if planned.all() else table.filter(planned)  # (a filter copies every column)
+    # what the analyses read of the ok models, no more (the table's other columns, run ids,
+    # nodes, pack ids, errors, are a third of its memory at 10^6 models)
+    ok = (rows.lazy().filter(pl.col("status") == "ok")
+          .select("model_id", *SPEC_KEYS, "n_params", "loss", "val_loss", "train_loss", "status",
+                  "weights_path", "weights_index")
+          .sort("model_id").collect())
+    return Loaded(rows, ok, StoredWeights(sweep_dir, ok))
 
 
 def load_parameters(sweep_dir: Path, ok: pl.DataFrame) -> list[dict[str, np.ndarray]]:
@@ -136,13 +127,16 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
         raise FileNotFoundError(f"no results store at {sweep_dir}: run the sweep first "
                                 f"(python -m sfs.launch +sweep={cfg.sweep.name} ...)")
     table = TrialStore(sweep_dir).load()
-    outcomes = outcomes_of(table)
-    grid = {spec.model_id for spec in planned_grid(cfg, outcomes)}
+    # what the store has led the plan to (an lr probe's choice, the searches' rounds); a
+    # dict per stored model (~120 MB at 10^6), so only where a step reads it
+    outcomes = outcomes_of(table) if probe_seeds(cfg) or cfg.sweep.iso_loss.enabled else {}
+    grid = planned_grid_ids(cfg, outcomes)
     search = replay_search(cfg, outcomes) if cfg.sweep.iso_loss.enabled else None  # sfs.plan_search
     planned = grid | (search.model_ids if search else set())
     if cfg.sweep.adaptive.enabled:  # the points the adaptive rounds proposed (sfs.plan_adaptive)
         planned |= replay_stored(cfg, sweep_dir, table).model_ids
-    loaded = load_models(sweep_dir, planned)
+    loaded = load_models(sweep_dir, planned, table)
+    del table, outcomes  # loaded.rows holds the planned models' rows
     log.info("%s: %d planned models, %d stored, %d ok (read in %.1f s)", cfg.sweep.name,
              len(planned), loaded.rows.height, loaded.ok.height, time.perf_counter() - started)
     lr_choice = select_learning_rates(loaded.rows, GROUP_KEYS)

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sfs.config import Config
-from sfs.plan import ModelSpec, plan_models
+from sfs.plan import ModelSpec, plan_model_ids, plan_models
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,14 @@ def by_setting(specs: Iterable[ModelSpec]) -> dict[tuple, list[ModelSpec]]:
     for spec in specs:
         settings.setdefault(setting_key(spec), []).append(spec)
     return settings
+
+
+def planned_grid_ids(cfg: Config, outcomes: Mapping[str, Outcome | float]) -> set[str]:
+    """The ids of ``planned_grid``'s models (without building the specs where no probe
+    needs them: ``plan_model_ids``)."""
+    if not probe_seeds(cfg):
+        return set(plan_model_ids(cfg))
+    return {spec.model_id for spec in planned_grid(cfg, outcomes)}
 
 
 def planned_grid(cfg: Config, outcomes: Mapping[str, Outcome | float]) -> list[ModelSpec]:

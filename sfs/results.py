@@ -292,10 +292,10 @@ class SweepResults:
         cfg = self.config
         if cfg is None:
             return None
-        from sfs.plan_lr import outcomes_of, planned_grid
+        from sfs.plan_lr import outcomes_of, planned_grid_ids, probe_seeds
 
-        outcomes = outcomes_of(self.trials)
-        planned = {spec.model_id for spec in planned_grid(cfg, outcomes)}
+        outcomes = outcomes_of(self.trials) if probe_seeds(cfg) or cfg.sweep.iso_loss.enabled else {}
+        planned = planned_grid_ids(cfg, outcomes)
         if cfg.sweep.iso_loss.enabled:
             from sfs.plan_search import replay_search
 

@@ -21,6 +21,7 @@ from sfs.plan import (
     estimated_makespan,
     make_packs,
     pack_seconds,
+    plan_model_ids,
     plan_models,
 )
 from sfs.sweep.cluster import trial_device_kind
@@ -80,6 +81,8 @@ def test_the_planned_specs_and_ids_are_those_of_the_plain_constructor(overrides)
             assert plain == spec and hash(plain) == hash(spec)
             assert {k: type(v) for k, v in values.items()} == {k: type(v) for k, v in vars(plain).items()}
             assert spec.model_id == plain.model_id, values
+        # the ids alone (what a reader of the store plans): the same, in the same order
+        assert plan_model_ids(cfg) == [ModelSpec(**dataclasses.asdict(s)).model_id for s in plan_models(cfg)]
 
 
 def test_planning_leaves_the_cycle_collector_as_it_found_it():

@@ -17,7 +17,7 @@ from sfs.analysis.model_metrics import GROUP_KEYS
 from sfs.config import ConfigError
 from sfs.config.compose import load_configs
 from sfs.plan import ModelSpec, plan_models
-from sfs.plan_lr import Outcome, choose_lr, planned_grid, probe_seeds, to_train
+from sfs.plan_lr import Outcome, choose_lr, planned_grid, planned_grid_ids, probe_seeds, to_train
 from sfs.plan_search import replay_search
 
 LRS = (0.003, 0.01)
@@ -107,6 +107,8 @@ def test_the_grid_plans_the_probe_first_then_the_other_seeds():
     assert [order[s.model_id] for s in full] == sorted(order[s.model_id] for s in full)
     (plain,) = load_configs([*PROBED, "sweep.lr_probe_seeds=0"])
     assert planned_grid(plain, {}) == plan_models(plain)
+    for config, outcomes in ((cfg, {}), (cfg, stored), (plain, {})):  # the ids alone: the same models
+        assert planned_grid_ids(config, outcomes) == {s.model_id for s in planned_grid(config, outcomes)}
 
 
 def _search(cfg, loss):

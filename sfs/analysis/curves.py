@@ -11,12 +11,16 @@ in-process when few.
 The compared pairs outnumber everything else (a curve of 6 widths x 8 seeds has 1,128; a
 sweep of 10^6 models, ~22 million): each batch writes its own pairs to a parquet part, and
 the parts are joined on disk into ``universality_pairs.parquet`` by a streaming copy, so
-memory holds one batch's pairs at a time, never the sweep's.
+memory holds one batch's pairs at a time, never the sweep's. Likewise the weights: a task
+names where its models' weights are stored (``StoredWeights``), each worker reads its
+batch's (curves in file order, so a batch reads few files), and the aggregating process
+never holds the sweep's.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
 import json
 import logging
@@ -25,7 +29,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +49,7 @@ from sfs.config import AggregateConfig
 from sfs.core.signals import children_deaf_to_ctrl_c
 from sfs.core.spec import derive_seed
 from sfs.storage.store import atomic_write_file, write_table
+from sfs.storage.stored_weights import StoredWeights, concat_stored
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,7 @@ class CurveTask:
     widths: list[int]
     seeds: list[int]
     losses: list[float]
-    W: list[np.ndarray]  # (feature, hidden) per model
+    W: Sequence[np.ndarray]  # (feature, hidden) per model, or where they are stored (StoredWeights)
     options: AggregateConfig
 
 
@@ -95,14 +100,24 @@ class CurveTables(NamedTuple):
 
 
 def curve_tasks(loaded: Loaded, options: AggregateConfig) -> list[CurveTask]:
-    """The ok models of ``loaded`` as one task per curve, in order of first appearance."""
+    """The ok models of ``loaded`` as one task per curve. Stored weights stay in the store
+    (each task names its models', a worker reads them) and the curves come in the order of
+    their first model in the weights files, so that a batch of consecutive curves reads
+    few files, each once (curves in model-id order would scatter a batch over most of a
+    large sweep's files); in-memory weights keep the order of first appearance."""
     ok = loaded.ok.with_row_index("_i")
-    tasks = []
-    for keys, group in ok.group_by(CURVE_KEYS, maintain_order=True):
-        tasks.append(CurveTask(dict(zip(CURVE_KEYS, keys)), group["model_id"].to_list(),
-                               group["width"].to_list(), group["seed"].to_list(),
-                               group["loss"].to_list(), [loaded.W[i] for i in group["_i"]], options))
-    return tasks
+    stored = isinstance(loaded.W, StoredWeights)
+    in_file_order = np.empty(ok.height, dtype=np.int64)  # each ok row's place in file order
+    if stored:
+        in_file_order[ok.sort(["weights_path", "weights_index"])["_i"].to_numpy()] = np.arange(ok.height)
+    tasks, first = [], []
+    columns = ["_i", "model_id", "width", "seed", "loss"]
+    for *keys, index, model_ids, widths, seeds, losses in (
+            ok.group_by(CURVE_KEYS, maintain_order=True).agg(columns).iter_rows()):
+        W = loaded.W.subset(index) if stored else [loaded.W[i] for i in index]
+        tasks.append(CurveTask(dict(zip(CURVE_KEYS, keys)), model_ids, widths, seeds, losses, W, options))
+        first.append(int(in_file_order[index].min()) if stored else len(first))
+    return [tasks[i] for i in np.argsort(first, kind="stable")]
 
 
 def curve_pairs(widths: list[int], seeds: list[int]) -> list[tuple[str, int, int]]:
@@ -161,7 +176,7 @@ def analyse_curve(task: CurveTask) -> CurveResult:
 def analyse_batch(batch: CurveBatch) -> list[CurveResult]:
     """``analyse_curve`` of each curve of the batch; their compared pairs are written to the
     batch's part file (with the curves' keys as columns) and left out of the results."""
-    results = [analyse_curve(task) for task in batch.tasks]
+    results = [analyse_curve(task) for task in _with_weights(batch.tasks)]
     frames = [pl.DataFrame(result.pairs).with_columns(**{k: pl.lit(v) for k, v in task.keys.items()})
               for task, result in zip(batch.tasks, results) if result.pairs]
     if frames:
@@ -169,6 +184,16 @@ def analyse_batch(batch: CurveBatch) -> list[CurveResult]:
     for result in results:
         result.pairs = {}
     return results
+
+
+def _with_weights(tasks: list[CurveTask]) -> list[CurveTask]:
+    """The tasks with their stored weights read, all at once (each file opened once)."""
+    stored = [task for task in tasks if isinstance(task.W, StoredWeights)]
+    if not stored:
+        return tasks
+    weights = iter(concat_stored([task.W for task in stored]).read())
+    return [dataclasses.replace(task, W=list(itertools.islice(weights, len(task.W))))
+            if isinstance(task.W, StoredWeights) else task for task in tasks]
 
 
 def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pairs_path: Path,

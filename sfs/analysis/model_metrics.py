@@ -7,6 +7,7 @@ with its spec, loss and the quantities of ``sfs.core.metrics``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -15,11 +16,13 @@ import polars as pl
 from sfs.analysis.convergence import converged, final_decrease
 from sfs.core import metrics as M
 from sfs.plan import ModelSpec
+from sfs.storage.stored_weights import StoredWeights
 
 SPEC_KEYS = [f.name for f in fields(ModelSpec)]
 # What the analyses group models by: every spec field but the learning rate, which is chosen
 # per shape (sfs.analysis.lr_selection) and so may differ between the shapes of one curve.
 GROUP_KEYS = [k for k in SPEC_KEYS if k != "lr"]
+METRICS_BLOCK = 4096  # models measured in one vectorised pass (at most ~50 MB of float64 temporaries)
 
 
 @dataclass
@@ -28,10 +31,14 @@ class Loaded:
 
     rows: pl.DataFrame  # planned models found in the store
     ok: pl.DataFrame  # status ok, in the order of ``W``
-    W: list[np.ndarray]  # (feature, hidden) per ok row: the bottleneck (W_in of deep models)
-    # represented features after each residual block (deep families; None for the others)
+    # (feature, hidden) per ok row: the bottleneck (W_in of deep models). The aggregation's is
+    # a StoredWeights (read from the store when a step needs it: never every model's at once);
+    # a list of arrays in memory works as well.
+    W: Sequence[np.ndarray]
+    # In-memory models only (a StoredWeights' are read with its weights): the features
+    # represented after each residual block (deep families; None for the others), and the
+    # training curve (n_logs,) with its steps (n_logs,) (None where not given).
     layer_represented: list[list[int] | None] | None = None
-    # per ok row: the training curve (n_logs,) and its steps (n_logs,); None where not read
     curves: list[tuple[np.ndarray, np.ndarray] | None] | None = None
 
     def keep(self, model_ids: set[str]) -> Loaded:
@@ -43,70 +50,115 @@ class Loaded:
         def pick(values):
             return None if values is None else [values[i] for i in take]
 
-        return Loaded(self.rows, self.ok.filter(pl.Series(mask)), pick(self.W),
+        W = self.W.subset(take) if isinstance(self.W, StoredWeights) else pick(self.W)
+        return Loaded(self.rows, self.ok.filter(pl.Series(mask)), W,
                       pick(self.layer_represented), pick(self.curves))
 
 
 def model_metrics(loaded: Loaded, convergence_window: float = 0.25,
                   convergence_tol: float = 0.01) -> pl.DataFrame:
     """One row per ok model: its spec, loss, the quantities of ``sfs.core.metrics`` (computed
-    in one vectorised pass per weight shape) and whether it converged
-    (``sfs.analysis.convergence``: ``final_decrease``, its ``final_decrease_se`` and
-    ``converged``)."""
+    in vectorised passes over up to METRICS_BLOCK models of one weight shape) and whether it
+    converged (``sfs.analysis.convergence``: ``final_decrease``, its ``final_decrease_se``
+    and ``converged``). Stored weights are read file by file and dropped once measured."""
     ok = loaded.ok
-    n_rep = np.zeros(ok.height, dtype=np.int64)
-    frob, dstar, sup_mean, dim_sum, dim_mean_rep = (np.full(ok.height, np.nan) for _ in range(5))
-    by_shape: dict[tuple, list[int]] = {}
-    for i, W in enumerate(loaded.W):
-        by_shape.setdefault(W.shape, []).append(i)
-    for index in by_shape.values():
-        stack = np.stack([loaded.W[i] for i in index]).astype(np.float64)  # (models, feature, hidden)
+    out = _PerModel(ok.height, ok["steps"].to_numpy(), convergence_window)
+    if isinstance(loaded.W, StoredWeights):
+        for positions, arrays in loaded.W.chunks(("W", "A", "c", "B", "curve", "curve_steps")):
+            out.add_weights(positions, arrays["W"])
+            if "curve" in arrays:
+                out.add_curves(positions, arrays["curve"], arrays["curve_steps"])
+            if "A" in arrays:  # features represented after each block, the file's models at once
+                per_layer = M.n_represented(M.layer_feature_directions(arrays))  # (model, layer)
+                for position, counts in zip(positions.tolist(), per_layer):
+                    out.layers[position] = counts.tolist()
+    else:
+        for i, W in enumerate(loaded.W):
+            out.add_weights(np.array([i]), np.asarray(W)[None])
+        for i, curve in enumerate(loaded.curves or []):
+            if curve is not None:
+                out.add_curves(np.array([i]), curve[0][None], curve[1][None])
+        for i, layers in enumerate(loaded.layer_represented or []):
+            out.layers[i] = layers
+    out.flush()
+    n_rep = out.n_rep
+    extra = []
+    if any(layers is not None for layers in out.layers):  # after each block; depth 0: the bottleneck only
+        per_layer = [layers if layers is not None else [int(n_rep[i])]
+                     for i, layers in enumerate(out.layers)]
+        extra = [pl.Series("layer_represented", per_layer, dtype=pl.List(pl.Int64)),
+                 pl.Series("min_layer_represented", [min(v) for v in per_layer], dtype=pl.Int64)]
+    judged = converged(out.decrease, out.stderr, out.points, convergence_tol)
+    return ok.select(["model_id", *SPEC_KEYS, "n_params", "loss"]).with_columns(
+        *extra,
+        pl.Series("final_decrease", out.decrease), pl.Series("final_decrease_se", out.stderr),
+        # null where not judged (too few logged points in the window, or no curve)
+        pl.Series("converged", [bool(c) if np.isfinite(d) else None
+                                for c, d in zip(judged, out.decrease)], dtype=pl.Boolean),
+        pl.Series("n_represented", n_rep),
+        (pl.Series(n_rep) / pl.col("n_features")).alias("frac_represented"),
+        pl.Series("frobenius_sq", out.frob),
+        pl.Series("dims_per_feature", out.dstar),  # D* = m / ||W||_F^2
+        pl.Series("superposition_mean", out.sup_mean),  # over represented features
+        pl.Series("dimensionality_sum", out.dim_sum),  # sum_i D_i (~ width when packed)
+        pl.Series("dimensionality_mean", out.dim_mean_rep),  # over represented features
+    )
+
+
+class _PerModel:
+    """The per-model columns of ``model_metrics``, filled as models arrive: weights (and
+    curves) wait in a buffer per shape (per length) until METRICS_BLOCK models have come, so
+    every vectorised pass is over many models whether they arrive alone or a file at once."""
+
+    def __init__(self, k: int, total_steps: np.ndarray, window: float) -> None:
+        self.total_steps, self.window = total_steps, window
+        self.n_rep = np.zeros(k, dtype=np.int64)
+        self.frob, self.dstar, self.sup_mean, self.dim_sum, self.dim_mean_rep = (np.full(k, np.nan) for _ in range(5))
+        self.decrease, self.stderr = np.full(k, np.nan), np.full(k, np.nan)
+        self.points = np.zeros(k, dtype=np.int64)
+        self.layers: list[list[int] | None] = [None] * k
+        self._weights: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}  # shape -> (positions, stack)
+        self._curves: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+
+    def add_weights(self, positions: np.ndarray, stack: np.ndarray) -> None:
+        """stack: (models, feature, hidden) of the models at positions (models,)."""
+        waiting = self._weights.setdefault(stack.shape[1:], [])
+        waiting.append((positions, stack))
+        if sum(len(p) for p, _ in waiting) >= METRICS_BLOCK:
+            self._measure(self._weights.pop(stack.shape[1:]))
+
+    def add_curves(self, positions: np.ndarray, curves: np.ndarray, steps: np.ndarray) -> None:
+        """curves, steps: (models, n_logs) of the models at positions."""
+        waiting = self._curves.setdefault(curves.shape[1], [])
+        waiting.append((positions, curves, steps))
+        if sum(len(p) for p, _, _ in waiting) >= METRICS_BLOCK:
+            self._judge(self._curves.pop(curves.shape[1]))
+
+    def flush(self) -> None:
+        for waiting in self._weights.values():
+            self._measure(waiting)
+        for waiting_curves in self._curves.values():
+            self._judge(waiting_curves)
+        self._weights, self._curves = {}, {}
+
+    def _measure(self, waiting: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        index = np.concatenate([p for p, _ in waiting])
+        stack = np.concatenate([s for _, s in waiting]).astype(np.float64)  # (models, feature, hidden)
         represented = M.feature_norms(stack) > M.REPRESENTED_NORM  # (models, feature)
         dims = M.feature_dimensionality(stack)  # (models, feature)
         sup = M.superposition(stack)  # (models, feature)
         count = represented.sum(axis=1)  # (models,)
         with np.errstate(invalid="ignore", divide="ignore"):
-            sup_mean[index] = np.where(count > 0, (sup * represented).sum(1) / count, np.nan)
-            dim_mean_rep[index] = np.where(count > 0, (dims * represented).sum(1) / count, np.nan)
-        n_rep[index] = count
-        frob[index] = M.frobenius_sq(stack)
-        dstar[index] = M.dims_per_feature(stack)
-        dim_sum[index] = dims.sum(axis=1)
-    extra = []
-    if loaded.layer_represented is not None:  # after each block; depth 0: the bottleneck only
-        per_layer = [layers if layers is not None else [int(n_rep[i])]
-                     for i, layers in enumerate(loaded.layer_represented)]
-        extra = [pl.Series("layer_represented", per_layer, dtype=pl.List(pl.Int64)),
-                 pl.Series("min_layer_represented", [min(v) for v in per_layer], dtype=pl.Int64)]
-    return ok.select(["model_id", *SPEC_KEYS, "n_params", "loss"]).with_columns(
-        *extra,
-        *_convergence(loaded, ok["steps"].to_numpy(), convergence_window, convergence_tol),
-        pl.Series("n_represented", n_rep),
-        (pl.Series(n_rep) / pl.col("n_features")).alias("frac_represented"),
-        pl.Series("frobenius_sq", frob),
-        pl.Series("dims_per_feature", dstar),  # D* = m / ||W||_F^2
-        pl.Series("superposition_mean", sup_mean),  # over represented features
-        pl.Series("dimensionality_sum", dim_sum),  # sum_i D_i (~ width when packed)
-        pl.Series("dimensionality_mean", dim_mean_rep),  # over represented features
-    )
+            self.sup_mean[index] = np.where(count > 0, (sup * represented).sum(1) / count, np.nan)
+            self.dim_mean_rep[index] = np.where(count > 0, (dims * represented).sum(1) / count, np.nan)
+        self.n_rep[index] = count
+        self.frob[index] = M.frobenius_sq(stack)
+        self.dstar[index] = M.dims_per_feature(stack)
+        self.dim_sum[index] = dims.sum(axis=1)
 
-
-def _convergence(loaded: Loaded, total_steps: np.ndarray, window: float, tol: float) -> list[pl.Series]:
-    """``final_decrease``, ``final_decrease_se`` and ``converged`` per ok row (NaN / null
-    where not judged: no curve, or fewer than 3 logged points in the window)."""
-    k = len(total_steps)
-    decrease, stderr, points = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, dtype=np.int64)
-    by_length: dict[int, list[int]] = {}
-    for i, curve in enumerate(loaded.curves or []):
-        if curve is not None:
-            by_length.setdefault(len(curve[0]), []).append(i)
-    for index in by_length.values():  # one call per curve length: curves stack
-        curves = np.stack([loaded.curves[i][0] for i in index])  # (models, n_logs)
-        steps = np.stack([loaded.curves[i][1] for i in index])
-        decrease[index], stderr[index], points[index] = final_decrease(curves, steps,
-                                                                       total_steps[index], window)
-    judged = converged(decrease, stderr, points, tol)
-    return [pl.Series("final_decrease", decrease), pl.Series("final_decrease_se", stderr),
-            # null where not judged (too few logged points in the window, or no curve)
-            pl.Series("converged", [bool(c) if np.isfinite(d) else None
-                                    for c, d in zip(judged, decrease)], dtype=pl.Boolean)]
+    def _judge(self, waiting: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        index = np.concatenate([p for p, _, _ in waiting])
+        curves = np.concatenate([c for _, c, _ in waiting])  # (models, n_logs)
+        steps = np.concatenate([s for _, _, s in waiting])
+        self.decrease[index], self.stderr[index], self.points[index] = final_decrease(
+            curves, steps, self.total_steps[index], self.window)

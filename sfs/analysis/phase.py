@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from sfs.core.phases import OTHER, PHASES, classify  # noqa: F401  (the labels and the rule)
+from sfs.storage.stored_weights import pick
 
 # The models a phase table reads: the TMS phase-change toy.
 TOY = {"family": "relu_output", "n_features": 2, "width": 1, "depth": 0, "feature_dist": "uniform"}
@@ -249,7 +250,7 @@ def _interior_scattered(ratios: Sequence[float], densities: Sequence[float], pha
                      for i, phase in enumerate(phases)], dtype=bool)
 
 
-def phase_table(metrics: pl.DataFrame, W: list[np.ndarray], group_keys: Sequence[str]) -> pl.DataFrame:
+def phase_table(metrics: pl.DataFrame, W: Sequence[np.ndarray], group_keys: Sequence[str]) -> pl.DataFrame:
     """``phase.parquet``: per cell (every key of ``group_keys`` but the seed) of the
     phase-change toy's models in ``metrics`` (aligned with ``W``), the phase of the
     lowest-loss seed (``phase``, its ``loss``, ``seed``, ``w1``, ``w2``), ``n_seeds``, the
@@ -263,7 +264,7 @@ def phase_table(metrics: pl.DataFrame, W: list[np.ndarray], group_keys: Sequence
     index = np.flatnonzero(mask)
     if index.size == 0:
         return pl.DataFrame()
-    stack = np.stack([W[i] for i in index])  # (model, 2, 1)
+    stack = np.stack(pick(W, index))  # (model, 2, 1)
     toy = metrics[index.tolist()].with_columns(
         pl.Series("trained_phase", classify(stack).tolist(), dtype=pl.String),
         pl.Series("w1", stack[:, 0, 0]), pl.Series("w2", stack[:, 1, 0]))

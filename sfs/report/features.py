@@ -17,6 +17,7 @@ import polars as pl
 
 from sfs.core import metrics as M
 from sfs.report.common import MAX_PANELS, Figure, evenly_spread, save_figure
+from sfs.storage.stored_weights import pick
 
 MAX_MODELS = 5  # panels per figure: sparsities spread from dense to sparse
 MAX_FEATURES = 50  # bars per panel: the most important features
@@ -59,7 +60,7 @@ def feature_norm_figures(plt, metrics: pl.DataFrame, loaded, out: Path) -> list[
     position = {m: i for i, m in enumerate(loaded.ok["model_id"].to_list())}
     figures = []
     for models in representative_models(metrics):
-        W = [np.asarray(loaded.W[position[m]], dtype=np.float64) for m in models["model_id"]]
+        W = [np.asarray(w, dtype=np.float64) for w in pick(loaded.W, [position[m] for m in models["model_id"]])]
         norms = [M.feature_norms(w) for w in W]
         sups = [M.superposition(w) for w in W]
         n_features = W[0].shape[0]

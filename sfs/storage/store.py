@@ -332,9 +332,15 @@ def read_weights(sweep_dir: Path | str, rows: pl.DataFrame, names: tuple[str, ..
     Files come in the order of their first row; each row's model id is checked against the
     file's. rows: trials rows with ``model_id``, ``weights_path`` and ``weights_index``.
     """
-    positions = rows.select("model_id", "weights_path", "weights_index").with_row_index("_row")
-    for (path,), group in positions.group_by(["weights_path"], maintain_order=True):
-        take = group["weights_index"].to_numpy()  # (k,) positions inside the file
+    # each file's rows, files in order of their first row: one group_by, then numpy (a
+    # polars gather per file cost ~1 ms each at 10^5 rows)
+    files = (rows.select("weights_path").with_row_index("_row")
+             .group_by("weights_path", maintain_order=True).agg("_row"))
+    model_ids = rows["model_id"].to_numpy()
+    index_in_file = rows["weights_index"].to_numpy()
+    for path, positions in files.iter_rows():
+        positions = np.asarray(positions, dtype=np.int64)
+        take = index_in_file[positions]  # (k,) positions inside the file
         with open_weights(Path(sweep_dir) / path) as arrays:
             stored = arrays["model_ids"][take]
             wanted = [name for name in names if name in arrays.files]
@@ -343,8 +349,9 @@ def read_weights(sweep_dir: Path | str, rows: pl.DataFrame, names: tuple[str, ..
             selected = {name: np.broadcast_to(arrays[name], (take.size, *arrays[name].shape))
                         if name == "curve_steps" else arrays[name][take]
                         for name in dict.fromkeys(["W", *wanted])}
-        for index, stored_id, model_id in zip(take.tolist(), stored.tolist(), group["model_id"].to_list()):
-            if str(stored_id) != model_id:
-                raise StoreError(f"{path}[{index}] holds model {stored_id}, not {model_id}: the "
-                                 "weights file does not match trials.parquet")
-        yield group["_row"].to_numpy(), selected
+        mismatch = np.flatnonzero(stored.astype(str) != model_ids[positions].astype(str))
+        if mismatch.size:
+            k = mismatch[0]
+            raise StoreError(f"{path}[{take[k]}] holds model {stored[k]}, not {model_ids[positions][k]}: the "
+                             "weights file does not match trials.parquet")
+        yield positions, selected

@@ -20,6 +20,7 @@ How each number is computed is written up in docs/science.md ("The aspect verdic
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -28,6 +29,7 @@ from sfs.analysis.aspect.shapes import cs_capacity, group_keys, loss_spread, nea
 from sfs.analysis.aspect.similarity import FeatureWeights, group_similarities
 from sfs.analysis.aspect.stats import Margins, holm
 from sfs.analysis.aspect.verdict import VERDICTS, Group, controls, judge
+from sfs.storage.stored_weights import pick
 
 __all__ = ["Margins", "VERDICTS", "analyse_aspect", "cs_capacity", "group_keys", "holm",
            "loss_spread", "nearest_budget", "shape_summary"]
@@ -35,7 +37,7 @@ __all__ = ["Margins", "VERDICTS", "analyse_aspect", "cs_capacity", "group_keys",
 log = logging.getLogger(__name__)
 
 
-def analyse_aspect(metrics: pl.DataFrame, W: list[np.ndarray], spec_keys: list[str],
+def analyse_aspect(metrics: pl.DataFrame, W: Sequence[np.ndarray], spec_keys: list[str],
                    budgets: list[int], margins: Margins, n_boot: int, n_perm: int, ci: float,
                    rng: np.random.Generator, decodable: list[np.ndarray] | None = None
                    ) -> dict[str, pl.DataFrame]:
@@ -63,7 +65,7 @@ def analyse_aspect(metrics: pl.DataFrame, W: list[np.ndarray], spec_keys: list[s
             keys=dict(zip([*keys, "param_budget"], values)),
             depth=group["depth"].to_numpy(), width=group["width"].to_numpy(),
             seed=group["seed"].to_numpy(), loss=group["loss"].to_numpy(),
-            similarity=group_similarities([W[i] for i in index], features, n_perm, rng, held),
+            similarity=group_similarities(pick(W, index), features, n_perm, rng, held),
             decodable=held,
             n_features=n, sparsity=sparsity,
             # not judged (null) counts as converged: nothing shows it still learning

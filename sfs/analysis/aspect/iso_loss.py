@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -25,9 +25,10 @@ from sfs.analysis.aspect.similarity import FeatureWeights, group_similarities
 from sfs.analysis.aspect.stats import Margins
 from sfs.analysis.aspect.verdict import Group, judge
 from sfs.plan_search import SearchResult, SearchRow
+from sfs.storage.stored_weights import pick
 
 
-def analyse_iso_loss(search: SearchResult, metrics: pl.DataFrame, W: list[np.ndarray], margins: Margins,
+def analyse_iso_loss(search: SearchResult, metrics: pl.DataFrame, W: Sequence[np.ndarray], margins: Margins,
                      n_boot: int, n_perm: int, ci: float, rng: np.random.Generator,
                      decodable: Mapping[str, np.ndarray] | None = None) -> dict[str, pl.DataFrame]:
     """The three tables (empty frames where nothing was searched).
@@ -79,7 +80,7 @@ def _shape_row(row: SearchRow, metrics: pl.DataFrame, models: list[int], n_boot:
             "bracket_hi": row.bracket[1] if row.bracket else None, "note": row.note}
 
 
-def _group(rows: list[tuple[SearchRow, list[int]]], metrics: pl.DataFrame, W: list[np.ndarray],
+def _group(rows: list[tuple[SearchRow, list[int]]], metrics: pl.DataFrame, W: Sequence[np.ndarray],
            decodable: Mapping[str, np.ndarray] | None, n_perm: int, rng: np.random.Generator) -> Group:
     """The reference shape and every depth's met shape of one (setting, target budget)."""
     first = rows[0][0]
@@ -95,7 +96,7 @@ def _group(rows: list[tuple[SearchRow, list[int]]], metrics: pl.DataFrame, W: li
         keys={**setting, "target_budget": first.target_budget, "target_loss": first.target_loss},
         depth=depth, width=width, seed=metrics["seed"].to_numpy()[index],
         loss=metrics["loss"].to_numpy()[index],
-        similarity=group_similarities([W[i] for i in index], features, n_perm, rng, held),
+        similarity=group_similarities(pick(W, index), features, n_perm, rng, held),
         decodable=held, n_features=n, sparsity=sparsity,
         # not judged (null) counts as converged, as in the fixed-N groups: nothing shows it learning
         converged=(metrics["converged"].fill_null(True).to_numpy()[index] if "converged" in metrics.columns
