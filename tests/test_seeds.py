@@ -192,6 +192,66 @@ def test_universality_cells_leave_the_control_out():
     assert not by_kind["cross_width2"]["loss_matched"]
 
 
+def _reference_cell_summary(pairs, rows, same_width):
+    """One cell's summaries, computed the plain way (a set of seeds, dicts of each side's
+    models, numpy's mean, median and std)."""
+    side_a = dict(zip(pairs["model_id"][rows].tolist(), pairs["loss"][rows].tolist()))
+    side_b = dict(zip(pairs["model_id_b"][rows].tolist(), pairs["loss_b"][rows].tolist()))
+    if same_width:
+        side_a = side_b = {**side_a, **side_b}
+    mean_a, mean_b = np.mean(list(side_a.values())), np.mean(list(side_b.values()))
+    losses = list({**side_a, **side_b}.values())
+    spread = np.std(losses, ddof=1) if len(losses) > 1 else np.nan
+    with np.errstate(invalid="ignore"):
+        median = np.median(pairs["gram_pvalue"][rows])
+    return dict(n_pairs=len(rows),
+                n_seeds=len(set(pairs["seed"][rows].tolist()) | set(pairs["seed_b"][rows].tolist())),
+                null_mean=pairs["null_mean"][rows].mean(), null_sd=pairs["null_sd"][rows].mean(),
+                frac_pairs_beating_null=(pairs["gram_pvalue"][rows] < 0.05).mean(),
+                median_pvalue=median, jaccard_chance=pairs["jaccard_chance"][rows].mean(),
+                loss=mean_a, loss_b=mean_b, rel_loss_gap=abs(mean_a - mean_b) / ((mean_a + mean_b) / 2),
+                loss_matched=bool(np.isfinite(spread) and abs(mean_a - mean_b) <= spread))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_cell_summaries_are_those_of_each_cell_alone(seed):
+    """The per-cell summaries, computed for every cell of a curve at once, equal each cell's
+    computed alone: random curves with models missing, NaN p-values and null SDs here and
+    there, seeds and widths in any order."""
+    from sfs.analysis.curves import curve_pairs
+    from sfs.analysis.seeds import CELL_KINDS, _cells
+
+    rng = np.random.default_rng(seed)
+    models = [(w, s) for w in rng.choice([2, 3, 5, 8], size=3, replace=False)
+              for s in rng.choice(20, size=5, replace=False) if rng.uniform() > 0.25]
+    models = [models[i] for i in rng.permutation(len(models))]
+    widths, seeds = [int(w) for w, _ in models], [int(s) for _, s in models]
+    kinds, i, j = zip(*curve_pairs(widths, seeds)) if len(set(widths)) > 1 or len(models) > 1 else ((), (), ())
+    if not kinds:
+        pytest.skip("no pairs drawn")
+    i, j = np.array(i), np.array(j)
+    loss = rng.uniform(0.1, 0.2, len(models))
+    ids = np.array([f"m{w}-{s}" for w, s in models])
+    n = len(kinds)
+    pvalue = rng.uniform(0, 0.2, n)
+    pvalue[rng.uniform(size=n) < 0.05] = np.nan
+    null_sd = rng.uniform(0, 0.1, n)
+    null_sd[rng.uniform(size=n) < 0.05] = np.nan
+    pairs = {"kind": np.array(kinds), "width": np.array(widths)[i], "width_b": np.array(widths)[j],
+             "seed": np.array(seeds)[i], "seed_b": np.array(seeds)[j], "model_id": ids[i],
+             "model_id_b": ids[j], "loss": loss[i], "loss_b": loss[j], "gram_pvalue": pvalue,
+             "null_mean": rng.uniform(0, 0.5, n), "null_sd": null_sd, "jaccard_chance": rng.uniform(size=n),
+             **{m: rng.uniform(size=n) for m in UNIVERSALITY_MEASURES}}
+    cells = universality_cells({"sparsity": 0.1}, pairs, AggregateConfig(n_boot=100), rng)
+    index = _cells(pairs, CELL_KINDS)
+    assert [(c["kind"], c["width"], c["width_b"]) for c in cells] == list(index)
+    for cell, rows in zip(cells, index.values()):
+        want = _reference_cell_summary(pairs, rows, cell["width"] == cell["width_b"])
+        for name, value in want.items():
+            assert type(cell[name]) is type(value) or isinstance(value, np.floating), name
+            np.testing.assert_allclose(cell[name], value, rtol=1e-12, err_msg=name)
+
+
 def test_same_seed_control_against_different_seeds():
     # one seed's models agree (0.9), different seeds' do not (0.5 + 0.01 * seed_b)
     value = {SAME_SEED_CONTROL: lambda a, b: 0.9, CROSS_WIDTH: lambda a, b: 0.5 + 0.01 * b[1],

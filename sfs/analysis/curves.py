@@ -211,7 +211,8 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
     size = max(1, min(BATCH_CURVES, math.ceil(len(tasks) / (8 * workers))))
     batches = [CurveBatch(tasks[i:i + size], parts / f"{i // size:06d}.parquet")
                for i in range(0, len(tasks), size)]
-    fit_rows: list[dict] = []
+    fits: list[pl.DataFrame] = []
+    done = 0
     cells: list[pl.DataFrame] = []
     control: list[pl.DataFrame] = []
     started = last_said = time.monotonic()
@@ -221,12 +222,12 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
         # there are a million of them at 10^6 models
         for results in iter_tasks(analyse_batch, batches, workers, serial=len(tasks) < SERIAL_BELOW,
                                   chunksize=1):
-            fit_rows += [r.fit for r in results]
+            fits.append(_frame([r.fit for r in results]))  # a frame: ~1 kB a curve, as dicts ~13 kB
+            done += len(results)
             cells.append(_frame([cell for r in results for cell in r.cells]))
             control.append(_frame([row for r in results for row in r.control]))
             if time.monotonic() - last_said >= PROGRESS_EVERY_S:  # a long analysis says where it is
                 last_said = time.monotonic()
-                done = len(fit_rows)
                 log.info("fits and compared pairs: %d/%d curves, ETA %.0f min", done, len(tasks),
                          (last_said - started) / done * (len(tasks) - done) / 60)
         _join_parts(sorted(parts.glob("*.parquet")), pairs_path)
@@ -237,14 +238,14 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
         depth_tasks += [(dict(zip(CURVE_KEYS, keys)), g["n_params"].to_list(), g["loss"].to_list(),
                          options)
                         for keys, g in metrics.group_by(CURVE_KEYS, maintain_order=True)]
-    fit_rows += run_tasks(_depth_fit, depth_tasks, workers)
+    fits.append(_frame(run_tasks(_depth_fit, depth_tasks, workers)))
     # across depths: depth is a variable of the fit, never pooled as if it were noise
     width_depth_tasks = [(dict(zip(DEPTH_CURVE_KEYS, keys)), g["width"].to_list(), g["depth"].to_list(),
                           g["loss"].to_list(), options)
                          for keys, g in metrics.group_by(DEPTH_CURVE_KEYS, maintain_order=True)
                          if g["depth"].n_unique() > 1]
     width_depth = _frame(run_tasks(_width_depth_fit, width_depth_tasks, workers))
-    return CurveTables(_frame(fit_rows), pl.scan_parquet(pairs_path), _concat(cells),
+    return CurveTables(_concat(fits), pl.scan_parquet(pairs_path), _concat(cells),
                        _concat(control), width_depth)
 
 
