@@ -147,7 +147,10 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     every = loaded
     if search is not None:  # every table but the iso-loss ones reads the grid alone
         loaded = loaded.keep(grid)
+    phase = time.perf_counter()
     metrics = model_metrics(loaded, options.convergence_window, options.convergence_tol)
+    log.info("%s: per-model quantities of %d models (weights read file by file) in %.1f s",
+             cfg.sweep.name, metrics.height, time.perf_counter() - phase)
     budgets = cfg.sweep.param_budgets
     phase = time.perf_counter()
     fits, pairs, universality, control, width_depth = analyse(
