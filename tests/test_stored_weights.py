@@ -10,7 +10,7 @@ import pytest
 
 from sfs.aggregate import load_models
 from sfs.analysis import model_metrics as model_metrics_module
-from sfs.analysis.curves import CurveBatch, analyse_batch, curve_tasks
+from sfs.analysis.curves import CurveBatch, analyse_batch, analyse_curve, curve_tasks
 from sfs.analysis.model_metrics import Loaded, model_metrics
 from sfs.config import AggregateConfig
 from sfs.core import metrics as M
@@ -143,3 +143,5 @@ def test_curves_of_stored_weights_read_in_file_order_give_the_in_memory_results(
     for got, want in zip(results, expected):
         assert got.fit == want.fit and got.cells == want.cells and got.control == want.control
     assert pl.read_parquet(tmp_path / "stored.parquet").equals(pl.read_parquet(tmp_path / "memory.parquet"))
+    alone = analyse_curve(stored_tasks[0])  # one curve outside a batch reads its own weights
+    assert alone.cells == results[0].cells and alone.fit == results[0].fit

@@ -151,6 +151,7 @@ def analyse_curve(task: CurveTask) -> CurveResult:
     per cell and in the same-seed control (intervals from resampling seeds)."""
     from sfs.analysis.universality import compare_within
 
+    (task,) = _with_weights([task])  # stored weights read once (the measures pass over them twice)
     options = task.options
     fit = _fit_row(task.keys, "width", task.widths, task.losses, options)
     pairs = curve_pairs(task.widths, task.seeds)
