@@ -92,7 +92,10 @@ def test_stored_weights_read_each_model_in_any_order(tmp_path):
         np.testing.assert_array_equal(got, arrays[ids[position]]["W"])
     np.testing.assert_array_equal(W[-1], arrays[ids[-1]]["W"])
     assert all(np.array_equal(w, arrays[m]["W"]) for w, m in zip(W, ids))  # iteration, row order
-    again = pickle.loads(pickle.dumps(W.subset(order[:5])))  # what a worker receives
+    assert W.take([]) == []
+    # what a worker receives: the subset's own models and files, not the whole sweep's
+    assert len(W.subset(order[:5]).files) == len({W.files[W.file_of[p]] for p in order[:5]})
+    again = pickle.loads(pickle.dumps(W.subset(order[:5])))
     assert [np.array_equal(w, arrays[ids[p]]["W"]) for w, p in zip(again.read(), order[:5])] == [True] * 5
     both = concat_stored([W.subset([3, 1]), W.subset([0])])
     assert [np.array_equal(a, b) for a, b in zip(both.read(), pick(W, [3, 1, 0]))] == [True] * 3

@@ -1,6 +1,6 @@
 """Models' weights left in the store until they are needed: the aggregation's view of them.
 
-A sweep of 10^6 models holds about a gigabyte of weights, and several more as the Python
+A sweep of 10^6 models holds most of a gigabyte of weights, about two with the Python
 objects around each model's arrays; the aggregation needs each model's weights twice (its
 per-model quantities, then its curve's comparisons) and never all at once. So it holds
 :class:`StoredWeights` (each model's weights file and position in it) and reads the weights
@@ -29,18 +29,36 @@ class StoredWeights(Sequence):
     """The bottleneck weights W ``(feature, hidden)`` of the rows of a trials table, read
     from the sweep's weights files when asked; a sequence aligned with those rows.
 
-    rows: trials rows with ``model_id``, ``weights_path`` and ``weights_index``. Pickles as
-    those three columns (a worker process reads its own models)."""
-
-    COLUMNS = ("model_id", "weights_path", "weights_index")
+    rows: trials rows with ``model_id``, ``weights_path`` and ``weights_index``. Held as
+    numpy arrays (the files once, each row's file as a code), so that a curve's subset is a
+    few small arrays: a polars frame per curve cost ~23 kB, ~470 MB for 20,000 curves.
+    Pickles as those arrays (a worker process reads its own models)."""
 
     def __init__(self, sweep_dir: Path | str, rows: pl.DataFrame) -> None:
-        self.sweep_dir = Path(sweep_dir)
-        # (a select costs ~0.1 ms even when it changes nothing: a curve's subset skips it)
-        self.rows = rows if tuple(rows.columns) == self.COLUMNS else rows.select(self.COLUMNS)
+        paths = rows["weights_path"]
+        files = paths.unique().sort()
+        self._set(Path(sweep_dir), rows["model_id"].to_numpy(), files.to_numpy(),
+                  (paths.rank("dense").to_numpy() - 1).astype(np.int64) if len(rows) else np.zeros(0, np.int64),
+                  rows["weights_index"].to_numpy().astype(np.int64))
+
+    def _set(self, sweep_dir: Path, model_ids: np.ndarray, files: np.ndarray, file_of: np.ndarray,
+             index: np.ndarray) -> StoredWeights:
+        self.sweep_dir = sweep_dir
+        self.model_ids = model_ids  # (rows,) str
+        self.files = files  # (files,) paths relative to sweep_dir
+        self.file_of = file_of  # (rows,) each row's file, into files
+        self.index = index  # (rows,) each row's position in its file
+        return self
+
+    @property
+    def rows(self) -> pl.DataFrame:
+        """model_id, weights_path, weights_index, as in a trials table."""
+        return pl.DataFrame({"model_id": self.model_ids.astype(str),
+                             "weights_path": self.files[self.file_of].astype(str),
+                             "weights_index": self.index})
 
     def __len__(self) -> int:
-        return self.rows.height
+        return len(self.model_ids)
 
     def __getitem__(self, position):  # one model: a file opened for it
         if not isinstance(position, (int, np.integer)):
@@ -55,8 +73,12 @@ class StoredWeights(Sequence):
             yield from self.take(range(start, min(start + ITER_BLOCK, len(self))))
 
     def subset(self, positions: Sequence[int] | np.ndarray) -> StoredWeights:
-        """The models at ``positions``, in that order, still unread."""
-        return StoredWeights(self.sweep_dir, self.rows[np.asarray(positions, dtype=np.int64)])
+        """The models at ``positions``, in that order, still unread (naming only their files)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        used, file_of = np.unique(self.file_of[positions], return_inverse=True)
+        return object.__new__(StoredWeights)._set(self.sweep_dir, self.model_ids[positions],
+                                                  self.files[used], file_of.reshape(-1),
+                                                  self.index[positions])
 
     def take(self, positions: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         """The weights of the models at ``positions``, in that order (each file opened once)."""
@@ -88,4 +110,8 @@ def concat_stored(parts: Sequence[StoredWeights]) -> StoredWeights:
     dirs = {part.sweep_dir for part in parts}
     if len(dirs) != 1:
         raise ValueError(f"stored weights of one sweep folder only, got {sorted(map(str, dirs))}")
-    return StoredWeights(dirs.pop(), pl.concat([part.rows for part in parts]))
+    files, file_of = np.unique(np.concatenate([part.files[part.file_of] for part in parts]),
+                               return_inverse=True)
+    return object.__new__(StoredWeights)._set(
+        dirs.pop(), np.concatenate([part.model_ids for part in parts]), files, file_of.reshape(-1),
+        np.concatenate([part.index for part in parts]))
