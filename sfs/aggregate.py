@@ -61,7 +61,7 @@ from sfs.analysis.model_metrics import GROUP_KEYS, SPEC_KEYS, Loaded, model_metr
 from sfs.analysis.phase import phase_table
 from sfs.config import Config
 from sfs.core.spec import derive_seed
-from sfs.plan_lr import outcomes_of, planned_grid_ids, probe_seeds
+from sfs.plan_lr import outcomes_read, planned_grid_ids
 from sfs.plan_search import SearchResult, replay_search
 from sfs.storage.point_values import replay_stored
 from sfs.storage.store import TrialStore, read_weights, write_table
@@ -127,9 +127,7 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
         raise FileNotFoundError(f"no results store at {sweep_dir}: run the sweep first "
                                 f"(python -m sfs.launch +sweep={cfg.sweep.name} ...)")
     table = TrialStore(sweep_dir).load()
-    # what the store has led the plan to (an lr probe's choice, the searches' rounds); a
-    # dict per stored model (~120 MB at 10^6), so only where a step reads it
-    outcomes = outcomes_of(table) if probe_seeds(cfg) or cfg.sweep.iso_loss.enabled else {}
+    outcomes = outcomes_read(cfg, table)  # what the store has led the plan to
     grid = planned_grid_ids(cfg, outcomes)
     search = replay_search(cfg, outcomes) if cfg.sweep.iso_loss.enabled else None  # sfs.plan_search
     planned = grid | (search.model_ids if search else set())

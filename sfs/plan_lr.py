@@ -97,6 +97,12 @@ def by_setting(specs: Iterable[ModelSpec]) -> dict[tuple, list[ModelSpec]]:
     return settings
 
 
+def outcomes_read(cfg: Config, table) -> dict[str, Outcome]:
+    """``outcomes_of(table)`` where the plan reads them (an lr probe's choice, the iso-loss
+    search's rounds), else empty: a dict entry per stored model (~120 MB at 10^6)."""
+    return outcomes_of(table) if probe_seeds(cfg) or cfg.sweep.iso_loss.enabled else {}
+
+
 def planned_grid_ids(cfg: Config, outcomes: Mapping[str, Outcome | float]) -> set[str]:
     """The ids of ``planned_grid``'s models (without building the specs where no probe
     needs them: ``plan_model_ids``)."""

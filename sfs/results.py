@@ -292,9 +292,9 @@ class SweepResults:
         cfg = self.config
         if cfg is None:
             return None
-        from sfs.plan_lr import outcomes_of, planned_grid_ids, probe_seeds
+        from sfs.plan_lr import outcomes_read, planned_grid_ids
 
-        outcomes = outcomes_of(self.trials) if probe_seeds(cfg) or cfg.sweep.iso_loss.enabled else {}
+        outcomes = outcomes_read(cfg, self.trials)
         planned = planned_grid_ids(cfg, outcomes)
         if cfg.sweep.iso_loss.enabled:
             from sfs.plan_search import replay_search

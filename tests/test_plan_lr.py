@@ -17,7 +17,16 @@ from sfs.analysis.model_metrics import GROUP_KEYS
 from sfs.config import ConfigError
 from sfs.config.compose import load_configs
 from sfs.plan import ModelSpec, plan_models
-from sfs.plan_lr import Outcome, choose_lr, planned_grid, planned_grid_ids, probe_seeds, to_train
+from sfs.plan_lr import (
+    Outcome,
+    choose_lr,
+    outcomes_of,
+    outcomes_read,
+    planned_grid,
+    planned_grid_ids,
+    probe_seeds,
+    to_train,
+)
 from sfs.plan_search import replay_search
 
 LRS = (0.003, 0.01)
@@ -109,6 +118,14 @@ def test_the_grid_plans_the_probe_first_then_the_other_seeds():
     assert planned_grid(plain, {}) == plan_models(plain)
     for config, outcomes in ((cfg, {}), (cfg, stored), (plain, {})):  # the ids alone: the same models
         assert planned_grid_ids(config, outcomes) == {s.model_id for s in planned_grid(config, outcomes)}
+    # the store's outcomes are built only where the plan reads them (the probe here)
+    table = pl.DataFrame({"model_id": [s.model_id for s in first], "status": "ok",
+                          "loss": [o.loss for o in stored.values()], "val_loss": [o.val_loss for o in stored.values()],
+                          "train_loss": None}, schema_overrides={"train_loss": pl.Float64})
+    assert outcomes_read(cfg, table) == outcomes_of(table) and len(outcomes_of(table)) == len(first)
+    assert outcomes_read(plain, table) == outcomes_of(table)  # the iso-loss search reads them
+    (neither,) = load_configs([*PROBED, "sweep.lr_probe_seeds=0", "sweep.iso_loss.enabled=false"])
+    assert outcomes_read(neither, table) == {}
 
 
 def _search(cfg, loss):

@@ -119,27 +119,34 @@ class _PerModel:
         self.layers: list[list[int] | None] = [None] * k
         self._weights: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}  # shape -> (positions, stack)
         self._curves: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self._waiting: dict[tuple, int] = {}  # models waiting per buffer (("W", shape) or ("curve", n_logs))
 
     def add_weights(self, positions: np.ndarray, stack: np.ndarray) -> None:
         """stack: (models, feature, hidden) of the models at positions (models,)."""
-        waiting = self._weights.setdefault(stack.shape[1:], [])
-        waiting.append((positions, stack))
-        if sum(len(p) for p, _ in waiting) >= METRICS_BLOCK:
+        self._weights.setdefault(stack.shape[1:], []).append((positions, stack))
+        if self._count(("W", stack.shape[1:]), len(positions)):
             self._measure(self._weights.pop(stack.shape[1:]))
 
     def add_curves(self, positions: np.ndarray, curves: np.ndarray, steps: np.ndarray) -> None:
         """curves, steps: (models, n_logs) of the models at positions."""
-        waiting = self._curves.setdefault(curves.shape[1], [])
-        waiting.append((positions, curves, steps))
-        if sum(len(p) for p, _, _ in waiting) >= METRICS_BLOCK:
+        self._curves.setdefault(curves.shape[1], []).append((positions, curves, steps))
+        if self._count(("curve", curves.shape[1]), len(positions)):
             self._judge(self._curves.pop(curves.shape[1]))
+
+    def _count(self, buffer: tuple, added: int) -> bool:
+        """Count ``added`` models into ``buffer``; True (and the count reset) when it is full."""
+        self._waiting[buffer] = self._waiting.get(buffer, 0) + added
+        if self._waiting[buffer] < METRICS_BLOCK:
+            return False
+        del self._waiting[buffer]
+        return True
 
     def flush(self) -> None:
         for waiting in self._weights.values():
             self._measure(waiting)
         for waiting_curves in self._curves.values():
             self._judge(waiting_curves)
-        self._weights, self._curves = {}, {}
+        self._weights, self._curves, self._waiting = {}, {}, {}
 
     def _measure(self, waiting: list[tuple[np.ndarray, np.ndarray]]) -> None:
         index = np.concatenate([p for p, _ in waiting])
