@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from sfs.analysis.curves import preferred_form
-from sfs.core.text import text_table
+from sfs.core.text import failed_models_line, text_table
 from sfs.results import _SPEC_FIELDS, SweepResults, SweepStatus, TableMissing
 
 
@@ -28,8 +28,7 @@ def format_status(statuses: Sequence[SweepStatus]) -> str:
         if s.planned is None:
             lines.append(f"{s.name}: no config.yaml in {s.folder}: counts are of the stored models only")
         if s.failed_ids:
-            lines.append(f"{s.name}: FAILED models: {', '.join(s.failed_ids)} (errors in trials.parquet, "
-                         "column 'error'; `sfs show` prints them)")
+            lines.append(failed_models_line(s.name, s.failed_ids, "`sfs show` prints them"))
         if s.failed or s.missing:
             lines.append(f"{s.name}: {(s.missing or 0) + s.failed} models to train: run the launch's command "
                          "again to resume")

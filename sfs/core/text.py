@@ -18,3 +18,10 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
     lines = str(error).splitlines()
     line = lines[0] if lines else ""
     return line if limit is None else line[:limit]
+
+
+def failed_models_line(sweep: str, model_ids: Sequence[str], hint: str = "") -> str:
+    """The line naming a sweep's failed models and where their errors are (the launch's
+    summary and ``sfs show`` both print it); hint: what else the reader can do."""
+    where = "errors in trials.parquet, column 'error'" + (f"; {hint}" if hint else "")
+    return f"{sweep}: FAILED models: {', '.join(model_ids)} ({where})"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from sfs.core.text import text_table
+from sfs.core.text import failed_models_line, text_table
 from sfs.storage.tracking import ui_command
 from sfs.sweep.persist import Part
 
@@ -79,8 +79,7 @@ def format_summary(summary) -> str:
         if p.mlflow:
             lines.append(f"{p.name}: browse with  {p.mlflow}")
         if p.failed_ids:
-            lines.append(f"{p.name}: FAILED models: {', '.join(p.failed_ids)} "
-                         "(errors in trials.parquet, column 'error')")
+            lines.append(failed_models_line(p.name, p.failed_ids))
         if p.missing:
             why = ("interrupted" if summary.interrupted
                    else f"stopped early: {summary.stopped}" if summary.stopped
