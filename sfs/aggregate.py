@@ -46,6 +46,7 @@ runs the steps and writes the tables.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,10 @@ from sfs.storage.store import TrialStore, read_weights, write_table
 from sfs.storage.stored_weights import StoredWeights
 
 log = logging.getLogger(__name__)
+
+# The stored rows' columns kept after the learning-rate choice: what the report's summary
+# reads (``sfs.report.summary``: statuses, failures by message).
+ROWS_KEPT = ["model_id", "status", "error"]
 
 __all__ = ["SPEC_KEYS", "AggregateResult", "Loaded", "aggregate", "load_models", "main"]
 
@@ -139,9 +144,12 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
              len(planned), loaded.rows.height, loaded.ok.height, time.perf_counter() - started)
     lr_choice = select_learning_rates(loaded.rows, GROUP_KEYS)
     if lr_choice.has_choice:  # shapes trained at several lrs: analyse each at its chosen one
-        loaded = loaded.keep(lr_choice.model_ids)
+        loaded = loaded.keep(lr_choice.chosen)
         log.info("%s: learning rate chosen per shape on the validation batch; %d models kept",
                  cfg.sweep.name, loaded.ok.height)
+    # from here on, the stored rows are only counted and their failures summarised (the
+    # whole table is ~300 MB at 10^6 models, held to the end)
+    loaded = dataclasses.replace(loaded, rows=loaded.rows.select(c for c in ROWS_KEPT if c in loaded.rows.columns))
     every = loaded
     if search is not None:  # every table but the iso-loss ones reads the grid alone
         loaded = loaded.keep(grid)

@@ -203,3 +203,31 @@ def test_the_analysis_workers_end_with_their_parent_killed_alone(tmp_path):
         assert not alive, [p.pid for p in alive]
     finally:
         parent.kill()
+
+
+def test_the_depth_fits_data_are_each_groups_models_in_order():
+    """The data of the L(n_params) fits (per curve) and of the L(width, depth) fits (per
+    spec without width and depth, only where it has several depths), as lists per group,
+    are those of each group's own rows, groups in order of first appearance."""
+    from sfs.analysis.curves import CURVE_KEYS, DEPTH_CURVE_KEYS, per_depth_data, width_depth_data
+
+    rng = np.random.default_rng(3)
+    n = 400
+    metrics = pl.DataFrame({k: np.zeros(n, dtype=np.int64) for k in SPEC_KEYS}).with_columns(
+        sparsity=pl.Series(rng.choice([0.0, 0.5, 0.9], n)),  # three settings...
+        depth=pl.Series(rng.choice([0, 1, 2], n)),  # ...of several depths,
+        width=pl.Series(rng.integers(2, 20, n)),
+        seed=pl.Series(rng.integers(0, 5, n)),
+        n_params=pl.Series(rng.integers(10, 1000, n)),
+        loss=pl.Series(rng.uniform(0.1, 1.0, n)))
+    one_depth = pl.col("sparsity") == 0.9  # ...but one only at the third
+    metrics = metrics.with_columns(depth=pl.when(one_depth).then(1).otherwise(pl.col("depth")))
+    expected = [(dict(zip(CURVE_KEYS, keys)), g["n_params"].to_list(), g["loss"].to_list())
+                for keys, g in metrics.group_by(CURVE_KEYS, maintain_order=True)]
+    assert per_depth_data(metrics) == expected and len(expected) == 7
+    expected = [(dict(zip(DEPTH_CURVE_KEYS, keys)), g["width"].to_list(), g["depth"].to_list(),
+                 g["loss"].to_list())
+                for keys, g in metrics.group_by(DEPTH_CURVE_KEYS, maintain_order=True)
+                if g["depth"].n_unique() > 1]
+    assert width_depth_data(metrics) == expected and len(expected) == 2
+    assert width_depth_data(metrics.filter(one_depth)) == []

@@ -11,7 +11,10 @@ in-process when few.
 The compared pairs outnumber everything else (a curve of 6 widths x 8 seeds has 1,128; a
 sweep of 10^6 models, ~22 million): each batch writes its own pairs to a parquet part, and
 the parts are joined on disk into ``universality_pairs.parquet`` by a streaming copy, so
-memory holds one batch's pairs at a time, never the sweep's. Likewise the weights: a task
+memory holds one batch's pairs at a time, never the sweep's. The batch's fits, cells and
+control rows go to parts too (~15 kB a curve: 300 MB held while the curves of 10^6 models
+run, as frames of one batch each) and are read back, once, when every curve is done.
+Likewise the weights: a task
 names where its models' weights are stored (``StoredWeights``), each worker reads its
 batch's (curves in file order, so a batch reads few files), and the aggregating process
 never holds the sweep's.
@@ -81,12 +84,22 @@ class CurveResult:
     control: list[dict]  # per width pair: same-seed vs different-seed likeness
 
 
+# The parts a batch writes its rows to, one folder each: the compared pairs, the fits, the
+# universality cells and the same-seed control.
+PART_KINDS = ("pairs", "fits", "cells", "control")
+
+
 @dataclass
 class CurveBatch:
-    """Curves analysed by one worker in a row, and the part file their pairs go to."""
+    """Curves analysed by one worker in a row, and where their rows go: one part file per
+    kind (``PART_KINDS``), ``parts / kind / name``."""
 
     tasks: list[CurveTask]
-    pairs_file: Path
+    parts: Path
+    name: str
+
+    def part(self, kind: str) -> Path:
+        return self.parts / kind / self.name
 
 
 class CurveTables(NamedTuple):
@@ -109,7 +122,9 @@ def curve_tasks(loaded: Loaded, options: AggregateConfig) -> list[CurveTask]:
     stored = isinstance(loaded.W, StoredWeights)
     in_file_order = np.empty(ok.height, dtype=np.int64)  # each ok row's place in file order
     if stored:
-        in_file_order[ok.sort(["weights_path", "weights_index"])["_i"].to_numpy()] = np.arange(ok.height)
+        # the row numbers in file order (sorting the frame itself would copy every column)
+        by_file = ok.select(pl.arg_sort_by("weights_path", "weights_index")).to_series().to_numpy()
+        in_file_order[by_file] = np.arange(ok.height)
     tasks, first = [], []
     columns = ["_i", "model_id", "width", "seed", "loss"]
     for *keys, index, model_ids, widths, seeds, losses in (
@@ -174,17 +189,22 @@ def analyse_curve(task: CurveTask) -> CurveResult:
     return CurveResult(fit, columns, cells, control)
 
 
-def analyse_batch(batch: CurveBatch) -> list[CurveResult]:
-    """``analyse_curve`` of each curve of the batch; their compared pairs are written to the
-    batch's part file (with the curves' keys as columns) and left out of the results."""
+def analyse_batch(batch: CurveBatch) -> int:
+    """``analyse_curve`` of each curve of the batch, its rows written to the batch's part
+    files (the compared pairs with the curves' keys as columns; the fits, cells and control
+    as they are); returns the number of curves."""
     results = [analyse_curve(task) for task in _with_weights(batch.tasks)]
     frames = [pl.DataFrame(result.pairs).with_columns(**{k: pl.lit(v) for k, v in task.keys.items()})
               for task, result in zip(batch.tasks, results) if result.pairs]
-    if frames:
-        pl.concat(frames, how="diagonal_relaxed").write_parquet(batch.pairs_file)
-    for result in results:
-        result.pairs = {}
-    return results
+    tables = {"pairs": pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(),
+              "fits": _frame([r.fit for r in results]),
+              "cells": _frame([cell for r in results for cell in r.cells]),
+              "control": _frame([row for r in results for row in r.control])}
+    for kind, frame in tables.items():
+        if not frame.is_empty():
+            batch.part(kind).parent.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(batch.part(kind))
+    return len(results)
 
 
 def _with_weights(tasks: list[CurveTask]) -> list[CurveTask]:
@@ -207,47 +227,67 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
     tasks = curve_tasks(loaded, options)
     parts = pairs_path.with_name(f".{pairs_path.name}.parts")
     shutil.rmtree(parts, ignore_errors=True)  # a previous run's, stopped before joining them
-    parts.mkdir(parents=True)
     # a few batches per worker at least, so that they finish together
     size = max(1, min(BATCH_CURVES, math.ceil(len(tasks) / (8 * workers))))
-    batches = [CurveBatch(tasks[i:i + size], parts / f"{i // size:06d}.parquet")
+    batches = [CurveBatch(tasks[i:i + size], parts, f"{i // size:06d}.parquet")
                for i in range(0, len(tasks), size)]
-    fits: list[pl.DataFrame] = []
     done = 0
-    cells: list[pl.DataFrame] = []
-    control: list[pl.DataFrame] = []
     started = last_said = time.monotonic()
     try:
-        # one batch sent at a time (batches are sized to balance the workers already); each
-        # batch's rows become frames as it comes back: a dict per row would cost ~1 kB, and
-        # there are a million of them at 10^6 models
-        for results in iter_tasks(analyse_batch, batches, workers, serial=len(tasks) < SERIAL_BELOW,
-                                  chunksize=1):
-            fits.append(_frame([r.fit for r in results]))  # a frame: ~1 kB a curve, as dicts ~13 kB
-            done += len(results)
-            cells.append(_frame([cell for r in results for cell in r.cells]))
-            control.append(_frame([row for r in results for row in r.control]))
+        # one batch sent at a time (batches are sized to balance the workers already)
+        for n_curves in iter_tasks(analyse_batch, batches, workers, serial=len(tasks) < SERIAL_BELOW,
+                                   chunksize=1):
+            done += n_curves
             if time.monotonic() - last_said >= PROGRESS_EVERY_S:  # a long analysis says where it is
                 last_said = time.monotonic()
                 log.info("fits and compared pairs: %d/%d curves, ETA %.0f min", done, len(tasks),
                          (last_said - started) / done * (len(tasks) - done) / 60)
-        _join_parts(sorted(parts.glob("*.parquet")), pairs_path)
+        _join_parts(_part_files(parts / "pairs"), pairs_path)
+        fits, cells, control = (_read_parts(_part_files(parts / kind)) for kind in ("fits", "cells", "control"))
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     depth_tasks = []
     if per_depth_n_params:  # L(N) of each shape family: the depth is fixed, N grows
-        depth_tasks += [(dict(zip(CURVE_KEYS, keys)), g["n_params"].to_list(), g["loss"].to_list(),
-                         options)
-                        for keys, g in metrics.group_by(CURVE_KEYS, maintain_order=True)]
-    fits.append(_frame(run_tasks(_depth_fit, depth_tasks, workers)))
+        depth_tasks = [(keys, n_params, loss, options) for keys, n_params, loss in per_depth_data(metrics)]
+    fits = _concat([fits, _frame(run_tasks(_depth_fit, depth_tasks, workers))])
     # across depths: depth is a variable of the fit, never pooled as if it were noise
-    width_depth_tasks = [(dict(zip(DEPTH_CURVE_KEYS, keys)), g["width"].to_list(), g["depth"].to_list(),
-                          g["loss"].to_list(), options)
-                         for keys, g in metrics.group_by(DEPTH_CURVE_KEYS, maintain_order=True)
-                         if g["depth"].n_unique() > 1]
+    width_depth_tasks = [(keys, width, depth, loss, options)
+                         for keys, width, depth, loss in width_depth_data(metrics)]
     width_depth = _frame(run_tasks(_width_depth_fit, width_depth_tasks, workers))
-    return CurveTables(_concat(fits), pl.scan_parquet(pairs_path), _concat(cells),
-                       _concat(control), width_depth)
+    return CurveTables(fits, pl.scan_parquet(pairs_path), cells, control, width_depth)
+
+
+def per_depth_data(metrics: pl.DataFrame) -> list[tuple[dict, list, list]]:
+    """Per curve (``CURVE_KEYS``: the depth fixed), its keys and its models' parameter
+    counts and losses: the data of the L(n_params) fits, in order of first appearance."""
+    # lists per group, never a frame per group (20,000 of those at 10^6 models: seconds and
+    # ~0.5 GB for a few columns)
+    return [(dict(zip(CURVE_KEYS, keys)), n_params, loss)
+            for *keys, n_params, loss in metrics.group_by(CURVE_KEYS, maintain_order=True)
+            .agg("n_params", "loss").iter_rows()]
+
+
+def width_depth_data(metrics: pl.DataFrame) -> list[tuple[dict, list, list, list]]:
+    """Per spec without width, depth and seed (``DEPTH_CURVE_KEYS``) that has several
+    depths, its keys and its models' widths, depths and losses: the data of the L(width,
+    depth) fits, in order of first appearance; empty where every model has one depth."""
+    if not metrics.height or metrics["depth"].n_unique() < 2:  # (the window below: ~0.25 GB at 10^6)
+        return []
+    across = (metrics.lazy().select(*DEPTH_CURVE_KEYS, "width", "depth", "loss")
+              .filter(pl.col("depth").n_unique().over(DEPTH_CURVE_KEYS) > 1)
+              .group_by(DEPTH_CURVE_KEYS, maintain_order=True).agg("width", "depth", "loss").collect())
+    return [(dict(zip(DEPTH_CURVE_KEYS, keys)), width, depth, loss)
+            for *keys, width, depth, loss in across.iter_rows()]
+
+
+def _part_files(folder: Path) -> list[Path]:
+    """The part files a folder holds, in batch order."""
+    return sorted(folder.glob("*.parquet"))
+
+
+def _read_parts(files: list[Path]) -> pl.DataFrame:
+    """The part files, in order, as one frame (columns a batch lacks are null there)."""
+    return _concat([pl.read_parquet(f) for f in files])
 
 
 def _join_parts(files: list[Path], path: Path) -> None:

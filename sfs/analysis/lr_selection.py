@@ -32,7 +32,14 @@ import polars as pl
 @dataclass
 class LrChoice:
     table: pl.DataFrame  # one row per setting and lr: val_loss_mean, n_models, selected, ...
-    model_ids: set[str]  # the models of the chosen learning rates (all, when there is no choice)
+    # the ids of the models of the chosen learning rates (all, when there is no choice): a
+    # Series, not a set (10^6 Python strings would be ~150 MB)
+    chosen: pl.Series
+
+    @property
+    def model_ids(self) -> set[str]:
+        """``chosen`` as a set."""
+        return set(self.chosen.to_list())
 
     @property
     def has_choice(self) -> bool:
@@ -50,9 +57,12 @@ def select_learning_rates(rows: pl.DataFrame, group_keys: list[str]) -> LrChoice
     logged training loss is used instead, and ``chosen_on`` says so.
     """
     keys = [k for k in group_keys if k not in ("seed", "lr") and k in rows.columns]
-    done = rows.filter(pl.col("status").is_in(["ok", "diverged"]))
+    # the columns the choice reads, no more: every column of 10^6 rows would be ~300 MB
+    # for each copy below
+    done = (rows.lazy().filter(pl.col("status").is_in(["ok", "diverged"]))
+            .select("model_id", *keys, "lr", "seed", "status", "val_loss", "train_loss").collect())
     if done.is_empty():
-        return LrChoice(pl.DataFrame(), set())
+        return LrChoice(pl.DataFrame(), pl.Series("model_id", [], dtype=pl.String))
     # the compared seeds: those stored at every rate of the setting (all, if none is)
     at_every = pl.col("lr").n_unique().over([*keys, "seed"]) == pl.col("lr").n_unique().over(keys)
     done = done.with_columns(at_every.alias("_compared"))
@@ -87,6 +97,7 @@ def select_learning_rates(rows: pl.DataFrame, group_keys: list[str]) -> LrChoice
                                   | (pl.col("lr") == pl.col("lr").max().over(keys))))
         .alias("at_grid_edge"),
     ).drop("_no_val", "_score")
-    chosen = done.join(table.filter(pl.col("selected")).select([*keys, "lr"]), on=[*keys, "lr"],
-                       how="semi", nulls_equal=True)
-    return LrChoice(table.sort([*keys, "lr"]), set(chosen["model_id"].to_list()))
+    chosen = done.select("model_id", *keys, "lr").join(
+        table.filter(pl.col("selected")).select([*keys, "lr"]), on=[*keys, "lr"], how="semi",
+        nulls_equal=True)
+    return LrChoice(table.sort([*keys, "lr"]), chosen["model_id"])

@@ -41,10 +41,11 @@ class Loaded:
     layer_represented: list[list[int] | None] | None = None
     curves: list[tuple[np.ndarray, np.ndarray] | None] | None = None
 
-    def keep(self, model_ids: set[str]) -> Loaded:
+    def keep(self, model_ids: set[str] | pl.Series) -> Loaded:
         """Only the given models of ``ok``, every per-row list kept aligned with it
         (``rows``, what the store holds, stays whole)."""
-        mask = self.ok["model_id"].is_in(list(model_ids)).to_numpy()
+        ids = model_ids if isinstance(model_ids, pl.Series) else pl.Series(list(model_ids), dtype=pl.String)
+        mask = self.ok["model_id"].is_in(ids).to_numpy()
         take = np.flatnonzero(mask).tolist()
 
         def pick(values):
