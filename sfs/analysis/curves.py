@@ -68,10 +68,10 @@ class CurveTask:
     """One curve's models (same spec but width and seed): what a worker needs, no more."""
 
     keys: dict
-    model_ids: list[str]
-    widths: list[int]
-    seeds: list[int]
-    losses: list[float]
+    model_ids: Sequence[str]  # (models,) each: lists, or numpy arrays (``curve_tasks``)
+    widths: Sequence[int]
+    seeds: Sequence[int]
+    losses: Sequence[float]
     W: Sequence[np.ndarray]  # (feature, hidden) per model, or where they are stored (StoredWeights)
     options: AggregateConfig
 
@@ -117,20 +117,30 @@ def curve_tasks(loaded: Loaded, options: AggregateConfig) -> list[CurveTask]:
     (each task names its models', a worker reads them) and the curves come in the order of
     their first model in the weights files, so that a batch of consecutive curves reads
     few files, each once (curves in model-id order would scatter a batch over most of a
-    large sweep's files); in-memory weights keep the order of first appearance."""
-    ok = loaded.ok.with_row_index("_i")
+    large sweep's files); in-memory weights keep the order of first appearance. A task's
+    per-model fields are numpy arrays taken from the table's columns (as Python lists,
+    ~170 MB for the 20,000 curves of 10^6 models)."""
+    ok = loaded.ok
     stored = isinstance(loaded.W, StoredWeights)
     in_file_order = np.empty(ok.height, dtype=np.int64)  # each ok row's place in file order
     if stored:
         # the row numbers in file order (sorting the frame itself would copy every column)
         by_file = ok.select(pl.arg_sort_by("weights_path", "weights_index")).to_series().to_numpy()
         in_file_order[by_file] = np.arange(ok.height)
+    # the curves' keys and their rows' positions (ints only: the grouping of the model ids
+    # themselves, strings, cost ~0.4 GB at 10^6 models)
+    grouped = (ok.lazy().with_row_index("_i").group_by(CURVE_KEYS, maintain_order=True)
+               .agg(pl.col("_i").cast(pl.Int64)).collect())
+    positions = grouped["_i"].explode().to_numpy()  # (ok rows,) curve after curve
+    ends = np.cumsum(grouped["_i"].list.len().to_numpy())
+    model_ids = loaded.W.model_ids if stored else ok["model_id"].to_numpy()
+    widths, seeds, losses = (ok[name].to_numpy() for name in ("width", "seed", "loss"))
     tasks, first = [], []
-    columns = ["_i", "model_id", "width", "seed", "loss"]
-    for *keys, index, model_ids, widths, seeds, losses in (
-            ok.group_by(CURVE_KEYS, maintain_order=True).agg(columns).iter_rows()):
-        W = loaded.W.subset(index) if stored else [loaded.W[i] for i in index]
-        tasks.append(CurveTask(dict(zip(CURVE_KEYS, keys)), model_ids, widths, seeds, losses, W, options))
+    for keys, stop, start in zip(grouped.select(CURVE_KEYS).iter_rows(), ends, np.r_[0, ends[:-1]]):
+        index = positions[start:stop]
+        W = loaded.W.subset(index) if stored else [loaded.W[i] for i in index.tolist()]
+        tasks.append(CurveTask(dict(zip(CURVE_KEYS, keys)), model_ids[index], widths[index],
+                               seeds[index], losses[index], W, options))
         first.append(int(in_file_order[index].min()) if stored else len(first))
     return [tasks[i] for i in np.argsort(first, kind="stable")]
 
@@ -169,7 +179,8 @@ def analyse_curve(task: CurveTask) -> CurveResult:
     (task,) = _with_weights([task])  # stored weights read once (the measures pass over them twice)
     options = task.options
     fit = _fit_row(task.keys, "width", task.widths, task.losses, options)
-    pairs = curve_pairs(task.widths, task.seeds)
+    widths, seeds = np.asarray(task.widths).tolist(), np.asarray(task.seeds).tolist()
+    pairs = curve_pairs(widths, seeds)
     columns: dict[str, np.ndarray] = {}
     cells: list[dict] = []
     control: list[dict] = []
@@ -178,8 +189,8 @@ def analyse_curve(task: CurveTask) -> CurveResult:
         index = np.array([(i, j) for _, i, j in pairs])  # (pairs, 2) into the curve's models
         measures = compare_within(task.W, index, n_perm=options.n_perm, rng=rng)
         i, j = index[:, 0], index[:, 1]
-        per_model = {"width": np.asarray(task.widths), "seed": np.asarray(task.seeds),
-                     "model_id": np.asarray(task.model_ids), "loss": np.asarray(task.losses)}
+        per_model = {"width": np.asarray(widths), "seed": np.asarray(seeds),
+                     "model_id": np.asarray(task.model_ids).astype(str), "loss": np.asarray(task.losses)}
         columns = {"kind": np.array([kind for kind, _, _ in pairs]),
                    **{name: values[i] for name, values in per_model.items()},
                    **{f"{name}_b": values[j] for name, values in per_model.items()},
