@@ -132,6 +132,29 @@ def _grid_loaded(sparsities: list[float]) -> tuple[Loaded, pl.DataFrame]:
     return loaded, model_metrics(loaded)
 
 
+def test_curve_tasks_hold_each_curves_models_in_table_order():
+    """One task per curve, in order of first appearance, each with its own models' ids,
+    widths, seeds, losses and weights in the table's order, whatever the order of the rows."""
+    from sfs.analysis.curves import CURVE_KEYS, curve_tasks
+
+    loaded, _ = _grid_loaded([0.0, 0.3, 0.6])
+    order = np.random.default_rng(1).permutation(loaded.ok.height)
+    ok = loaded.ok[order]
+    loaded = Loaded(ok, ok, [loaded.W[i] for i in order])
+    tasks = curve_tasks(loaded, AggregateConfig())
+    assert [t.keys["sparsity"] for t in tasks] == ok["sparsity"].unique(maintain_order=True).to_list()
+    for task in tasks:
+        rows = ok.with_row_index("i").filter(
+            *(pl.col(k) == v for k, v in task.keys.items() if v is not None),
+            *(pl.col(k).is_null() for k, v in task.keys.items() if v is None))
+        assert rows.height == 6 and set(task.keys) == set(CURVE_KEYS)
+        assert list(task.model_ids) == rows["model_id"].to_list()
+        assert np.asarray(task.widths).tolist() == rows["width"].to_list()
+        assert np.asarray(task.seeds).tolist() == rows["seed"].to_list()
+        assert np.asarray(task.losses).tolist() == rows["loss"].to_list()
+        assert all(w is loaded.W[i] for w, i in zip(task.W, rows["i"].to_list()))
+
+
 @pytest.mark.integration
 def test_pairs_streamed_from_parallel_batches_are_the_serial_ones_in_order(tmp_path):
     """The compared pairs leave the workers batch by batch, as parquet parts joined on disk:
@@ -154,6 +177,7 @@ def test_pairs_streamed_from_parallel_batches_are_the_serial_ones_in_order(tmp_p
     assert pairs["sparsity"].unique(maintain_order=True).to_list() == sparsities  # curve order
     assert parallel.universality.equals(serial.universality)
     assert parallel.fits.equals(serial.fits)
+    assert parallel.control.equals(serial.control) and parallel.control.height == len(sparsities)
     assert [p.name for p in (tmp_path / "parallel").iterdir()] == ["pairs.parquet"]
 
 
