@@ -165,3 +165,33 @@ def test_sweeps_without_power_laws_or_decay_have_no_verdict():
     assert liu_headline(metrics, fits).is_empty()
     metrics = metrics.with_columns(pl.lit("uniform").alias("feature_dist"), pl.lit(-1.0).alias("weight_decay"))
     assert liu_headline(metrics, fits).is_empty()
+
+
+def test_each_curves_verdict_among_many_is_its_verdict_alone():
+    """Many curves in one table (rows interleaved, some without a fit, one with two): each
+    curve's row is the one it gets alone, the rows in order of first appearance, the
+    duplicated fit named ambiguous."""
+    import random
+
+    rng = random.Random(0)
+    tables = []
+    for i in range(24):
+        alpha = sorted(rng.uniform(0.6, 1.4) for _ in range(3))
+        represented = rng.choice([900, 990, 1000])
+        tables.append(_tables(rng.choice([-1.0, 1.0]), lambda m, r=represented: min(r + m // 10, 1000),
+                              tuple(alpha), warmup_steps=i, feature_dist=rng.choice(["power:1.0", "power:1.6"])))
+    fits = [f for i, (_, f) in enumerate(tables) if i % 5 != 3]  # curves 3, 8, ...: no fit
+    fits.append(tables[4][1])  # curve 4: two fits
+    metrics = pl.concat([m for m, _ in tables])
+    shuffled = metrics.sample(fraction=1.0, shuffle=True, seed=1)
+    together = liu_headline(shuffled, pl.concat(fits))
+    first_seen = shuffled["warmup_steps"].unique(maintain_order=True).to_list()
+    assert together["warmup_steps"].to_list() == first_seen and len(first_seen) == 24
+    for i, (m, _) in enumerate(tables):
+        alone = liu_headline(m, pl.concat(fits))
+        row = together.filter(pl.col("warmup_steps") == i)
+        assert row.equals(alone, null_equal=True), i
+        if i % 5 == 3:
+            assert row["alpha"].item() is None
+    assert "2 fits in fits.parquet match this curve's key (ambiguous)" in together["note"][first_seen.index(4)]
+    assert together["reproduced"].value_counts().height >= 2  # verdicts differ between curves
