@@ -12,12 +12,11 @@ The compared pairs outnumber everything else (a curve of 6 widths x 8 seeds has 
 sweep of 10^6 models, ~22 million): each batch writes its own pairs to a parquet part, and
 the parts are joined on disk into ``universality_pairs.parquet`` by a streaming copy, so
 memory holds one batch's pairs at a time, never the sweep's. The batch's fits, cells and
-control rows go to parts too (~15 kB a curve: 300 MB held while the curves of 10^6 models
-run, as frames of one batch each) and are read back, once, when every curve is done.
-Likewise the weights: a task
-names where its models' weights are stored (``StoredWeights``), each worker reads its
-batch's (curves in file order, so a batch reads few files), and the aggregating process
-never holds the sweep's.
+control rows go to parts too, read back once when every curve is done (gathered as they
+came back, they grew the aggregating process by ~16 kB a curve: 300 MB over the curves of
+10^6 models). Likewise the weights: a task names where its models' weights are stored
+(``StoredWeights``), each worker reads its batch's (curves in file order, so a batch reads
+few files), and the aggregating process never holds the sweep's.
 """
 
 from __future__ import annotations
