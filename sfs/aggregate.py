@@ -104,10 +104,13 @@ def load_models(sweep_dir: Path, planned_ids: set[str], table: pl.DataFrame | No
     rows = table if planned.all() else table.filter(planned)  # (a filter copies every column)
     # what the analyses read of the ok models, no more (the table's other columns, run ids,
     # nodes, pack ids, errors, are a third of its memory at 10^6 models)
-    ok = (rows.lazy().filter(pl.col("status") == "ok")
-          .select("model_id", *SPEC_KEYS, "n_params", "loss", "val_loss", "train_loss", "status",
-                  "weights_path", "weights_index")
-          .sort("model_id").collect())
+    # The ok rows' positions in model-id order, then one gather: filtering the columns and
+    # then sorting them held two copies at once (+555 -> +303 MB for a moment at 10^6 models).
+    order = (rows.lazy().select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("position"),
+                                "model_id", "status")
+             .filter(pl.col("status") == "ok").sort("model_id").collect()["position"])
+    ok = rows.select("model_id", *SPEC_KEYS, "n_params", "loss", "val_loss", "train_loss", "status",
+                     "weights_path", "weights_index")[order]
     return Loaded(rows, ok, StoredWeights(sweep_dir, ok))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sfs.analysis.curves import CurveTask, analyse_curve, curve_pairs, run_tasks
+from sfs.analysis.curves import CurveTask, _join_parts, analyse_curve, curve_pairs, run_tasks
 from sfs.analysis.model_metrics import SPEC_KEYS, Loaded, model_metrics
 from sfs.config import AggregateConfig
 
@@ -255,3 +255,24 @@ def test_the_depth_fits_data_are_each_groups_models_in_order():
                 if g["depth"].n_unique() > 1]
     assert width_depth_data(metrics) == expected and len(expected) == 2
     assert width_depth_data(metrics.filter(one_depth)) == []
+
+
+def test_joined_parts_are_the_parts_in_order_whatever_their_columns(tmp_path):
+    """The compared pairs' parts, joined into one file: every row in batch order, and
+    where a batch lacks a column or has it as another type, nulls and the common type
+    (as the in-memory concatenation gives them); no file, an empty table."""
+    same = [pl.DataFrame({"model_id": [f"m{i}", f"n{i}"], "gram_cosine": [0.1 * i, 0.2], "width": [i, 2]})
+            for i in range(3)]
+    mixed = [same[0], same[1].drop("gram_cosine"), same[2].with_columns(pl.col("width").cast(pl.Float64))]
+    for name, frames in (("same", same), ("mixed", mixed)):
+        files = []
+        for i, frame in enumerate(frames):
+            files.append(tmp_path / name / f"{i:06d}.parquet")
+            files[-1].parent.mkdir(exist_ok=True)
+            frame.write_parquet(files[-1])
+        _join_parts(files, tmp_path / f"{name}.parquet")
+        joined = pl.read_parquet(tmp_path / f"{name}.parquet")
+        assert joined.equals(pl.concat(frames, how="diagonal_relaxed")), name
+    assert pl.read_parquet(tmp_path / "mixed.parquet")["gram_cosine"].null_count() == 2
+    _join_parts([], tmp_path / "none.parquet")
+    assert pl.read_parquet(tmp_path / "none.parquet").is_empty()

@@ -153,3 +153,24 @@ def test_curves_of_stored_weights_read_in_file_order_give_the_in_memory_results(
     alone = analyse_curve(stored_tasks[0])  # one curve outside a batch reads its own weights
     assert pl.DataFrame(alone.cells).equals(tables["cells"].head(len(alone.cells)), null_equal=True)
     assert pl.DataFrame([alone.fit]).equals(tables["fits"].head(1), null_equal=True)
+
+
+def test_load_models_keeps_the_planned_ok_rows_in_model_id_order(tmp_path):
+    """The ok rows of the planned models, sorted by model id, every column the analyses
+    read, whatever the stored order and whatever else the store holds (failed and
+    unplanned models)."""
+    specs = _specs()
+    sweep_dir, _ = _store(tmp_path, specs)
+    table = TrialStore(sweep_dir).load()
+    rng = np.random.default_rng(3)
+    failed = rng.choice(table.height, 5, replace=False)
+    table = (table.with_columns(pl.when(pl.int_range(pl.len()).is_in(failed.tolist()))
+                                .then(pl.lit("failed")).otherwise(pl.col("status")).alias("status"))
+             .sample(fraction=1.0, shuffle=True, seed=4))
+    planned = set(rng.choice(table["model_id"].to_list(), table.height - 4, replace=False).tolist())
+    loaded = load_models(sweep_dir, planned, table)
+    expected = table.filter(pl.col("model_id").is_in(list(planned)) & (pl.col("status") == "ok")).sort("model_id")
+    assert loaded.rows.height == len(planned)
+    assert loaded.ok.height < len(planned) - 1  # some planned models failed
+    assert loaded.ok.to_dicts() == expected.select(loaded.ok.columns).to_dicts()
+    assert loaded.W.model_ids.astype(str).tolist() == loaded.ok["model_id"].to_list()  # the weights, row by row

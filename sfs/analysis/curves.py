@@ -306,8 +306,14 @@ def _join_parts(files: list[Path], path: Path) -> None:
     if not files:
         write_table(pl.DataFrame(), path)
         return
-    atomic_write_file(path, lambda tmp: pl.concat([pl.scan_parquet(f) for f in files],
-                                                  how="diagonal_relaxed").sink_parquet(tmp))
+    schemas = [pl.read_parquet_schema(f) for f in files]
+    if all(schema == schemas[0] for schema in schemas):  # the usual case: one scan of them all
+        # (a scan per file, concatenated, held ~140 MB more while it ran over the 312 parts
+        # of 10^6 models, and the allocator kept ~100 MB of it)
+        joined = pl.scan_parquet(files)
+    else:  # some batch lacks a column, or has it as another type
+        joined = pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
+    atomic_write_file(path, joined.sink_parquet)
 
 
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
