@@ -2,7 +2,7 @@
 
     sfs run +sweep=NAME [overrides]         # = python -m sfs.launch +sweep=NAME [overrides]
     sfs aggregate +sweep=NAME [overrides]   # = python -m sfs.aggregate ...
-    sfs show SWEEP_DIR                      # fits, headline checks, verdicts, failures
+    sfs show SWEEP_DIR [--all]              # fits, headline checks, verdicts, failures
     sfs status SWEEP_DIR                    # planned / stored / failed / missing models
     sfs ui SWEEP_DIR [--port 5000]          # MLflow's UI of one sweep folder, on 127.0.0.1
 
@@ -53,16 +53,21 @@ def ui(argv: list[str]) -> int:
 
 
 def _sweeps(command: str, argv: list[str]):
-    """The sweep folders named on the command line, or the exit status of an error."""
+    """The sweep folders named on the command line with the parsed arguments, or the exit
+    status of an error."""
     parser = argparse.ArgumentParser(prog=f"sfs {command}", description=(show if command == "show"
                                                                          else status).__doc__)
     parser.add_argument("sweep_dir", type=Path,
                         help="a sweep folder (e.g. runs/smoke), or a paths.out_dir holding sweep folders")
+    if command == "show":
+        parser.add_argument("--all", action="store_true",
+                            help="every row of every table (without it: the first 50 of each, and "
+                                 "for many fits what they say together)")
     args = parser.parse_args(argv)
     from sfs.results import NotASweep, find_sweeps
 
     try:
-        return find_sweeps(args.sweep_dir)
+        return find_sweeps(args.sweep_dir), args
     except NotASweep as error:
         print(f"sfs: {error}", file=sys.stderr)
         return 2
@@ -76,9 +81,10 @@ def status(argv: list[str]) -> int:
     from sfs.show import format_status
     from sfs.storage.store import StoreError
 
-    folders = _sweeps("status", argv)
-    if isinstance(folders, int):
-        return folders
+    found = _sweeps("status", argv)
+    if isinstance(found, int):
+        return found
+    folders, _ = found
     try:
         statuses = [SweepResults(folder).status() for folder in folders]
     except (ConfigError, StoreError) as error:
@@ -93,16 +99,17 @@ def show(argv: list[str]) -> int:
     with their reasons, failures (exit 1 when a sweep is not aggregated yet)."""
     from sfs.config import ConfigError
     from sfs.results import SweepResults
-    from sfs.show import format_show
+    from sfs.show import SHOW_ROWS, format_show
     from sfs.storage.store import StoreError
 
-    folders = _sweeps("show", argv)
-    if isinstance(folders, int):
-        return folders
+    found = _sweeps("show", argv)
+    if isinstance(found, int):
+        return found
+    folders, args = found
     code = 0
     for number, folder in enumerate(folders):
         try:
-            text, missing = format_show(SweepResults(folder))
+            text, missing = format_show(SweepResults(folder), max_rows=None if args.all else SHOW_ROWS)
         except (ConfigError, StoreError) as error:
             print(f"sfs: {error}", file=sys.stderr)
             return 2

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from sfs.analysis.curves import preferred_form
+from sfs.analysis.fit.overview import fit_overview
 from sfs.core.text import failed_models_line, text_table
 from sfs.results import _SPEC_FIELDS, SweepResults, SweepStatus, TableMissing
 
@@ -66,12 +67,21 @@ def _keys(frame: pl.DataFrame, always: Sequence[str] = ("family", "n_features"))
     return [k for k in keys if k in always or frame[k].n_unique() > 1]
 
 
-def _section(title: str, frame: pl.DataFrame, columns: Sequence[tuple[str, object]]) -> list[str]:
-    """A titled table: ``columns`` are (header, column name or function of the row dict)."""
+SHOW_ROWS = 50  # rows of one table, unless every row is asked for (sfs show --all)
+
+
+def _section(title: str, frame: pl.DataFrame, columns: Sequence[tuple[str, object]],
+             max_rows: int | None = SHOW_ROWS, intro: Sequence[str] = ()) -> list[str]:
+    """A titled table: ``columns`` are (header, column name or function of the row dict);
+    the first ``max_rows`` rows (None: all) and how many more there are; ``intro``: lines
+    between the title and the table."""
     rows: list[Sequence[object]] = [[header for header, _ in columns]]
-    for row in frame.iter_rows(named=True):
+    shown = frame if max_rows is None else frame.head(max_rows)
+    for row in shown.iter_rows(named=True):
         rows.append([value(row) if callable(value) else _num(row.get(value)) for _, value in columns])
-    return ["", title, *("  " + line for line in text_table(rows))]
+    more = frame.height - shown.height
+    return ["", title, *(f"  {line}" for line in intro), *("  " + line for line in text_table(rows)),
+            *([f"  ... and {more} more rows (sfs show --all prints them)"] if more else [])]
 
 
 def _is_no_fit(fits: pl.DataFrame) -> pl.Expr:
@@ -87,9 +97,12 @@ def _no_fit(fits: pl.DataFrame) -> list[str]:
             for reason, n in counts.iter_rows()]
 
 
-def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[str]]:
+def format_show(sweep: SweepResults, width_limit: int = 100,
+                max_rows: int | None = SHOW_ROWS) -> tuple[str, list[str]]:
     """``sfs show``: the sweep's status, fits with intervals, headline checks, verdicts with
-    their reasons, unconverged models and failures (the sections of tables the sweep has).
+    their reasons, unconverged models and failures (the sections of tables the sweep has),
+    each table cut at ``max_rows`` rows (None: every row; the fits say what all of them
+    give together first, ``fit_overview``).
     Returns the text and, for a sweep not aggregated yet, ``fits``'s ``TableMissing``
     message (which says how to aggregate it)."""
     status = sweep.status()
@@ -119,7 +132,7 @@ def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[
                 *((k, k) for k in keys), ("x", "x"), ("form", "form"),
                 ("alpha", lambda r: _interval(r, "alpha")), ("E", lambda r: _interval(r, "E")),
                 ("widths", "n_widths"), ("seeds", "n_seeds"), ("warning", lambda r: r.get("warning") or ""),
-            ])
+            ], max_rows, fit_overview(fitted) if max_rows is not None and fitted.height > max_rows else ())
             lines += [f"  {line}" for line in unfitted]
         else:
             lines += ["", title, *(f"  {line}" for line in unfitted)]
@@ -133,7 +146,7 @@ def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[
             ("alpha", lambda r: _interval(r, "alpha")),
             ("beta", lambda r: _interval(r, "beta")), ("E", lambda r: _interval(r, "E")),
             ("warning", lambda r: r.get("warning") or ""),
-        ])
+        ], max_rows)
     headline = get("headline")
     if headline is not None and not headline.is_empty():
         keys = _keys(headline)
@@ -142,7 +155,7 @@ def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[
             ("criterion", "criterion"),
             ("reproduced", lambda r: {True: "yes", False: "NO"}.get(r["reproduced"], "n/a")),
             ("note", lambda r: r.get("note") or ""),
-        ])
+        ], max_rows)
     for name, title in (("aspect_verdict", "Aspect verdicts, per budget and sparsity (aspect_verdict.parquet)"),
                         ("aspect_iso_verdict", "Aspect verdicts on the iso-loss shapes (aspect_iso_verdict.parquet)")):
         verdict = get(name)
@@ -151,7 +164,7 @@ def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[
         keys = _keys(verdict)
         extra = [c for c in ("param_budget", "target_budget") if c in verdict.columns]
         lines += _section(title, verdict.sort([*keys, *extra]), [
-            *((k, k) for k in [*keys, *extra]), ("verdict", "verdict"), ("reason", "reason")])
+            *((k, k) for k in [*keys, *extra]), ("verdict", "verdict"), ("reason", "reason")], max_rows)
     phase = get("phase")
     if phase is not None and {"agrees", "interior"} <= set(phase.columns) and phase.height:
         inside = phase.filter(pl.col("interior"))
@@ -178,7 +191,7 @@ def format_show(sweep: SweepResults, width_limit: int = 100) -> tuple[str, list[
         lines += _section("Failures: models not ok (trials.parquet; `failed` ones are trained again by the "
                           "next launch)", bad.sort("status", "model_id"), [
             ("model_id", "model_id"), ("status", "status"),
-            *((k, k) for k in _keys(bad, ("family", "n_features", "width"))), ("error", error)])
+            *((k, k) for k in _keys(bad, ("family", "n_features", "width"))), ("error", error)], max_rows)
     else:
         lines += ["", "Failures: none"]
     return "\n".join(lines), missing

@@ -4,6 +4,7 @@
 import numpy as np
 import polars as pl
 
+from sfs.analysis.fit.overview import fit_overview
 from sfs.analysis.model_metrics import Loaded
 from sfs.report.common import pyplot
 from sfs.report.features import MAX_MODELS, feature_norm_figures, representative_models
@@ -61,6 +62,25 @@ def test_the_fit_summary_keeps_intervals_and_counts_unfitted_curves_by_reason():
     assert fitted.height == 1 and fitted["alpha"][0] == "0.800 [0.700, 0.900]"
     assert unfitted.rows() == [("no fit: too few seeds", 2)]
     assert headline_summary(pl.DataFrame()).is_empty()
+
+
+def test_the_fit_overview_summarises_every_fitted_curve_per_x():
+    """Counts, the exponents' median, middle 90% and range, the median interval width, the
+    forms and the cautions by kind, per x; nothing for a single fitted curve."""
+    alpha = np.linspace(0.5, 1.5, 21)  # median 1.0, 5% and 95% quantiles 0.55 and 1.45
+    warnings = ["unstable choice of form: power wins the held-out test in 60% of resamples"] * 3 + [
+        "alpha at a bound of its range [0, 8]; unstable choice of form: saturating wins ..."] + [None] * 17
+    fits = pl.DataFrame({"x": ["width"] * 21 + ["n_params", "n_params"],
+                         "form": ["power"] * 15 + ["saturating"] * 6 + ["power", "none"],
+                         "alpha": [*alpha, 0.7, None], "alpha_lo": [*(alpha - 0.1), 0.6, None],
+                         "alpha_hi": [*(alpha + 0.2), 0.8, None],
+                         "warning": [*warnings, None, "no fit: too few seeds"]})
+    (line,) = fit_overview(fits)
+    assert line == ("21 curves of loss vs width: alpha median 1.000, middle 90% 0.550-1.450, all "
+                    "0.500-1.500; median interval width 0.300; form: power 15, saturating 6; 4 with a "
+                    "caution (4 unstable choice of form; 1 alpha at a bound of its range [0, 8])."), line
+    assert fit_overview(fits.filter(pl.col("x") == "n_params")) == []
+    assert fit_overview(pl.DataFrame()) == []
 
 
 def test_the_failure_summary_counts_models_by_status_and_first_line_of_the_error():

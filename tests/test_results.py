@@ -224,3 +224,27 @@ def test_show_prints_fits_headline_verdicts_and_failures(tmp_path, capsys):
     failed = packs[2].models[0].model_id
     (failure,) = [line for line in out.splitlines() if line.strip().startswith(failed)]
     assert "failed" in failure and failure.endswith("RuntimeError: boom")
+
+
+def test_show_cuts_long_tables_and_says_what_the_fits_give_together(tmp_path, capsys):
+    """120 fitted curves: the overview line, the first SHOW_ROWS rows and how many more;
+    ``--all`` prints every row (and no cut line)."""
+    from sfs.show import SHOW_ROWS
+
+    _store(tmp_path)
+    sweep_dir = tmp_path / "smoke"
+    alpha = np.linspace(0.8, 1.2, 120)
+    write_table(pl.DataFrame({
+        "family": "relu_output", "n_features": 5, "depth": 0, "sparsity": np.arange(120) / 200,
+        "x": "width", "form": "power", "alpha": alpha, "alpha_lo": alpha - 0.1, "alpha_hi": alpha + 0.1,
+        "E": 0.0, "E_lo": 0.0, "E_hi": 0.0, "n_widths": 6, "n_seeds": 3, "warning": None}),
+        sweep_dir / "fits.parquet")
+    assert main(["show", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "  120 curves of loss vs width: alpha median 1.000, middle 90% 0.820-1.180" in out
+    assert sum(line.strip().startswith("relu_output") for line in out.splitlines()) == SHOW_ROWS
+    assert f"  ... and {120 - SHOW_ROWS} more rows (sfs show --all prints them)" in out
+    assert main(["show", str(sweep_dir), "--all"]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.strip().startswith("relu_output") for line in out.splitlines()) == 120
+    assert "more rows" not in out and "curves of loss vs width" not in out

@@ -13,6 +13,7 @@ import html
 
 import polars as pl
 
+from sfs.analysis.fit.overview import fit_overview
 from sfs.report.common import AXES_SHOWN, format_cell, html_table, varying, with_interval
 
 SUMMARY_ROWS = 20  # rows of one summary table; the sections below hold every row
@@ -128,6 +129,7 @@ def summary_html(result, loaded, sections: dict[str, str], level: str) -> str:
 
     parts.append(f"<h3>Scaling fits ({level} intervals from resampling seeds)</h3>")
     if "fits" in tables:
+        parts += [f"<p>{html.escape(line)}</p>" for line in fit_overview(result.fits)]
         parts.append(_capped(tables["fits"], link("fits", "the scaling section")))
     if "unfitted" in tables:
         unfitted = tables["unfitted"]
