@@ -39,8 +39,10 @@ def _solve_many(d: _Prepared, jobs, delta: float, rtol: float = LM_RTOL,
                 rows: _Rows | None = None, same_data: bool = False) -> list[np.ndarray]:
     """Vectorised fits of several (S, form, warm) jobs in one LM pass; internal parameters
     of each job's form, (B_j, K). S: the job's per-x weight sums (``_xsums``), for its
-    starts; rows: the data of every job's rows, in job order (None: S must be the weights
-    W (B_j, n) of each job instead, fitted on every x).
+    starts; warm: None, one start for every row (K,), or a start per row (B_j, K') (e.g.
+    the same resamples' power-law fits as starts of saturating ones); rows: the data of
+    every job's rows, in job order (None: S must be the weights W (B_j, n) of each job
+    instead, fitted on every x).
 
     Each row starts from the best (by the objective) of its own closed-form start, the
     job's warm start (the point estimate on the same data) if any, and, for the saturating
@@ -67,8 +69,10 @@ def _solve_many(d: _Prepared, jobs, delta: float, rtol: float = LM_RTOL,
         if power is None or not same_data:
             power = [np.column_stack([_starts(d, S, "power"), np.zeros(Bj)])]
         cands = [_starts(d, S, form) if form == "saturating" else power[0]]
-        if warm is not None:
+        if warm is not None and np.ndim(warm) == 1:  # one start for every row
             cands.append(np.broadcast_to(np.append(warm, 0.0)[:3], cands[0].shape))
+        elif warm is not None:  # a start per row (B_j, 2 or 3): a power-law row has eta = 0
+            cands.append(np.column_stack([warm, np.zeros(Bj)])[:, :3])
         if form == "saturating":
             cands.append(power[0])
         lo_f, hi_f = d.bounds(form)
