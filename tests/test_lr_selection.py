@@ -82,3 +82,19 @@ def test_training_at_three_rates_picks_the_one_that_learns(make_spec):
     chosen = select_learning_rates(pl.DataFrame(rows), GROUP_KEYS).table.filter(pl.col("selected"))
     assert chosen["lr"].to_list() == [3e-3]
     assert np.isfinite(chosen["val_loss_mean"][0])
+
+
+def test_one_rate_in_the_store_gives_what_the_general_rule_gives(make_spec, monkeypatch):
+    """A store trained at one learning rate takes a short path (no windows, no join): the
+    same table and the same chosen models as the general rule, which a second rate in the
+    store (at no setting of these rows) sends them through."""
+    table = [(width, 0.01, seed, status, val, val) for width in (4, 8) for seed, status, val in
+             ((0, "ok", 0.3), (1, "ok", 0.2), (2, "diverged", None), (3, "failed", None))]
+    rows = _rows(make_spec, table)
+    short = select_learning_rates(rows, GROUP_KEYS)
+    other = _rows(make_spec, [(16, 0.001, 0, "ok", 0.5, 0.5)])
+    general = select_learning_rates(pl.concat([rows, other]), GROUP_KEYS)
+    assert short.table.equals(general.table.filter(pl.col("width") != 16))
+    assert short.chosen.sort().to_list() == general.chosen.filter(
+        general.chosen != other["model_id"][0]).sort().to_list()
+    assert len(short.chosen) == 6 and not short.has_choice  # ok and diverged: failed ones take no part
