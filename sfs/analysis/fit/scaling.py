@@ -52,8 +52,9 @@ MIN_WIDTHS_CHOICE = 5
 # (within 2%) and 12-19% narrower elsewhere. With the saturating form fixed for want of
 # widths (4 widths spanning 10-39; 3, 5 and 8 seeds; 5% noise) its own intervals held the
 # truth in 0.847 (3 seeds) and 0.868 (8 seeds) of datasets at E = 0 and 0.914-0.944 with
-# E > 0; the union with the power law's, 0.933-0.992. The union costs the other form's
-# fits: fit_scaling takes about 1.25-1.3x as long.
+# E > 0; the union with the power law's, 0.933-0.992. Measured for 95% intervals; the union
+# is taken at any ``ci``. It costs the other form's fits: fit_scaling takes about 1.25-1.3x
+# as long.
 UNION_OF_FORMS = True
 
 
