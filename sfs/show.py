@@ -71,7 +71,7 @@ SHOW_ROWS = 50  # rows of one table, unless every row is asked for (sfs show --a
 
 
 def _section(title: str, frame: pl.DataFrame, columns: Sequence[tuple[str, object]],
-             max_rows: int | None = SHOW_ROWS, intro: Sequence[str] = ()) -> list[str]:
+             max_rows: int | None, intro: Sequence[str] = ()) -> list[str]:
     """A titled table: ``columns`` are (header, column name or function of the row dict);
     the first ``max_rows`` rows (None: all) and how many more there are; ``intro``: lines
     between the title and the table."""
