@@ -210,7 +210,7 @@ def test_the_summary_says_why_models_are_missing():
 
 
 @pytest.mark.integration
-def test_the_pack_queue_hands_out_each_pack_once_in_order_then_says_finished(local_ray):
+def test_the_pack_queue_hands_out_each_pack_once_in_order_with_its_checkpoint_then_says_finished(local_ray):
     """Each trial's config holds its pack's id; the pack waits on the server (a real Ray
     actor) until the trial has ended, and is fetched from it as the worker does."""
     from ray.tune.search import Searcher
@@ -226,14 +226,16 @@ def test_the_pack_queue_hands_out_each_pack_once_in_order_then_says_finished(loc
     options = WorkerOptions(log_every=50, device="cpu", torch_threads=1)
     server = start_server("test-pack-queue")
     try:
-        queue = PackQueue([(pack, options) for pack in packs], server, "test-pack-queue")
+        checkpoints = {packs[1].pack_id: b"the second pack's checkpoint"}  # read as handed out
+        queue = PackQueue([(pack, options) for pack in packs], server, "test-pack-queue",
+                          checkpoint=checkpoints.get)
         suggested = [queue.suggest(f"t{k}") for k in range(len(packs))]
         assert [s["sfs"]["pack_id"] for s in suggested] == [p.pack_id for p in packs]
         assert all(s["sfs"]["options"] is options for s in suggested)
         assert all(set(s["sfs"]) == {"pack_id", "server", "options"} for s in suggested)  # no pack
-        fetched = [Pack.from_dict(pickle.loads(fetch_pack(s["sfs"]["server"], s["sfs"]["pack_id"])))
-                   for s in suggested]
-        assert fetched == packs
+        handed = [pickle.loads(fetch_pack(s["sfs"]["server"], s["sfs"]["pack_id"])) for s in suggested]
+        assert [Pack.from_dict(h["pack"]) for h in handed] == packs
+        assert [h["resume"] for h in handed] == [checkpoints.get(p.pack_id) for p in packs]
         assert queue.suggest("one more") == Searcher.FINISHED
         for k in range(len(packs)):  # each trial ended (stored, or failed for good)
             queue.on_trial_complete(f"t{k}")

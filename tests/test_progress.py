@@ -171,9 +171,53 @@ def test_the_terminal_line_is_one_tqdm_line(make_spec, monkeypatch, columns):
 def test_the_loop_calls_progress_at_every_log_point(make_spec):
     from sfs.training.loop import train_pack
 
-    steps = []
-    train_pack(Pack("t", (make_spec(steps=60),)), log_every=20, progress=steps.append)
-    assert steps == [20, 40, 60]
+    calls = []
+    train_pack(Pack("t", (make_spec(steps=60),)), log_every=20,
+               progress=lambda step, checkpoint: calls.append((step, checkpoint is not None)))
+    assert calls == [(20, True), (40, True), (60, False)]  # a checkpoint offered, but at the end
+
+
+def test_progress_reports_carry_a_checkpoint_only_when_one_is_due(monkeypatch):
+    """Reports every ``every`` seconds; a checkpoint (taken only then) every
+    ``checkpoint_every``, reported at once even between two progress reports."""
+    from sfs.training import worker
+
+    reports, taken = [], []
+    monkeypatch.setattr(worker.tune, "report", reports.append)  # Tune's session: only in a trial
+    clock = Clock(0.0)
+    monkeypatch.setattr(worker.time, "monotonic", clock)
+    progress = worker.ProgressReports("p", 2, every=5.0, checkpoint_every=5.5)  # started at 0
+
+    def checkpoint():
+        taken.append(clock.now)
+        return b"state"
+
+    for clock.now, steps in ((1, 10), (5, 20), (6, 30), (11, 40), (12, 50)):
+        progress(steps, checkpoint)
+    clock.now = 20
+    progress(60, None)  # the last log point: no checkpoint to take
+    assert [(r[worker.STEPS_DONE_KEY], worker.CHECKPOINT_KEY in r) for r in reports] == [
+        (20, False), (30, True), (40, False), (50, True), (60, False)]
+    assert taken == [6, 12]
+    no_reports = worker.ProgressReports("p", 2, every=0.0, checkpoint_every=0.0)
+    assert (no_reports.every, no_reports.checkpoint_every) == (float("inf"), float("inf"))
+
+
+def test_a_resumed_packs_earlier_steps_count_neither_as_work_nor_pace(make_spec):
+    """A pack resumed from a checkpoint at 60% has 40% of its steps (and cost) left: the
+    launch's model-steps, rate and ETA count only what it trains."""
+    clock = Clock()
+    pack = _pack(make_spec, 2, 2)
+    progress = Progress("t", clock=clock)
+    progress.add_packs([pack])
+    progress.resume(pack.pack_id, 600)
+    assert (progress.model_steps(), progress.fraction()) == (0, 0.0)
+    clock.now += 10
+    progress.report(pack.pack_id, 800, train_s=10)
+    assert progress.model_steps() == 2 * 200 and progress.rate() == pytest.approx(40)
+    assert progress.fraction() == pytest.approx(0.5) and progress.eta() == pytest.approx(10)
+    progress.report(pack.pack_id, 0)  # retried: from its checkpoint again, not from 0
+    assert progress.model_steps() == 0
 
 
 def test_the_sfs_keys_compose_and_validate():

@@ -88,6 +88,10 @@ class TrainConfig:
     log_every: int = 100  # training-loss curve resolution, in steps
     device: str = "auto"  # auto: the accelerator Ray gave the trial, else cpu | cpu | cuda
     torch_threads: int = 1  # per trial: more oversubscribes the cores Ray hands out
+    # A pack in training sends the driver a checkpoint at the first log point after this many
+    # seconds since its start or its last one, kept until it is stored: a stopped sweep's
+    # next launch goes on from there (sfs.core.checkpoints). 0: none (and none resumed from).
+    checkpoint_every_s: float = 60.0
 
     def __post_init__(self) -> None:
         _require(_is_int(self.steps) and self.steps >= 1, "train.steps", "an integer >= 1", self.steps)
@@ -106,6 +110,9 @@ class TrainConfig:
                  "one of 'auto', 'cpu', 'cuda'", self.device)
         _require(_is_int(self.torch_threads) and self.torch_threads >= 1,
                  "train.torch_threads", "an integer >= 1", self.torch_threads)
+        _require(_is_number(self.checkpoint_every_s) and 0 <= self.checkpoint_every_s <= 86400,
+                 "train.checkpoint_every_s", "a number of seconds in [0, 86400] (0: no checkpoints)",
+                 self.checkpoint_every_s)
 
 
 # A run per model costs the driver ~45 ms of CPU on SQLite (~230 ms of wall time on a 2-core

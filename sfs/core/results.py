@@ -39,3 +39,4 @@ class PackResult:
     wall_s: float  # training + evaluation of the whole pack
     steps_done: int
     node: str | None = None  # the Ray node that trained it (set by the trial)
+    resumed_from: int = 0  # the step its checkpoint had reached (0: trained from the start)

@@ -11,6 +11,8 @@ Layout of ``<out_dir>/<sweep>/``::
                           deep families also their residual blocks A, B (pack, depth,
                           hidden, hidden) and c (pack, depth, hidden)
     mlflow.db             the SQLite MLflow store (unless tracking.uri names a server)
+    checkpoints/<pack>.ckpt  the latest training state of a pack in training, until it is
+                          stored (``sfs.core.checkpoints``)
 
 Every file is written to a temporary name and renamed into place (``atomic_write_bytes``,
 ``write_table``), so a killed sweep leaves either the old file or the new one, never half
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from sfs.core import checkpoints
 from sfs.core.text import first_line
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,7 @@ class TrialStore:
         self.trials_path = self.dir / "trials.parquet"
         self.parts_dir = self.dir / "parts"
         self.weights_dir = self.dir / "weights"
+        self.checkpoints_dir = self.dir / "checkpoints"
         self._lock_handle = None
         self._fresh_parts: list[Path] = []  # part files this writer wrote, not yet folded
         self._fold_deferred = 0  # after a failed fold: parts to wait for before the next try
@@ -231,6 +235,34 @@ class TrialStore:
         path = self.weights_dir / f"{pack_id}.npz"
         atomic_write_bytes(path, buffer.getvalue())
         return str(path.relative_to(self.dir))
+
+    def checkpoint_path(self, pack_id: str) -> Path:
+        return self.checkpoints_dir / f"{pack_id}.ckpt"
+
+    def write_checkpoint(self, pack_id: str, blob: bytes) -> None:
+        """Keep ``blob`` as the pack's latest checkpoint (``sfs.core.checkpoints``)."""
+        self.checkpoints_dir.mkdir(exist_ok=True)
+        atomic_write_bytes(self.checkpoint_path(pack_id), blob)
+
+    def read_checkpoint(self, pack_id: str) -> bytes | None:
+        """The pack's latest checkpoint, or None when it has none."""
+        try:
+            return self.checkpoint_path(pack_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def checkpoint_header(self, pack_id: str) -> dict | None:
+        """The header of the pack's checkpoint (``checkpoints.header``; ValueError when the
+        file is not one), read without the state; None when it has none."""
+        try:
+            with open(self.checkpoint_path(pack_id), "rb") as file:
+                return checkpoints.header(file.readline(checkpoints.MAX_HEADER))
+        except FileNotFoundError:
+            return None
+
+    def drop_checkpoint(self, pack_id: str) -> None:
+        """The pack is stored (or failed): its checkpoint is of no more use."""
+        self.checkpoint_path(pack_id).unlink(missing_ok=True)
 
     def write_rows(self, pack_id: str, rows: list[dict]) -> None:
         """Commit one pack's rows (the pack counts as stored from here on)."""

@@ -4,6 +4,8 @@ Workers only train and hand their results back through ``tune.report``; the driv
 ``PersistCallback`` hands each finished pack to the writer thread (``sfs.sweep.writer``),
 which writes weights, MLflow and the store rows (the commit point) while Tune's loop goes
 on, so a long sweep holds few results in memory and loses nothing stored when it dies.
+The checkpoints of packs in training (``sfs.core.checkpoints``) take the same way, each
+kept until its pack is stored.
 ``prepare_part`` opens a sweep's store and finds what is left to train.
 """
 
@@ -33,7 +35,7 @@ from sfs.plan_lr import outcomes_of, planned_grid, probe_seeds
 from sfs.storage.store import DONE_STATUSES, StoreError, TrialStore, atomic_write_bytes
 from sfs.storage.tracking import TABLE_FILE, Tracker, default_uri
 from sfs.sweep.writer import PackWriter
-from sfs.training.worker import PAYLOAD_KEY
+from sfs.training.worker import CHECKPOINT_KEY, PAYLOAD_KEY
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +124,26 @@ class PersistCallback(tune.Callback):
         self.started_ms[trial.trial_id] = int(time.time() * 1000)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        checkpoint = result.pop(CHECKPOINT_KEY, None)  # in a progress report
         payload = result.pop(PAYLOAD_KEY, None)  # Tune keeps every result: drop the bulk
+        if checkpoint is not None and result.get("pack_id") in self.packs:
+            part, _ = self.packs[result["pack_id"]]
+            self.writer.submit(lambda: keep_checkpoint(part, result["pack_id"], checkpoint),
+                               size=len(checkpoint))
         if payload is None:
             return
         held = time.perf_counter()
         part, pack = self.packs[result["pack_id"]]
         started = self._started(trial)
-        self.writer.submit(_unwritable_as_store_error(part, lambda: persist_pack(
-            part, pack, pickle.loads(payload), started)), lambda: self._stored(pack), size=len(payload))
+        unpickled = []  # on the writer thread: unpickling a large pack takes a while
+
+        def store() -> None:
+            unpickled.append(pickle.loads(payload))
+            persist_pack(part, pack, unpickled[0], started)
+
+        self.writer.submit(_unwritable_as_store_error(part, store),
+                           lambda: self._stored(pack, resumed_from=unpickled[0].resumed_from),
+                           size=len(payload))
         self.longest_hold_s = max(self.longest_hold_s, time.perf_counter() - held)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -139,16 +153,28 @@ class PersistCallback(tune.Callback):
         self.writer.submit(_unwritable_as_store_error(part, lambda: persist_failure(
             part, pack, error, started)), lambda: self._stored(pack, error))
 
-    def _stored(self, pack: Pack, error: str | None = None) -> None:
+    def _stored(self, pack: Pack, error: str | None = None, resumed_from: int = 0) -> None:
         self.done += 1
         if error is None:
-            log.info("[%d/%d packs] %s", self.done, len(self.packs), _describe(pack))
+            log.info("[%d/%d packs] %s%s", self.done, len(self.packs), _describe(pack),
+                     f" (went on from its checkpoint at step {resumed_from})" if resumed_from else "")
         else:
             log.error("[%d/%d packs] FAILED %s: %s", self.done, len(self.packs), _describe(pack),
                       error.splitlines()[-1])
 
     def _started(self, trial) -> int:
         return self.started_ms.get(trial.trial_id, int(time.time() * 1000))
+
+
+def keep_checkpoint(part: Part, pack_id: str, checkpoint: bytes) -> None:
+    """Keep a pack's latest checkpoint (on the writer thread, before its pack's results,
+    which come after it). Not keeping one only costs a longer retraining after a stop: said,
+    and the sweep goes on (a full disk stops it when the next pack is stored)."""
+    try:
+        part.store.write_checkpoint(pack_id, checkpoint)
+    except OSError as error:
+        log.warning("%s: could not keep the checkpoint of pack %s (%s); it trains on",
+                    part.name, pack_id, first_line(error))
 
 
 def _unwritable_as_store_error(part: Part, write: Callable[[], None]) -> Callable[[], None]:
@@ -201,6 +227,7 @@ def persist_pack(part: Part, pack: Pack, result, started_ms: int) -> None:
         for index, (spec, model) in enumerate(zip(pack.models, models))
     ]
     part.store.write_rows(pack.pack_id, rows)
+    part.store.drop_checkpoint(pack.pack_id)
 
 
 def persist_failure(part: Part, pack: Pack, error: str, started_ms: int) -> None:
@@ -209,6 +236,7 @@ def persist_failure(part: Part, pack: Pack, error: str, started_ms: int) -> None
     part.store.write_rows(pack.pack_id, [
         _row(spec, pack, status="failed", error=short, mlflow_run_id=run_id) for spec in pack.models
     ])
+    part.store.drop_checkpoint(pack.pack_id)  # trained again from the start: not from its state
 
 
 def prepare_part(cfg: Config) -> Part:

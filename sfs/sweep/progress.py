@@ -42,6 +42,7 @@ class _PackState:
     cost: float  # estimated seconds (Pack.cost): the ETA's weight
     steps_done: int = 0
     finished: bool = False
+    resumed_from: int = 0  # steps a checkpoint had done before this launch (not its work)
 
 
 def format_duration(seconds: float) -> str:
@@ -85,16 +86,24 @@ class Progress:
         for pack in packs:
             self.packs[pack.pack_id] = _PackState(len(pack.models), pack.shape.steps, pack.cost)
 
+    def resume(self, pack_id: str, steps_done: int) -> None:
+        """The pack goes on from a checkpoint at ``steps_done``: this launch's work, its pace
+        and its ETA count only the steps after it."""
+        state = self.packs.get(pack_id)
+        if state is not None and 0 <= steps_done < state.steps:
+            state.cost *= (state.steps - steps_done) / state.steps  # the work left
+            state.resumed_from = state.steps_done = steps_done
+
     def start(self, pack_id: str) -> None:
         if pack_id in self.packs:
             self.running.add(pack_id)
 
     def report(self, pack_id: str, steps_done: int, train_s: float | None = None) -> None:
         """The pack has trained ``steps_done`` steps, in ``train_s`` seconds (a retried pack
-        starts again from 0)."""
+        starts again from 0, or from its checkpoint)."""
         state = self.packs.get(pack_id)
         if state is not None and not state.finished:
-            state.steps_done = max(0, min(int(steps_done), state.steps))
+            state.steps_done = max(state.resumed_from, min(int(steps_done), state.steps))
             self.running.add(pack_id)
             if train_s is not None and train_s >= 0:
                 began = self.clock() - train_s
@@ -136,7 +145,7 @@ class Progress:
 
     def model_steps(self) -> int:
         """Model-steps trained by this launch (a failed pack counts what it reported)."""
-        return sum(s.n_models * s.steps_done for s in self.packs.values())
+        return sum(s.n_models * (s.steps_done - s.resumed_from) for s in self.packs.values())
 
     def paced(self) -> float:
         """Seconds the pace is measured over: since the first pack began to train (known
@@ -154,7 +163,8 @@ class Progress:
         total = sum(s.cost for s in self.packs.values())
         if total <= 0:
             return 1.0 if self.packs else 0.0
-        done = sum(s.cost if s.finished else s.cost * s.steps_done / max(1, s.steps)
+        done = sum(s.cost if s.finished
+                   else s.cost * (s.steps_done - s.resumed_from) / max(1, s.steps - s.resumed_from)
                    for s in self.packs.values())
         return min(1.0, done / total)
 

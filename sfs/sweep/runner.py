@@ -67,6 +67,9 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
         # (at 10^5 models every read of the whole table is ~100 MB of the driver's memory)
         tables = [part.store.consolidate().select("model_id", "status") for part in parts]
         folded = True
+        if not interrupted and stopped is None:  # every pack ended: no checkpoint is of use
+            for part in parts:
+                shutil.rmtree(part.store.checkpoints_dir, ignore_errors=True)
         return summarise(parts, tables, time.perf_counter() - started, n_packs, interrupted, stopped)
     finally:
         for part in parts:
@@ -113,7 +116,7 @@ class Interrupt(tune.Stopper):
 
     def on_sigint(self, signum, frame) -> None:
         log.warning("interrupted: stopping the sweep; every finished pack is stored, packs in "
-                    "flight are dropped (Ctrl-C again to stop at once)")
+                    "flight go on from their last checkpoints next time (Ctrl-C again to stop at once)")
         self.event.set()
         signal.signal(signal.SIGINT, self.previous)
 
@@ -213,6 +216,44 @@ def _run_tune(parts: list[Part]) -> tuple[int, bool, str | None]:
             ray.shutdown()
 
 
+def _resumable(part: Part) -> bool:
+    """Whether the part's packs go on from their checkpoints: with checkpoints on (off, a
+    user asks for every pack from its start)."""
+    return part.cfg.train.checkpoint_every_s > 0
+
+
+def _resumed_packs(part: Part, packs: list[Pack]) -> tuple[list[Pack], dict[str, int]]:
+    """The packs, each with a checkpoint in the part's store put in its checkpoint's order
+    of models (the pack's id does not depend on it; its state does), and the steps each
+    such pack has done. A checkpoint that cannot be read is said and left out (its pack
+    trains from the start)."""
+    resumed: dict[str, int] = {}
+    if not _resumable(part) or not part.store.checkpoints_dir.is_dir():
+        return packs, resumed
+    ordered = []
+    for pack in packs:
+        try:
+            head = part.store.checkpoint_header(pack.pack_id)
+            if head is not None:
+                by_id = {spec.model_id: spec for spec in pack.models}
+                if sorted(head["model_ids"]) != sorted(by_id):
+                    raise ValueError("its models are not the pack's")
+                pack = Pack(pack.sweep, tuple(by_id[model_id] for model_id in head["model_ids"]))
+                resumed[pack.pack_id] = head["steps_done"]
+        except (ValueError, OSError) as error:
+            log.warning("%s: the checkpoint of pack %s cannot be resumed from (%s); it trains "
+                        "from the start", part.name, pack.pack_id, error)
+            part.store.drop_checkpoint(pack.pack_id)  # not handed to its trial
+        ordered.append(pack)
+    if resumed:
+        steps = {pack.pack_id: pack.shape.steps for pack in ordered}
+        shares = sorted(resumed[pack_id] / steps[pack_id] for pack_id in resumed)
+        log.info("%s: %d pack%s resume%s from checkpoints (%s of their steps done)", part.name,
+                 len(resumed), "" if len(resumed) == 1 else "s", "s" if len(resumed) == 1 else "",
+                 ", ".join(f"{share:.0%}" for share in shares))
+    return ordered, resumed
+
+
 def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: Interrupt,
            run_name: str, progress: ProgressCallback,
            next_batch: Callable[[], list[tuple[Part, list[ModelSpec]]]] | None = None) -> int:
@@ -227,22 +268,27 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     n_queued = 0
 
     def queued(batch: list[tuple[Part, list[ModelSpec]]]) -> list[tuple[Pack, WorkerOptions]]:
-        """The batch's packs, largest first, each known to the callbacks."""
+        """The batch's packs, the most work left first, each known to the callbacks."""
         nonlocal n_queued
         all_todo = [spec for _, todo in batch for spec in todo]
         queue: list[tuple[Pack, WorkerOptions]] = []
+        left: dict[str, float] = {}  # a resumed pack's share of its steps still to train
         for part, todo in batch:
             size = part.cfg.sweep.pack_size or auto_pack_size(
                 all_todo, slots, trial_device_kind(resources, part.cfg.train.device))
-            part.packs = make_packs(part.name, todo, size)
+            part.packs, resumed = _resumed_packs(part, make_packs(part.name, todo, size))
             options = WorkerOptions(log_every=part.cfg.train.log_every,
                                     device=part.cfg.train.device,
-                                    torch_threads=part.cfg.train.torch_threads, faults=injected)
+                                    torch_threads=part.cfg.train.torch_threads, faults=injected,
+                                    checkpoint_every_s=part.cfg.train.checkpoint_every_s)
             progress.progress.add_packs(part.packs)
             for pack in part.packs:
                 by_id[pack.pack_id] = (part, pack)
                 queue.append((pack, options))
-        queue.sort(key=lambda item: item[0].cost, reverse=True)  # largest first
+                if pack.pack_id in resumed:
+                    progress.progress.resume(pack.pack_id, resumed[pack.pack_id])
+                    left[pack.pack_id] = 1 - resumed[pack.pack_id] / pack.shape.steps
+        queue.sort(key=lambda item: item[0].cost * left.get(item[0].pack_id, 1.0), reverse=True)
         if queue:
             log.info("training %d models in %d packs, %d at a time (%s per trial)",
                      len(all_todo), len(queue), slots, resources)
@@ -250,6 +296,11 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
         return queue
 
     round_errors: list[Exception] = []
+
+    def checkpoint(pack_id: str) -> bytes | None:
+        """The pack's checkpoint, read as its trial is made (``PackQueue``)."""
+        part, _ = by_id[pack_id]
+        return part.store.read_checkpoint(pack_id) if _resumable(part) else None
 
     def next_round_queued() -> list[tuple[Pack, WorkerOptions]]:
         """Called by PackQueue inside Tune's loop once every pack so far has ended: the
@@ -285,7 +336,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
         try:
             # progress first: PersistCallback takes the payload out of each final result
             searcher = PackQueue(queue, server, server_name,
-                                 next_round_queued if next_batch is not None else None)
+                                 next_round_queued if next_batch is not None else None, checkpoint)
             # rounds: as many trials as the rounds make (-1: until the searcher has no more)
             tuner = _make_tuner(lead, searcher, resources, interrupt, [progress, persist, watch],
                                 tune_dir, run_name, len(queue) if next_batch is None else -1)

@@ -26,15 +26,19 @@ class PackQueue(Searcher):
     """Suggests one trial config per pack, in the given order: ``{"sfs": {"pack_id", "server"
     (the name of the ``PackServer`` that holds the pack), "options" (its ``WorkerOptions``)}}``.
 
-    The pack itself (``Pack.to_dict``, pickled; ``sfs.training.worker`` unpickles it) goes to
-    the server as its trial is made, and is dropped there when the trial has ended: Tune
-    keeps every trial's config, with copies and renderings of it, until the sweep ends, so a
-    pack in the config would stay in the driver's memory (``sfs.training.pack_server``)."""
+    The pack itself (``{"pack": Pack.to_dict(), "resume": its checkpoint or None}``, pickled;
+    ``sfs.training.worker`` unpickles it) goes to the server as its trial is made, and is
+    dropped there when the trial has ended: Tune keeps every trial's config, with copies and
+    renderings of it, until the sweep ends, so a pack in the config would stay in the
+    driver's memory (``sfs.training.pack_server``). ``checkpoint(pack_id)`` reads a pack's
+    checkpoint then (None: it has none), so the driver holds none of them meanwhile."""
 
     def __init__(self, packs: Sequence[tuple[Pack, WorkerOptions]], server, server_name: str,
-                 more: Callable[[], list[tuple[Pack, WorkerOptions]]] | None = None) -> None:
+                 more: Callable[[], list[tuple[Pack, WorkerOptions]]] | None = None,
+                 checkpoint: Callable[[str], bytes | None] = lambda pack_id: None) -> None:
         super().__init__()
         self.packs = list(packs)
+        self.checkpoint = checkpoint
         self.next = 0
         self.server, self.server_name = server, server_name
         self.pack_of: dict[str, str] = {}  # trial id -> pack id, for the trials in flight
@@ -55,7 +59,8 @@ class PackQueue(Searcher):
                 return Searcher.FINISHED
         pack, options = self.packs[self.next]
         self.next += 1
-        self.server.put.remote(pack.pack_id, pickle.dumps(pack.to_dict()))
+        handed = {"pack": pack.to_dict(), "resume": self.checkpoint(pack.pack_id)}
+        self.server.put.remote(pack.pack_id, pickle.dumps(handed))
         self.pack_of[trial_id] = pack.pack_id
         return {"sfs": {"pack_id": pack.pack_id, "server": self.server_name, "options": options}}
 
@@ -72,7 +77,8 @@ class PackQueue(Searcher):
         """Without the packs or the server: the Tuner pickles its searcher into its own
         restore file (``tuner.pkl``, which sfs never reads), and at 10^6 models the packs
         took ~5 s there before the first trial. An unpickled queue is empty."""
-        return {**self.__dict__, "packs": [], "server": None, "pack_of": {}, "more": None}
+        return {**self.__dict__, "packs": [], "server": None, "pack_of": {}, "more": None,
+                "checkpoint": None}
 
 
 class LoopWatch(tune.Callback):

@@ -5,11 +5,18 @@ loop keeps per-step work on the device: losses for the curve go into a prealloca
 tensor, and the host looks at them (one sync) only every ``log_every`` steps, to catch
 models whose loss went NaN/inf.
 
+At every log point but the last the loop offers a checkpoint of the pack's training state
+(``checkpoint``: taken only when the caller asks for it), and ``train_pack(resume=...)``
+goes on from one with the numbers of an uninterrupted run: parameters, AdamW's moments,
+the schedule's position, every model's data-stream generator and the loss curve so far
+are all in it (``sfs.core.checkpoints`` says why and where they are kept).
+
 Run by hand:  python -c "from sfs.training.loop import demo; demo()"
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -20,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sfs.core import checkpoints
 from sfs.core.metrics import frobenius_sq, n_represented
 from sfs.core.results import ModelResult, PackResult
 from sfs.core.spec import derive_seed, family
@@ -81,7 +89,12 @@ def _lightning():
     return pl
 
 
-def make_module(pack: Pack, log_every: int, progress: Callable[[int], None] | None = None):
+def make_module(pack: Pack, log_every: int,
+                progress: Callable[[int, Callable[[], bytes] | None], None] | None = None,
+                resume: dict | None = None):
+    """The pack's LightningModule. progress: called at each log point with the steps done and,
+    but at the last, a function that returns a checkpoint (``checkpoint``); resume: a
+    checkpoint's training state (``_resume_state``) to go on from."""
     pl = _lightning()
 
     class PackModule(pl.LightningModule):
@@ -111,6 +124,11 @@ def make_module(pack: Pack, log_every: int, progress: Callable[[int], None] | No
             self.live = torch.ones(len(pack.models), dtype=torch.bool)  # host-side: not diverged
             self.steps_done = 0
             self.report_progress = progress  # called with the steps done at each log point
+            self._resume = resume
+            if resume is not None:  # the rest (optimizer, schedule, streams) once they exist
+                self.model.load_state_dict(resume["model"])
+                self.live = resume["live"].clone()
+                self.steps_done = int(resume["steps_done"])
 
         def configure_optimizers(self):
             # Weight decay is applied by hand (per instance, on the feature matrices only):
@@ -132,6 +150,36 @@ def make_module(pack: Pack, log_every: int, progress: Callable[[int], None] | No
             self.curve = torch.full((len(self.curve_steps), len(self.pack.models)), float("nan"),
                                     device=self.device)
             self._live_device = self.live.to(self.device)
+            if self._resume is not None:
+                self.curve.copy_(self._resume["curve"])
+                for generator, saved in zip(self.sampler.generators, self._resume["generators"]):
+                    generator.set_state(saved)
+                # AdamW's moments go to their parameters' device as they load
+                self.optimizers().optimizer.load_state_dict(self._resume["optimizer"])
+                self.lr_schedulers().load_state_dict(self._resume["scheduler"])
+                self._resume = None  # (and its tensors freed)
+
+        def first_chunk(self) -> int:
+            """The first chunk still to train: after the ``steps_done`` of a resumed pack."""
+            return sum(1 for _, end in self._chunks if end <= self.steps_done)
+
+        def checkpoint(self) -> bytes:
+            """The pack's training state now (at a log point), as a checkpoint."""
+            state = {
+                "steps_done": self.steps_done,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizers().optimizer.state_dict(),
+                "scheduler": self.lr_schedulers().state_dict(),
+                "generators": [generator.get_state() for generator in self.sampler.generators],
+                "curve": self.curve.cpu(),  # (n_logs, instance)
+                "live": self.live.clone(),
+            }
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            return checkpoints.encode(
+                {"pack_id": self.pack.pack_id, "model_ids": [m.model_id for m in self.pack.models],
+                 "steps_done": self.steps_done, "steps": self.spec.steps, "log_every": self.log_every},
+                buffer.getvalue())
 
         def chunks(self) -> list[tuple[int, int]]:
             """Lightning's batches: the optimizer steps [start, end) between two log points.
@@ -145,7 +193,7 @@ def make_module(pack: Pack, log_every: int, progress: Callable[[int], None] | No
         def training_step(self, batch: int, batch_idx: int) -> None:
             optimizer = self.optimizers().optimizer  # the torch optimizer: no per-step wrapper
             scheduler = self.lr_schedulers()
-            start, end = self._chunks[batch_idx]
+            start, end = self._chunks[int(batch)]  # the chunk's index (a resumed pack skips some)
             for _ in range(start, end):
                 x = self.sampler.sample()  # (instance, batch, feature)
                 target = sfs_data.task_target(x, self.task.target)  # x, or |x| (abs_mlp)
@@ -190,8 +238,9 @@ def make_module(pack: Pack, log_every: int, progress: Callable[[int], None] | No
                 self._live_device = self.live.to(self.device)
                 if not self.live.any():
                     self.trainer.should_stop = True
-            if self.report_progress is not None:
-                self.report_progress(step)
+            if self.report_progress is not None:  # no checkpoint at the end, or of a stopped pack
+                going_on = step < self.spec.steps and not self.trainer.should_stop
+                self.report_progress(step, self.checkpoint if going_on else None)
 
     return PackModule()
 
@@ -235,21 +284,28 @@ def _quiet_lightning() -> None:
 
 def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 100,
                start_as_nan: frozenset[str] = frozenset(),
-               progress: Callable[[int], None] | None = None) -> PackResult:
+               progress: Callable[[int, Callable[[], bytes] | None], None] | None = None,
+               resume: bytes | None = None) -> PackResult:
     """Train every model of the pack together, evaluate each on the held-out batch.
 
     start_as_nan: ids of models whose weights start as NaN (fault injection, sfs.core.faults).
-    progress: called with the steps done at every log point (after the loss check; the
-    worker's ``ProgressReports`` decides whether to tell the driver)."""
+    progress: called at every log point (after the loss check) with the steps done and, but
+    at the last, a function returning a checkpoint of the pack now (the worker's
+    ``ProgressReports`` decides whether to tell the driver, and whether to take one).
+    resume: a checkpoint of this pack (its models in this order) to go on from; one that
+    does not fit is said and ignored (the pack trains from the start)."""
     pl = _lightning()
     _quiet_lightning()
     device = torch.device(device)
     started = time.perf_counter()
-    module = make_module(pack, log_every, progress)
-    with torch.no_grad():
-        for k, spec in enumerate(pack.models):
-            if spec.model_id in start_as_nan:
-                module.model.W[k].fill_(float("nan"))
+    state = _resume_state(pack, resume, log_every) if resume is not None else None
+    resumed_from = int(state["steps_done"]) if state is not None else 0
+    module = make_module(pack, log_every, progress, state)
+    if state is None:
+        with torch.no_grad():
+            for k, spec in enumerate(pack.models):
+                if spec.model_id in start_as_nan:
+                    module.model.W[k].fill_(float("nan"))
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
@@ -264,8 +320,9 @@ def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 
         limit_val_batches=0,
         deterministic=False,
     )
-    # One "batch" per optimizer step; the data itself is drawn on the device in training_step.
-    trainer.fit(module, train_dataloaders=range(len(module._chunks)))
+    # One "batch" per chunk of optimizer steps between two log points, its index (a resumed
+    # pack's start after its checkpoint); the data itself is drawn on the device in training_step.
+    trainer.fit(module, train_dataloaders=range(module.first_chunk(), len(module._chunks)))
     module.to(device)
     losses = evaluate(module.model, pack, module.probs, module.importance)
     val_losses = evaluate(module.model, pack, module.probs, module.importance, batch="validation")
@@ -291,7 +348,32 @@ def train_pack(pack: Pack, device: torch.device | str = "cpu", log_every: int = 
     return PackResult(
         pack_id=pack.pack_id, models=results, curve_steps=np.asarray(module.curve_steps),
         device=str(device), wall_s=time.perf_counter() - started, steps_done=module.steps_done,
+        resumed_from=resumed_from,
     )
+
+
+def _resume_state(pack: Pack, blob: bytes, log_every: int) -> dict | None:
+    """The training state of ``blob`` when it is a checkpoint of this pack, its models in
+    this order, taken at a log point of this ``log_every`` before the last; else None, said."""
+    try:
+        head = checkpoints.header(blob)
+        ids = [m.model_id for m in pack.models]
+        if head["pack_id"] != pack.pack_id or head["model_ids"] != ids:
+            raise ValueError("it is another pack's")
+        steps, done = pack.shape.steps, head["steps_done"]
+        if head["steps"] != steps or head.get("log_every") != log_every or not 0 < done < steps:
+            raise ValueError(f"taken at step {done} of {head['steps']} with log_every="
+                             f"{head.get('log_every')}, not a log point of this pack's {steps} "
+                             f"steps with log_every={log_every}")
+        state = torch.load(io.BytesIO(checkpoints.state(blob)), map_location="cpu", weights_only=True)
+        if state["steps_done"] != done or len(state["generators"]) != len(ids):
+            raise ValueError("its state does not match its header")
+    except Exception as error:  # noqa: BLE001 - a checkpoint is only ever a shortcut
+        log.warning("pack %s: not resuming from its checkpoint (%s: %s); training it from the start",
+                    pack.pack_id, type(error).__name__, error)
+        return None
+    log.info("pack %s: resuming from its checkpoint at step %d of %d", pack.pack_id, done, steps)
+    return state
 
 
 def _n_logged(curve_steps: list[int], steps_done: int) -> int:
