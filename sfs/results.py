@@ -122,6 +122,8 @@ class SweepStatus:
     pending_parts: int  # part files not yet consolidated (parts/*.parquet: a pack each, or folded packs)
     failed_ids: list[str] = field(default_factory=list)
     aggregated: str = "no"  # "yes", "no" or "stale" (the store changed since)
+    # per pack stopped in training with a checkpoint: the share of its steps done, ascending
+    checkpoints: list[float] = field(default_factory=list)
 
     @property
     def stored(self) -> int:
@@ -321,7 +323,20 @@ class SweepResults:
             missing=None if planned is None else len(planned) - rows.height,
             unplanned=table.height - rows.height,
             pending_parts=len(list((self.dir / "parts").glob("*.parquet"))) if (self.dir / "parts").is_dir() else 0,
-            failed_ids=failed_ids, aggregated=self._aggregated())
+            failed_ids=failed_ids, aggregated=self._aggregated(), checkpoints=self._checkpoints())
+
+    def _checkpoints(self) -> list[float]:
+        """The share of its steps each checkpointed pack has done (an unreadable file: none)."""
+        shares = []
+        folder = self._store.checkpoints_dir
+        for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+            try:
+                head = self._store.checkpoint_header(path.stem)
+            except (ValueError, OSError):
+                continue
+            if head is not None and head["steps"] > 0:
+                shares.append(head["steps_done"] / head["steps"])
+        return sorted(shares)
 
     def _aggregated(self) -> str:
         if not (self.dir / "metrics.parquet").is_file():

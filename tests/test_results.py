@@ -116,6 +116,23 @@ def test_status_counts_planned_stored_failed_and_missing(tmp_path, capsys):
     assert f"{sizes[1] + sizes[3]} models to train" in out and packs[1].models[0].model_id in out
 
 
+def test_status_names_the_packs_stopped_in_training_with_checkpoints(tmp_path, capsys):
+    from sfs.core import checkpoints
+    from sfs.storage.store import TrialStore
+
+    _, packs = _store(tmp_path, packs_stored=2)
+    with TrialStore(tmp_path / "smoke") as store:
+        for pack, done in zip(packs[2:], (30, 120)):
+            store.write_checkpoint(pack.pack_id, checkpoints.encode(
+                {"pack_id": pack.pack_id, "model_ids": [m.model_id for m in pack.models],
+                 "steps_done": done, "steps": 300}, b"state"))
+        store.write_checkpoint("damaged", b"not a checkpoint")  # left out, never an error
+    assert sfs.open(tmp_path / "smoke").status().checkpoints == [0.1, 0.4]
+    assert main(["status", str(tmp_path / "smoke")]) == 0
+    assert ("smoke: 2 packs stopped in training left checkpoints (10%, 40% of their steps done): "
+            "the next launch goes on from them") in capsys.readouterr().out
+
+
 def test_status_follows_the_store_a_wider_launch_records(tmp_path, capsys):
     _store(tmp_path)
     _store(tmp_path, "sweep.seeds=[0,1,2]", packs_stored=0)  # the wider launch, killed before any pack
