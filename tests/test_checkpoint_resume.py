@@ -50,6 +50,9 @@ def test_a_sweep_stopped_mid_pack_goes_on_from_its_checkpoint_with_the_same_numb
     stopped.signal_at(0, 0.0, signal.SIGINT)
     assert stopped.wait() == 130, stopped.output
     assert "go on from their last checkpoints next time" in stopped.output
+    assert "sfs: 0 packs run in" in stopped.output  # queued ones are not counted as run
+    assert "8 models not trained (interrupted): run the same command again to resume " \
+        "(1 pack going on from checkpoints)" in stopped.output
     assert len(list(kept.glob("*.ckpt"))) == 1  # the first pack's: no pack is stored yet
     assert not (tmp_path / "stopped" / "smoke" / "trials.parquet").exists() or \
         pl.read_parquet(tmp_path / "stopped" / "smoke" / "trials.parquet").height == 0

@@ -259,17 +259,15 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
            next_batch: Callable[[], list[tuple[Part, list[ModelSpec]]]] | None = None) -> int:
     """One Tune run over the batch's models (per part) and, with ``next_batch``, over each
     round it gives once the previous one is stored, until it gives none; returns the packs
-    run."""
+    stored (as trained or as failed)."""
     resources, slots = trial_resources(lead)
     injected = faults.from_environment()
     if injected:
         log.warning("fault injection on (%s): %s", faults.ENV, injected["ids"])
     by_id: dict[str, tuple[Part, Pack]] = {}
-    n_queued = 0
 
     def queued(batch: list[tuple[Part, list[ModelSpec]]]) -> list[tuple[Pack, WorkerOptions]]:
         """The batch's packs, the most work left first, each known to the callbacks."""
-        nonlocal n_queued
         all_todo = [spec for _, todo in batch for spec in todo]
         queue: list[tuple[Pack, WorkerOptions]] = []
         left: dict[str, float] = {}  # a resumed pack's share of its steps still to train
@@ -292,7 +290,6 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
         if queue:
             log.info("training %d models in %d packs, %d at a time (%s per trial)",
                      len(all_todo), len(queue), slots, resources)
-        n_queued += len(queue)
         return queue
 
     round_errors: list[Exception] = []
@@ -361,7 +358,8 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
             log.debug("stopping the pack server", exc_info=True)
     writer = persist.writer
     log.debug("Tune's loop: %s; sfs's callbacks held it at most %.0f ms; storing waited at most "
-              "%.0f ms for room and took at most %.0f ms a pack, %.0f ms on average (%d packs)",
+              "%.0f ms for room and took at most %.0f ms a write, %.0f ms on average (%d writes: "
+              "packs and checkpoints)",
               watch.describe(), 1000 * persist.longest_hold_s, 1000 * writer.longest_wait_s,
               1000 * writer.longest_write_s, 1000 * writer.writing_s / max(writer.stored, 1), writer.stored)
     shutil.rmtree(tune_dir / run_name, ignore_errors=True)  # the store is the record
@@ -373,7 +371,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
         interrupt.why = persist.why
         log.error("the sweep stopped because a pack could not be stored; everything stored "
                   "before it is kept: fix the cause and run the same command again to resume")
-    return n_queued
+    return persist.done  # the packs run to the store (an interrupted launch queued more)
 
 
 def _make_tuner(lead: Config, queue: PackQueue, resources: dict, interrupt: Interrupt,

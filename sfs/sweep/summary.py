@@ -27,6 +27,7 @@ class PartSummary:
     missing: int  # planned but not stored (interrupted)
     failed_ids: list[str]
     mlflow: str | None
+    checkpoints: int = 0  # packs stopped in training whose checkpoints the next launch goes on from
 
 
 @dataclass
@@ -60,6 +61,8 @@ def summarise(parts: list[Part], tables: list[pl.DataFrame], wall_s: float, n_pa
             diverged=status.count("diverged"), failed=len(failed_ids),
             missing=len(planned_ids) - rows.height, failed_ids=failed_ids,
             mlflow=ui_command(part.tracker.uri, part.tracker.experiment_id) if part.tracker else None,
+            checkpoints=len(list(part.store.checkpoints_dir.glob("*.ckpt")))
+            if part.store.checkpoints_dir.is_dir() else 0,
         ))
     return SweepSummary(summaries, wall_s, n_packs, interrupted, stopped)
 
@@ -84,6 +87,8 @@ def format_summary(summary) -> str:
             why = ("interrupted" if summary.interrupted
                    else f"stopped early: {summary.stopped}" if summary.stopped
                    else "stopped early: the lines above say why")
+            kept = (f" ({p.checkpoints} pack{'s' if p.checkpoints > 1 else ''} going on from "
+                    "checkpoints)" if p.checkpoints else "")
             lines.append(f"{p.name}: {p.missing} models not trained ({why}): run the same "
-                         "command again to resume")
+                         f"command again to resume{kept}")
     return "\n".join(lines)
