@@ -9,7 +9,8 @@
 #   1. prints the environment (GPU, driver, CUDA, torch, CPUs, memory);
 #   2. runs the smoke sweep on the GPU (train.device=cuda, then train.device=auto) and checks
 #      every model is stored ok and recorded as trained on cuda (trials.parquet's device);
-#   3. checks packing invariance on the GPU (benchmarks/pack_equivalence.py);
+#   3. checks packing invariance on the GPU, and a pack resumed from a checkpoint against
+#      the same pack uninterrupted (benchmarks/pack_equivalence.py);
 #   4. runs benchmarks/throughput.py --device cuda --modes limit,sfs (one repeat, both grids);
 #   5. runs the pack-size sweep (16..1024 models a pack, benchmarks/pack_cost.py --device cuda);
 #   6. looks for why sfs on a GPU trailed the bare loop (2026-12-04: 0.07-0.14): sfs's step

@@ -12,7 +12,10 @@ as the same pack in reverse order, and ``--alone`` of them (spread over the pack
 last included) each as a pack of one. Every parameter array, the training-loss curve and the
 held-out loss of a model must agree between the three within the stated tolerance:
 ``|packed - alone| <= atol + rtol * |alone|`` elementwise (as ``numpy.allclose``) and
-``|loss_packed - loss_alone| <= loss_rtol * |loss_alone|``. A GPU runs a pack's batched
+``|loss_packed - loss_alone| <= loss_rtol * |loss_alone|``. The pack resumed from its
+checkpoint at the log point nearest half its steps (``train_pack(resume=...)``, as a stopped
+sweep's next launch does) must agree with it uninterrupted the same way (on the CPU it is
+equal bit for bit: ``tests/test_checkpoints.py``). A GPU runs a pack's batched
 matmuls with kernels chosen by batch count, so its defaults are looser than the CPU test's
 (``--rtol 1e-3 --atol 1e-4 --loss-rtol 1e-3`` on cuda; ``1e-4, 1e-5, 1e-4`` on cpu, as the
 test); the largest differences are printed either way. Measured on an H200 (2026-12-04):
@@ -52,6 +55,7 @@ SPARSITIES = (0.0, 0.5, 0.9, 0.99)
 IMPORTANCES = (0.9, 0.7)
 DISTS = ("uniform", "power:1.0")
 DECAYS = (0.0, 0.05, -0.1)
+LOG_EVERY = 50
 
 
 def pack_specs(family: str, depth: int, lr: float, bias_std: float, n_models: int,
@@ -92,23 +96,38 @@ def compare(other, alone, rtol: float, atol: float) -> dict:
 def check_case(case: tuple, args: argparse.Namespace) -> dict:
     family, depth, lr, bias_std = case
     specs = pack_specs(family, depth, lr, bias_std, args.models, args.steps)
+    taken: dict[int, bytes] = {}
+    halfway = max(LOG_EVERY, round(args.steps / 2 / LOG_EVERY) * LOG_EVERY)
+
+    def keep_halfway(step, checkpoint):
+        if step == halfway and checkpoint is not None:
+            taken[step] = checkpoint()
+
     started = time.perf_counter()
-    packed = {m.model_id: m for m in train_pack(Pack("eq", tuple(specs)), args.device, 50).models}
+    packed = {m.model_id: m for m in train_pack(Pack("eq", tuple(specs)), args.device, LOG_EVERY,
+                                                progress=keep_halfway).models}
     packed_s = time.perf_counter() - started
+    resumed = ({m.model_id: m for m in train_pack(Pack("eq", tuple(specs)), args.device, LOG_EVERY,
+                                                  resume=taken[halfway]).models}
+               if taken else {})
     reordered = {m.model_id: m
-                 for m in train_pack(Pack("eq", tuple(reversed(specs))), args.device, 50).models}
+                 for m in train_pack(Pack("eq", tuple(reversed(specs))), args.device, LOG_EVERY).models}
     picks = sorted({round(i * (len(specs) - 1) / max(1, args.alone - 1))
                     for i in range(min(args.alone, len(specs)))})
     rows, alone_s = [], 0.0
     for index in picks:
         spec = specs[index]
         started = time.perf_counter()
-        alone = train_pack(Pack("eq", (spec,)), args.device, 50).models[0]
+        alone = train_pack(Pack("eq", (spec,)), args.device, LOG_EVERY).models[0]
         alone_s += time.perf_counter() - started
         for how, other in (("packed", packed[spec.model_id]), ("reordered", reordered[spec.model_id])):
             row = compare(other, alone, args.rtol, args.atol)
             row["ok"] = row["ok"] and row["loss_rel"] <= args.loss_rtol
             rows.append({"index": index, "how": how, **row})
+        if resumed:
+            row = compare(resumed[spec.model_id], packed[spec.model_id], args.rtol, args.atol)
+            row["ok"] = row["ok"] and row["loss_rel"] <= args.loss_rtol
+            rows.append({"index": index, "how": f"resumed at step {halfway}", **row})
     # not vacuous: pack-mates really differ, and the models trained (finite, not at init)
     first, second = packed[specs[0].model_id], packed[specs[1].model_id] if len(specs) > 1 else None
     mates_differ = second is None or not np.allclose(first.W, second.W)
@@ -119,6 +138,8 @@ def check_case(case: tuple, args: argparse.Namespace) -> dict:
         "max_abs": max(r["max_abs"] for r in rows), "max_excess": max(r["max_excess"] for r in rows),
         "max_loss_rel": max(r["loss_rel"] for r in rows),
         "packed_s": packed_s, "alone_s_per_model": alone_s / len(picks),
+        "resumed_at": halfway if resumed else None,
+        "resumed_max_abs": max((r["max_abs"] for r in rows if r["how"].startswith("resumed")), default=None),
         "mates_differ": mates_differ, "all_finite": finite,
         "ok": all(r["ok"] for r in rows) and mates_differ and finite,
         "failures": [r for r in rows if not r["ok"]][:5],
@@ -167,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(f"{'PASS' if result['ok'] else 'FAIL'} {result['family']:12s} depth {result['depth']}: "
               f"max |diff| {result['max_abs']:.2e}, max diff/tolerance {result['max_excess']:.3f}, "
-              f"max loss rel diff {result['max_loss_rel']:.2e}; pack of {result['models']} "
+              f"max loss rel diff {result['max_loss_rel']:.2e}; resumed at step "
+              f"{result['resumed_at']}: max |diff| {result['resumed_max_abs'] or 0:.2e}; pack of {result['models']} "
               f"{result['packed_s']:.2f} s, one alone {result['alone_s_per_model']:.2f} s", flush=True)
         for failure in result["failures"]:
             print(f"    model {failure['index']} ({failure['how']}): {failure}", flush=True)
