@@ -45,7 +45,7 @@ def main() -> None:
                                for s in range(k)))
         taken: dict[str, object] = {}
 
-        def halfway(step, checkpoint):
+        def halfway(step, checkpoint, taken=taken):
             if checkpoint is not None and step == 100:
                 began = time.perf_counter()
                 taken["blob"] = checkpoint()
