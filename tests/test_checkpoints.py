@@ -127,31 +127,42 @@ def test_the_store_keeps_a_packs_latest_checkpoint_until_it_is_dropped(tmp_path)
         assert list(store.checkpoints_dir.iterdir()) == []
 
 
-def test_the_driver_puts_a_resumed_pack_in_its_checkpoints_order_and_drops_what_cannot_be_resumed(
+def test_the_driver_resumes_each_checkpointed_pack_whole_and_drops_what_cannot_be_resumed(
         tmp_path, make_spec, caplog):
-    """The pack id does not depend on the order of its models; the checkpoint's state does.
-    A checkpoint that cannot be read is said and dropped; with checkpoints off none is used."""
+    """A checkpointed pack is handed out as its checkpoint has it: the same models (a pack
+    size chosen anew for what is left could split them otherwise) in the same order (the
+    pack id does not depend on it; the state does). The models left are packed as usual. A
+    checkpoint that cannot be read is said and dropped; one whose models are not all to
+    train any more is left alone; with checkpoints off none is used."""
     from sfs.config.compose import load_configs
     from sfs.sweep.persist import Part
     from sfs.sweep.runner import _resumed_packs
 
-    packs = [_pack(make_spec, "relu_output"),
-             Pack("t", tuple(dataclasses.replace(m, seed=m.seed + 10) for m in _pack(make_spec, "relu_output").models)),
-             Pack("t", (make_spec(seed=7),))]
-    head = {"model_ids": [m.model_id for m in packs[0].models[::-1]], "steps_done": 40, "steps": 100}
+    resumed_pack = _pack(make_spec, "relu_output")
+    others = [make_spec(seed=s) for s in range(10, 14)]
+    todo = [*others[:2], *resumed_pack.models, *others[2:]]
+    stale = Pack("t", (make_spec(seed=99), others[0]))  # one model no longer planned
     (cfg,) = load_configs(["+sweep=smoke"])
     (off,) = load_configs(["+sweep=smoke", "train.checkpoint_every_s=0"])
+
+    def checkpoint(pack, order, done):
+        return checkpoints.encode({"pack_id": pack.pack_id, "model_ids": [m.model_id for m in order],
+                                   "steps_done": done, "steps": 100}, b"")
+
     with TrialStore(tmp_path / "s") as store:
-        store.write_checkpoint(packs[0].pack_id, checkpoints.encode({"pack_id": packs[0].pack_id, **head}, b""))
-        store.write_checkpoint(packs[1].pack_id, b"damaged")
+        store.write_checkpoint(resumed_pack.pack_id, checkpoint(resumed_pack, resumed_pack.models[::-1], 40))
+        store.write_checkpoint(stale.pack_id, checkpoint(stale, stale.models, 60))
+        store.write_checkpoint("damaged", b"not a checkpoint")
         with caplog.at_level(logging.INFO, logger="sfs.sweep.runner"):
-            ordered, resumed = _resumed_packs(Part(cfg, store, None, [], []), packs)
-        assert ordered[0].models == packs[0].models[::-1] and ordered[1:] == packs[1:]
-        assert resumed == {packs[0].pack_id: 40}
-        assert "1 pack resumes from checkpoints (40% of their steps done)" in caplog.text
-        assert f"the checkpoint of pack {packs[1].pack_id} cannot be resumed from" in caplog.text
-        assert store.read_checkpoint(packs[1].pack_id) is None  # not handed to its trial
-        assert _resumed_packs(Part(off, store, None, [], []), packs) == (packs, {})
+            packs, rest, resumed = _resumed_packs(Part(cfg, store, None, [], []), todo)
+        assert [p.models for p in packs] == [resumed_pack.models[::-1]]
+        assert packs[0].sweep == "smoke" and rest == others  # in their order
+        assert resumed == {resumed_pack.pack_id: 40}
+        assert "smoke: 1 pack resumes from checkpoints (40% of their steps done)" in caplog.text
+        assert "damaged.ckpt cannot be resumed from" in caplog.text
+        assert store.read_checkpoint("damaged") is None  # never handed to a trial
+        assert store.read_checkpoint(stale.pack_id) is not None  # not this launch's to drop
+        assert _resumed_packs(Part(off, store, None, [], []), todo) == ([], todo, {})
 
 
 def test_checkpoint_every_s_is_validated_before_any_work():

@@ -222,36 +222,42 @@ def _resumable(part: Part) -> bool:
     return part.cfg.train.checkpoint_every_s > 0
 
 
-def _resumed_packs(part: Part, packs: list[Pack]) -> tuple[list[Pack], dict[str, int]]:
-    """The packs, each with a checkpoint in the part's store put in its checkpoint's order
-    of models (the pack's id does not depend on it; its state does), and the steps each
-    such pack has done. A checkpoint that cannot be read is said and left out (its pack
-    trains from the start)."""
-    resumed: dict[str, int] = {}
-    if not _resumable(part) or not part.store.checkpoints_dir.is_dir():
-        return packs, resumed
-    ordered = []
-    for pack in packs:
+def _resumed_packs(part: Part, todo: list[ModelSpec]) -> tuple[list[Pack], list[ModelSpec], dict[str, int]]:
+    """The packs of the part's checkpoints whose models are all still to train, each as its
+    checkpoint has it (the same models in the same order: a pack size chosen anew for what is
+    left could split them otherwise), the models left to pack, and the steps each resumed
+    pack has done. A checkpoint that cannot be read is said and dropped (its models train
+    from the start); one whose models are not all to train any more is left alone."""
+    folder = part.store.checkpoints_dir
+    if not _resumable(part) or not folder.is_dir():
+        return [], todo, {}
+    by_id = {spec.model_id: spec for spec in todo}
+    packs, resumed = [], {}
+    for path in sorted(folder.glob("*.ckpt")):
         try:
-            head = part.store.checkpoint_header(pack.pack_id)
-            if head is not None:
-                by_id = {spec.model_id: spec for spec in pack.models}
-                if sorted(head["model_ids"]) != sorted(by_id):
-                    raise ValueError("its models are not the pack's")
-                pack = Pack(pack.sweep, tuple(by_id[model_id] for model_id in head["model_ids"]))
-                resumed[pack.pack_id] = head["steps_done"]
+            head = part.store.checkpoint_header(path.stem)
+            if head is None:  # gone meanwhile
+                continue
+            if head["pack_id"] != path.stem:
+                raise ValueError("it names another pack")
         except (ValueError, OSError) as error:
-            log.warning("%s: the checkpoint of pack %s cannot be resumed from (%s); it trains "
-                        "from the start", part.name, pack.pack_id, error)
-            part.store.drop_checkpoint(pack.pack_id)  # not handed to its trial
-        ordered.append(pack)
-    if resumed:
-        steps = {pack.pack_id: pack.shape.steps for pack in ordered}
-        shares = sorted(resumed[pack_id] / steps[pack_id] for pack_id in resumed)
+            log.warning("%s: the checkpoint %s cannot be resumed from (%s); its models train from "
+                        "the start", part.name, path, error)
+            part.store.drop_checkpoint(path.stem)  # never handed to a trial
+            continue
+        if head["model_ids"] and all(model_id in by_id for model_id in head["model_ids"]):
+            pack = Pack(part.name, tuple(by_id.pop(model_id) for model_id in head["model_ids"]))
+            if pack.pack_id == head["pack_id"]:
+                packs.append(pack)
+                resumed[pack.pack_id] = head["steps_done"]
+            else:  # (the ids hash the models: not without a damaged header)
+                by_id.update({spec.model_id: spec for spec in pack.models})
+    if packs:
+        shares = sorted(resumed[pack.pack_id] / pack.shape.steps for pack in packs)
         log.info("%s: %d pack%s resume%s from checkpoints (%s of their steps done)", part.name,
-                 len(resumed), "" if len(resumed) == 1 else "s", "s" if len(resumed) == 1 else "",
+                 len(packs), "" if len(packs) == 1 else "s", "s" if len(packs) == 1 else "",
                  ", ".join(f"{share:.0%}" for share in shares))
-    return ordered, resumed
+    return packs, [spec for spec in todo if spec.model_id in by_id], resumed
 
 
 def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: Interrupt,
@@ -274,7 +280,8 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
         for part, todo in batch:
             size = part.cfg.sweep.pack_size or auto_pack_size(
                 all_todo, slots, trial_device_kind(resources, part.cfg.train.device))
-            part.packs, resumed = _resumed_packs(part, make_packs(part.name, todo, size))
+            resumed_packs, rest, resumed = _resumed_packs(part, todo)
+            part.packs = resumed_packs + make_packs(part.name, rest, size)
             options = WorkerOptions(log_every=part.cfg.train.log_every,
                                     device=part.cfg.train.device,
                                     torch_threads=part.cfg.train.torch_threads, faults=injected,
