@@ -5,6 +5,7 @@ tested in tests/test_checkpoints.py."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -14,6 +15,7 @@ import polars as pl
 import pytest
 from crash_harness import UNSTABLE, Launch
 
+from sfs.core import faults
 from sfs.storage.store import load_weights
 
 pytestmark = pytest.mark.integration
@@ -39,10 +41,30 @@ def _wait_for(predicate, launch: Launch, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
-def test_a_sweep_stopped_mid_pack_goes_on_from_its_checkpoint_with_the_same_numbers(tmp_path):
-    uninterrupted = Launch(tmp_path / "uninterrupted", (*LONG_PACKS,))  # at the default 60 s: none
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory):
+    """The results of a launch never stopped (at the default 60 s, it keeps no checkpoint)."""
+    out_dir = tmp_path_factory.mktemp("uninterrupted")
+    uninterrupted = Launch(out_dir, (*LONG_PACKS,))
     assert uninterrupted.wait() == 0, uninterrupted.output
-    expected = _results(tmp_path / "uninterrupted" / "smoke")
+    return _results(out_dir / "smoke")
+
+
+def _assert_same(results: dict, expected: dict) -> None:
+    assert sorted(results) == sorted(expected)
+    for model_id, arrays in expected.items():
+        assert results[model_id]["row"] == arrays["row"], model_id
+        for name in ("W", "b", "curve", "curve_steps"):
+            np.testing.assert_array_equal(results[model_id][name], arrays[name], err_msg=name)
+
+
+def _went_on(output: str) -> list[int]:
+    """The steps the packs stored by a launch went on from (the driver's lines say so)."""
+    steps = re.findall(r"\[\d/2 packs\] smoke: .* \(went on from its checkpoint at step (\d+)\)", output)
+    return [int(step) for step in steps]
+
+
+def test_a_sweep_stopped_mid_pack_goes_on_from_its_checkpoint_with_the_same_numbers(tmp_path, expected):
 
     stopped = Launch(tmp_path / "stopped", (*LONG_PACKS, "train.checkpoint_every_s=0.5"))
     kept = tmp_path / "stopped" / "smoke" / "checkpoints"
@@ -62,13 +84,20 @@ def test_a_sweep_stopped_mid_pack_goes_on_from_its_checkpoint_with_the_same_numb
     done = re.search(r"smoke: 1 pack resumes from checkpoints \((\d+)% of their steps done\)",
                      resumed.output)
     assert done and 0 < int(done[1]) < 100, resumed.output
-    went_on = re.findall(r"\[\d/2 packs\] smoke: .* \(went on from its checkpoint at step (\d+)\)",
-                         resumed.output)  # the trial did, and said so
-    assert len(went_on) == 1 and 0 < int(went_on[0]) < 10000, resumed.output
+    went_on = _went_on(resumed.output)  # the trial did, and said so
+    assert len(went_on) == 1 and 0 < went_on[0] < 10000, resumed.output
     assert not kept.exists()  # every pack stored: none is kept
-    results = _results(tmp_path / "stopped" / "smoke")
-    assert sorted(results) == sorted(expected)
-    for model_id, arrays in expected.items():
-        assert results[model_id]["row"] == arrays["row"], model_id
-        for name in ("W", "b", "curve", "curve_steps"):
-            np.testing.assert_array_equal(results[model_id][name], arrays[name], err_msg=name)
+    _assert_same(_results(tmp_path / "stopped" / "smoke"), expected)
+
+
+def test_a_trial_killed_mid_pack_is_retried_from_its_latest_checkpoint(tmp_path, expected):
+    """A worker lost mid-pack (here: it kills itself right after the driver took its first
+    checkpoint): Tune retries the trial, which goes on from that checkpoint, not from the
+    start, and the sweep ends as if nothing had happened."""
+    model_id = next(iter(expected))
+    launch = Launch(tmp_path, (*LONG_PACKS, "train.checkpoint_every_s=0.5"),
+                    env={faults.ENV: json.dumps({"kill_after_checkpoint_once": [model_id]})})
+    assert launch.wait() == 0, launch.output
+    went_on = _went_on(launch.output)
+    assert len(went_on) == 1 and 0 < went_on[0] < 10000, launch.output
+    _assert_same(_results(tmp_path / "smoke"), expected)

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from sfs.plan import Pack
 from sfs.sweep.writer import PackWriter
 
 
@@ -218,7 +217,7 @@ def test_the_pack_queue_hands_out_each_pack_once_in_order_with_its_checkpoint_th
     from sfs.config.compose import load_configs
     from sfs.plan import make_packs, plan_models
     from sfs.sweep.trials import PackQueue
-    from sfs.training.pack_server import fetch_pack, start_server
+    from sfs.training.pack_server import fetch_pack, hand, start_server, unhand
     from sfs.training.worker import WorkerOptions
 
     (cfg,) = load_configs(["+sweep=smoke"])
@@ -233,9 +232,11 @@ def test_the_pack_queue_hands_out_each_pack_once_in_order_with_its_checkpoint_th
         assert [s["sfs"]["pack_id"] for s in suggested] == [p.pack_id for p in packs]
         assert all(s["sfs"]["options"] is options for s in suggested)
         assert all(set(s["sfs"]) == {"pack_id", "server", "options"} for s in suggested)  # no pack
-        handed = [pickle.loads(fetch_pack(s["sfs"]["server"], s["sfs"]["pack_id"])) for s in suggested]
-        assert [Pack.from_dict(h["pack"]) for h in handed] == packs
-        assert [h["resume"] for h in handed] == [checkpoints.get(p.pack_id) for p in packs]
+        handed = [unhand(fetch_pack(s["sfs"]["server"], s["sfs"]["pack_id"])) for s in suggested]
+        assert [pack for pack, _ in handed] == packs
+        assert [resume for _, resume in handed] == [checkpoints.get(p.pack_id) for p in packs]
+        local_ray.get(server.update.remote(packs[0].pack_id, hand(packs[0], b"newer")))  # a retry's
+        assert unhand(fetch_pack("test-pack-queue", packs[0].pack_id)) == (packs[0], b"newer")
         assert queue.suggest("one more") == Searcher.FINISHED
         for k in range(len(packs)):  # each trial ended (stored, or failed for good)
             queue.on_trial_complete(f"t{k}")

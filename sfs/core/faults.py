@@ -10,6 +10,8 @@ fault to the model ids it hits (read by the sweep driver, passed to the trials):
 - ``raise_once``: it raises on the first attempt only (the retry succeeds);
 - ``kill_once``: on the first attempt the worker process kills itself (SIGKILL) as the
   trial starts, as an out-of-memory killer or a lost node would;
+- ``kill_after_checkpoint_once``: on the first attempt it does so mid-pack, right after the
+  driver has taken its first checkpoint (the retry goes on from it);
 - ``nan``: the model starts with NaN weights, so it diverges; its pack-mates train on.
 
 "once" is remembered through marker files in a folder the driver creates (one machine).
@@ -23,7 +25,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-KINDS = ("raise", "raise_once", "kill_once", "nan")
+KINDS = ("raise", "raise_once", "kill_once", "kill_after_checkpoint_once", "nan")
 ENV = "SFS_INJECT_FAULTS"
 
 
@@ -63,3 +65,13 @@ def before_training(faults: dict | None, pack) -> frozenset[str]:
         # next one this reused actor runs.
         os.kill(os.getpid(), signal.SIGKILL)
     return frozenset(hits["nan"])
+
+
+def after_checkpoint(faults: dict | None, pack) -> None:
+    """Act out ``kill_after_checkpoint_once`` (a trial calls this once the driver has taken
+    one of its checkpoints)."""
+    if not faults:
+        return
+    hit = {m.model_id for m in pack.models} & set(faults["ids"]["kill_after_checkpoint_once"])
+    if hit and _first_time(faults["markers"], "kill_after_checkpoint_once", pack.pack_id):
+        os.kill(os.getpid(), signal.SIGKILL)

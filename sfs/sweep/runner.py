@@ -39,7 +39,7 @@ from sfs.sweep.progress import Progress, ProgressCallback, make_display
 from sfs.sweep.search_rounds import next_round
 from sfs.sweep.summary import SweepSummary, summarise
 from sfs.sweep.trials import LoopWatch, PackQueue
-from sfs.training.pack_server import start_server
+from sfs.training.pack_server import hand, start_server
 from sfs.training.worker import WorkerOptions, run_pack_trial
 
 log = logging.getLogger(__name__)
@@ -331,11 +331,18 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     # Tune keeps one pending trial for a custom searcher (PackQueue), which starves the slots
     # and evicts the reused actors between trials; as many as it keeps for its own grid:
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(200, int(1.1 * slots))))
-    persist = PersistCallback(by_id, interrupt.halt)
-    watch = LoopWatch()
     tune_dir = Path(lead.paths.out_dir) / ".tune"
     server_name = f"sfs-packs-{run_name}-{uuid.uuid4().hex[:8]}"
     server = start_server(server_name)
+
+    def hand_on(pack: Pack, checkpoint: bytes) -> None:
+        """A retry of the pack's trial (a lost node, a killed worker) goes on from its latest
+        checkpoint, as the next launch would (``PackQueue`` handed the pack out with the one
+        it had then)."""
+        server.update.remote(pack.pack_id, hand(pack, checkpoint))
+
+    persist = PersistCallback(by_id, interrupt.halt, hand_on)
+    watch = LoopWatch()
     try:
         try:
             # progress first: PersistCallback takes the payload out of each final result

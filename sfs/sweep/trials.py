@@ -11,7 +11,6 @@ packs once.
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections.abc import Callable, Sequence
 
@@ -19,6 +18,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from sfs.plan import Pack
+from sfs.training.pack_server import hand
 from sfs.training.worker import WorkerOptions
 
 
@@ -26,8 +26,8 @@ class PackQueue(Searcher):
     """Suggests one trial config per pack, in the given order: ``{"sfs": {"pack_id", "server"
     (the name of the ``PackServer`` that holds the pack), "options" (its ``WorkerOptions``)}}``.
 
-    The pack itself (``{"pack": Pack.to_dict(), "resume": its checkpoint or None}``, pickled;
-    ``sfs.training.worker`` unpickles it) goes to the server as its trial is made, and is
+    The pack itself (with its checkpoint or None: ``sfs.training.pack_server.hand``) goes to
+    the server as its trial is made, and is
     dropped there when the trial has ended: Tune keeps every trial's config, with copies and
     renderings of it, until the sweep ends, so a pack in the config would stay in the
     driver's memory (``sfs.training.pack_server``). ``checkpoint(pack_id)`` reads a pack's
@@ -59,8 +59,7 @@ class PackQueue(Searcher):
                 return Searcher.FINISHED
         pack, options = self.packs[self.next]
         self.next += 1
-        handed = {"pack": pack.to_dict(), "resume": self.checkpoint(pack.pack_id)}
-        self.server.put.remote(pack.pack_id, pickle.dumps(handed))
+        self.server.put.remote(pack.pack_id, hand(pack, self.checkpoint(pack.pack_id)))
         self.pack_of[trial_id] = pack.pack_id
         return {"sfs": {"pack_id": pack.pack_id, "server": self.server_name, "options": options}}
 

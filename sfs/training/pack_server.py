@@ -13,8 +13,11 @@ drops it once the trial has ended (a retried trial gets it again until then).
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import ray
+
+from sfs.plan import Pack
 
 NAMESPACE = "sfs"  # every launch's servers, found by name from the workers
 
@@ -39,6 +42,12 @@ class PackServer:
         await self._event(pack_id).wait()
         return self.packs[pack_id]
 
+    async def update(self, pack_id: str, blob: bytes) -> None:
+        """A newer ``blob`` for a pack still held (a retry of its trial gets it); nothing for
+        one dropped already (the calls of an async actor may come out of order)."""
+        if pack_id in self.packs:
+            self.packs[pack_id] = blob
+
     async def drop(self, pack_id: str) -> None:
         self.packs.pop(pack_id, None)
         self.arrived.pop(pack_id, None)
@@ -55,6 +64,18 @@ def start_server(name: str):
     return PackServer.options(name=name, namespace=NAMESPACE,
                               scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
                               ).remote()
+
+
+def hand(pack: Pack, resume: bytes | None) -> bytes:
+    """What the server holds for a pack's trial: the pack and the checkpoint to go on from
+    (``sfs.core.checkpoints``; None: from the start)."""
+    return pickle.dumps({"pack": pack.to_dict(), "resume": resume})
+
+
+def unhand(blob: bytes) -> tuple[Pack, bytes | None]:
+    """The pack and checkpoint of ``hand``."""
+    handed = pickle.loads(blob)
+    return Pack.from_dict(handed["pack"]), handed["resume"]
 
 
 _servers: dict[str, object] = {}  # per worker process (reused across its trials): name -> handle

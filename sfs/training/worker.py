@@ -9,7 +9,8 @@ has done (``STEPS_DONE_KEY``, no payload) at a log point of the loop at most eve
 function trainables report synchronously), so they are rare (the driver's progress line:
 ``sfs.sweep.progress``). Every ``WorkerOptions.checkpoint_every_s`` a report also carries a
 checkpoint of the pack (``CHECKPOINT_KEY``, ``sfs.core.checkpoints``), which the driver
-keeps until the pack is stored; a pack handed out with one goes on from it. Torch is
+keeps until the pack is stored, and hands to a retry of the trial; a pack handed out with
+one goes on from it. Torch is
 imported inside the trial, so the driver, which only needs a reference to
 ``run_pack_trial``, never loads it.
 """
@@ -23,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ray import tune
-
-from sfs.plan import Pack
 
 PAYLOAD_KEY = "sfs_payload"  # the pickled PackResult inside a trial's last report
 STEPS_DONE_KEY = "sfs_steps_done"  # steps the pack has done, in its progress reports
@@ -70,8 +69,10 @@ class ProgressReports:
     since the trial started or last reported, with a checkpoint when ``checkpoint_every``
     seconds have passed since it started or last sent one (0: never)."""
 
-    def __init__(self, pack_id: str, n_models: int, every: float, checkpoint_every: float = 0.0) -> None:
+    def __init__(self, pack_id: str, n_models: int, every: float, checkpoint_every: float = 0.0,
+                 after_checkpoint: Callable[[], None] = lambda: None) -> None:
         self.pack_id, self.n_models = pack_id, n_models
+        self.after_checkpoint = after_checkpoint  # fault injection (sfs.core.faults)
         self.every = every if every > 0 else math.inf
         self.checkpoint_every = checkpoint_every if checkpoint_every > 0 else math.inf
         self.started = self.last = self.last_checkpoint = time.monotonic()
@@ -89,6 +90,7 @@ class ProgressReports:
         self.last = time.monotonic()  # after the driver took it: a busy driver means fewer
         if due:
             self.last_checkpoint = self.last
+            self.after_checkpoint()
 
 
 def run_pack_trial(config: dict) -> None:
@@ -99,20 +101,19 @@ def run_pack_trial(config: dict) -> None:
 
     from sfs.core import faults
     from sfs.training.loop import train_pack
-    from sfs.training.pack_server import fetch_pack
+    from sfs.training.pack_server import fetch_pack, unhand
 
     item = config["sfs"]
     options: WorkerOptions = item["options"]
     torch.set_num_threads(options.torch_threads)
-    # as sfs.sweep.trials.PackQueue put it on the server: the pack, and its checkpoint or None
-    handed = pickle.loads(fetch_pack(item["server"], item["pack_id"]))
-    pack = Pack.from_dict(handed["pack"])
+    # as the driver put it on the server (sfs.sweep.trials.PackQueue): the pack, its checkpoint
+    pack, resume = unhand(fetch_pack(item["server"], item["pack_id"]))
     start_as_nan = faults.before_training(options.faults, pack)
     progress = (ProgressReports(pack.pack_id, len(pack.models), options.progress_every_s,
-                                options.checkpoint_every_s)
+                                options.checkpoint_every_s, lambda: faults.after_checkpoint(options.faults, pack))
                 if options.progress_every_s > 0 or options.checkpoint_every_s > 0 else None)
     result = train_pack(pack, trial_device(options.device), options.log_every, start_as_nan,
-                        progress=progress, resume=handed["resume"])
+                        progress=progress, resume=resume)
     result.node = ray.get_runtime_context().get_node_id()
     tune.report({"pack_id": pack.pack_id, "n_models": len(pack.models),
                  "pack_wall_s": result.wall_s, PAYLOAD_KEY: pickle.dumps(result)})
