@@ -209,15 +209,15 @@ def test_the_summary_says_why_models_are_missing():
 
 
 @pytest.mark.integration
-def test_the_pack_queue_hands_out_each_pack_once_in_order_with_its_checkpoint_then_says_finished(local_ray):
+def test_the_pack_queue_hands_out_each_pack_once_in_order_with_its_checkpoint_then_says_finished(local_ray, tmp_path):
     """Each trial's config holds its pack's id; the pack waits on the server (a real Ray
     actor) until the trial has ended, and is fetched from it as the worker does."""
     from ray.tune.search import Searcher
 
     from sfs.config.compose import load_configs
-    from sfs.plan import make_packs, plan_models
+    from sfs.plan import Pack, make_packs, plan_models
     from sfs.sweep.trials import PackQueue
-    from sfs.training.pack_server import fetch_pack, hand, start_server, unhand
+    from sfs.training.pack_server import fetch_pack, start_server
     from sfs.training.worker import WorkerOptions
 
     (cfg,) = load_configs(["+sweep=smoke"])
@@ -225,18 +225,20 @@ def test_the_pack_queue_hands_out_each_pack_once_in_order_with_its_checkpoint_th
     options = WorkerOptions(log_every=50, device="cpu", torch_threads=1)
     server = start_server("test-pack-queue")
     try:
-        checkpoints = {packs[1].pack_id: b"the second pack's checkpoint"}  # read as handed out
+        # where each pack's checkpoint is kept: read by the server as a trial asks
+        kept = {pack.pack_id: tmp_path / f"{pack.pack_id}.ckpt" for pack in packs}
+        kept[packs[1].pack_id].write_bytes(b"the second pack's checkpoint")
         queue = PackQueue([(pack, options) for pack in packs], server, "test-pack-queue",
-                          checkpoint=checkpoints.get)
+                          checkpoint=lambda pack_id: str(kept[pack_id]))
         suggested = [queue.suggest(f"t{k}") for k in range(len(packs))]
         assert [s["sfs"]["pack_id"] for s in suggested] == [p.pack_id for p in packs]
         assert all(s["sfs"]["options"] is options for s in suggested)
         assert all(set(s["sfs"]) == {"pack_id", "server", "options"} for s in suggested)  # no pack
-        handed = [unhand(fetch_pack(s["sfs"]["server"], s["sfs"]["pack_id"])) for s in suggested]
-        assert [pack for pack, _ in handed] == packs
-        assert [resume for _, resume in handed] == [checkpoints.get(p.pack_id) for p in packs]
-        local_ray.get(server.update.remote(packs[0].pack_id, hand(packs[0], b"newer")))  # a retry's
-        assert unhand(fetch_pack("test-pack-queue", packs[0].pack_id)) == (packs[0], b"newer")
+        fetched = [fetch_pack(s["sfs"]["server"], s["sfs"]["pack_id"]) for s in suggested]
+        assert [Pack.from_dict(pickle.loads(blob)) for blob, _ in fetched] == packs
+        assert [resume for _, resume in fetched] == [None, b"the second pack's checkpoint"] + [None] * (len(packs) - 2)
+        kept[packs[0].pack_id].write_bytes(b"kept since")  # a retry gets the latest
+        assert fetch_pack("test-pack-queue", packs[0].pack_id)[1] == b"kept since"
         assert queue.suggest("one more") == Searcher.FINISHED
         for k in range(len(packs)):  # each trial ended (stored, or failed for good)
             queue.on_trial_complete(f"t{k}")

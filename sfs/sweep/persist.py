@@ -76,11 +76,8 @@ class PersistCallback(tune.Callback):
     """Runs in the driver, inside Tune's event loop: hands every finished pack to the
     writer thread (``sfs.sweep.writer``), which stores it while the loop goes on."""
 
-    def __init__(self, packs: dict[str, tuple[Part, Pack]], stop: threading.Event | None = None,
-                 hand_on: Callable[[Pack, bytes], None] = lambda pack, checkpoint: None) -> None:
+    def __init__(self, packs: dict[str, tuple[Part, Pack]], stop: threading.Event | None = None) -> None:
         self.packs = packs
-        # gives a kept checkpoint to the pack's later attempts (on the writer thread)
-        self.hand_on = hand_on
         self.started_ms: dict[str, int] = {}
         self.done = 0  # packs stored (or stored as failed); the writer thread counts
         self.stop = stop  # set when storing fails: the sweep stops
@@ -131,12 +128,7 @@ class PersistCallback(tune.Callback):
         payload = result.pop(PAYLOAD_KEY, None)  # Tune keeps every result: drop the bulk
         if checkpoint is not None and result.get("pack_id") in self.packs:
             part, pack = self.packs[result["pack_id"]]
-
-            def keep() -> None:
-                keep_checkpoint(part, pack.pack_id, checkpoint)
-                self.hand_on(pack, checkpoint)
-
-            self.writer.submit(keep, size=len(checkpoint))
+            self.writer.submit(lambda: keep_checkpoint(part, pack.pack_id, checkpoint), size=len(checkpoint))
         if payload is None:
             return
         held = time.perf_counter()

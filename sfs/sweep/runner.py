@@ -39,7 +39,7 @@ from sfs.sweep.progress import Progress, ProgressCallback, make_display
 from sfs.sweep.search_rounds import next_round
 from sfs.sweep.summary import SweepSummary, summarise
 from sfs.sweep.trials import LoopWatch, PackQueue
-from sfs.training.pack_server import hand, start_server
+from sfs.training.pack_server import start_server
 from sfs.training.worker import WorkerOptions, run_pack_trial
 
 log = logging.getLogger(__name__)
@@ -301,10 +301,11 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
 
     round_errors: list[Exception] = []
 
-    def checkpoint(pack_id: str) -> bytes | None:
-        """The pack's checkpoint, read as its trial is made (``PackQueue``)."""
+    def checkpoint(pack_id: str) -> str | None:
+        """Where the pack's checkpoint is kept, for the pack server to read as its trial (or a
+        retry of it) asks (``sfs.training.pack_server``); None with checkpoints off."""
         part, _ = by_id[pack_id]
-        return part.store.read_checkpoint(pack_id) if _resumable(part) else None
+        return str(part.store.checkpoint_path(pack_id)) if _resumable(part) else None
 
     def next_round_queued() -> list[tuple[Pack, WorkerOptions]]:
         """Called by PackQueue inside Tune's loop once every pack so far has ended: the
@@ -334,14 +335,7 @@ def _train(lead: Config, batch: list[tuple[Part, list[ModelSpec]]], interrupt: I
     tune_dir = Path(lead.paths.out_dir) / ".tune"
     server_name = f"sfs-packs-{run_name}-{uuid.uuid4().hex[:8]}"
     server = start_server(server_name)
-
-    def hand_on(pack: Pack, checkpoint: bytes) -> None:
-        """A retry of the pack's trial (a lost node, a killed worker) goes on from its latest
-        checkpoint, as the next launch would (``PackQueue`` handed the pack out with the one
-        it had then)."""
-        server.update.remote(pack.pack_id, hand(pack, checkpoint))
-
-    persist = PersistCallback(by_id, interrupt.halt, hand_on)
+    persist = PersistCallback(by_id, interrupt.halt)
     watch = LoopWatch()
     try:
         try:

@@ -11,6 +11,7 @@ packs once.
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,7 +19,6 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from sfs.plan import Pack
-from sfs.training.pack_server import hand
 from sfs.training.worker import WorkerOptions
 
 
@@ -26,16 +26,16 @@ class PackQueue(Searcher):
     """Suggests one trial config per pack, in the given order: ``{"sfs": {"pack_id", "server"
     (the name of the ``PackServer`` that holds the pack), "options" (its ``WorkerOptions``)}}``.
 
-    The pack itself (with its checkpoint or None: ``sfs.training.pack_server.hand``) goes to
-    the server as its trial is made, and is
+    The pack itself (``Pack.to_dict``, pickled; ``sfs.training.worker`` unpickles it), with
+    where its checkpoint is kept (``checkpoint(pack_id)``: a path, or None), goes to the
+    server as its trial is made, and is
     dropped there when the trial has ended: Tune keeps every trial's config, with copies and
     renderings of it, until the sweep ends, so a pack in the config would stay in the
-    driver's memory (``sfs.training.pack_server``). ``checkpoint(pack_id)`` reads a pack's
-    checkpoint then (None: it has none), so the driver holds none of them meanwhile."""
+    driver's memory (``sfs.training.pack_server``)."""
 
     def __init__(self, packs: Sequence[tuple[Pack, WorkerOptions]], server, server_name: str,
                  more: Callable[[], list[tuple[Pack, WorkerOptions]]] | None = None,
-                 checkpoint: Callable[[str], bytes | None] = lambda pack_id: None) -> None:
+                 checkpoint: Callable[[str], str | None] = lambda pack_id: None) -> None:
         super().__init__()
         self.packs = list(packs)
         self.checkpoint = checkpoint
@@ -59,7 +59,7 @@ class PackQueue(Searcher):
                 return Searcher.FINISHED
         pack, options = self.packs[self.next]
         self.next += 1
-        self.server.put.remote(pack.pack_id, hand(pack, self.checkpoint(pack.pack_id)))
+        self.server.put.remote(pack.pack_id, pickle.dumps(pack.to_dict()), self.checkpoint(pack.pack_id))
         self.pack_of[trial_id] = pack.pack_id
         return {"sfs": {"pack_id": pack.pack_id, "server": self.server_name, "options": options}}
 

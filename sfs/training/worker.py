@@ -9,8 +9,8 @@ has done (``STEPS_DONE_KEY``, no payload) at a log point of the loop at most eve
 function trainables report synchronously), so they are rare (the driver's progress line:
 ``sfs.sweep.progress``). Every ``WorkerOptions.checkpoint_every_s`` a report also carries a
 checkpoint of the pack (``CHECKPOINT_KEY``, ``sfs.core.checkpoints``), which the driver
-keeps until the pack is stored, and hands to a retry of the trial; a pack handed out with
-one goes on from it. Torch is
+keeps until the pack is stored; a pack handed out with one (the last launch's, or the latest
+for a retry) goes on from it. Torch is
 imported inside the trial, so the driver, which only needs a reference to
 ``run_pack_trial``, never loads it.
 """
@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ray import tune
+
+from sfs.plan import Pack
 
 PAYLOAD_KEY = "sfs_payload"  # the pickled PackResult inside a trial's last report
 STEPS_DONE_KEY = "sfs_steps_done"  # steps the pack has done, in its progress reports
@@ -101,13 +103,14 @@ def run_pack_trial(config: dict) -> None:
 
     from sfs.core import faults
     from sfs.training.loop import train_pack
-    from sfs.training.pack_server import fetch_pack, unhand
+    from sfs.training.pack_server import fetch_pack
 
     item = config["sfs"]
     options: WorkerOptions = item["options"]
     torch.set_num_threads(options.torch_threads)
-    # as the driver put it on the server (sfs.sweep.trials.PackQueue): the pack, its checkpoint
-    pack, resume = unhand(fetch_pack(item["server"], item["pack_id"]))
+    # as the driver put it on the server (sfs.sweep.trials.PackQueue), with its checkpoint or None
+    blob, resume = fetch_pack(item["server"], item["pack_id"])
+    pack = Pack.from_dict(pickle.loads(blob))
     start_as_nan = faults.before_training(options.faults, pack)
     progress = (ProgressReports(pack.pack_id, len(pack.models), options.progress_every_s,
                                 options.checkpoint_every_s, lambda: faults.after_checkpoint(options.faults, pack))
