@@ -83,6 +83,8 @@ def test_a_checkpoint_that_does_not_fit_is_said_and_the_pack_trains_from_the_sta
         "another log_every": (pack, blob, 10),
         "not a checkpoint": (pack, b"\x80not one", LOG_EVERY),
         "a truncated state": (pack, blob[:-100], LOG_EVERY),
+        "parameters of another shape": (pack, _with_state(blob, lambda state: state["model"].update(
+            W=state["model"]["W"][:, :, :1])), LOG_EVERY),
     }
     for why, (trained, resume, log_every) in not_fitting.items():
         caplog.clear()
@@ -91,6 +93,19 @@ def test_a_checkpoint_that_does_not_fit_is_said_and_the_pack_trains_from_the_sta
         assert "not resuming from its checkpoint" in caplog.text, why
         fresh = reference if (trained, log_every) == (pack, LOG_EVERY) else train_pack(trained, log_every=log_every)
         _assert_same(result, fresh)
+
+
+def _with_state(blob: bytes, change) -> bytes:
+    """The checkpoint with its training state changed in place by ``change(state)``."""
+    import io
+
+    import torch
+
+    state = torch.load(io.BytesIO(checkpoints.state(blob)), weights_only=True)
+    change(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return checkpoints.encode(checkpoints.header(blob), buffer.getvalue())
 
 
 def test_no_checkpoint_is_offered_at_the_end_or_once_every_model_has_diverged(make_spec):

@@ -359,7 +359,7 @@ def _resume_state(pack: Pack, blob: bytes, log_every: int) -> dict | None:
         head = checkpoints.header(blob)
         ids = [m.model_id for m in pack.models]
         if head["pack_id"] != pack.pack_id or head["model_ids"] != ids:
-            raise ValueError("it is another pack's")
+            raise ValueError("it is another pack's, or has its models in another order")
         steps, done = pack.shape.steps, head["steps_done"]
         if head["steps"] != steps or head.get("log_every") != log_every or not 0 < done < steps:
             raise ValueError(f"taken at step {done} of {head['steps']} with log_every="
@@ -368,6 +368,10 @@ def _resume_state(pack: Pack, blob: bytes, log_every: int) -> dict | None:
         state = torch.load(io.BytesIO(checkpoints.state(blob)), map_location="cpu", weights_only=True)
         if state["steps_done"] != done or len(state["generators"]) != len(ids):
             raise ValueError("its state does not match its header")
+        # the parameters of this sfs's model of the pack (a family changed since cannot load them)
+        shapes = {name: tuple(p.shape) for name, p in build_model(pack).state_dict().items()}
+        if shapes != {name: tuple(p.shape) for name, p in state["model"].items()}:
+            raise ValueError("its parameters are not those of this pack's model")
     except Exception as error:  # noqa: BLE001 - a checkpoint is only ever a shortcut
         log.warning("pack %s: not resuming from its checkpoint (%s: %s); training it from the start",
                     pack.pack_id, type(error).__name__, error)
