@@ -263,7 +263,7 @@ def test_a_trial_that_asks_before_its_pack_arrived_waits_for_it(local_ray):
         ready, _ = local_ray.wait([early], timeout=0.5)
         assert not ready
         server.put.remote("p1", b"the pack")
-        assert local_ray.get(early, timeout=30) == b"the pack"
+        assert local_ray.get(early, timeout=30) == (b"the pack", None)  # no checkpoint named
     finally:
         local_ray.kill(server)
 
