@@ -122,8 +122,9 @@ class SweepStatus:
     pending_parts: int  # part files not yet consolidated (parts/*.parquet: a pack each, or folded packs)
     failed_ids: list[str] = field(default_factory=list)
     aggregated: str = "no"  # "yes", "no" or "stale" (the store changed since)
-    # per pack stopped in training with a checkpoint: the share of its steps done, ascending
+    # per pack with a checkpoint: the share of its steps done at it, ascending
     checkpoints: list[float] = field(default_factory=list)
+    training: bool = False  # a launch holds the store's writer lock now
 
     @property
     def stored(self) -> int:
@@ -323,7 +324,8 @@ class SweepResults:
             missing=None if planned is None else len(planned) - rows.height,
             unplanned=table.height - rows.height,
             pending_parts=len(list((self.dir / "parts").glob("*.parquet"))) if (self.dir / "parts").is_dir() else 0,
-            failed_ids=failed_ids, aggregated=self._aggregated(), checkpoints=self._checkpoints())
+            failed_ids=failed_ids, aggregated=self._aggregated(), checkpoints=self._checkpoints(),
+            training=self._store.being_written())
 
     def _checkpoints(self) -> list[float]:
         """The share of its steps each checkpointed pack has done (an unreadable file: none)."""

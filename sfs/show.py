@@ -33,11 +33,15 @@ def format_status(statuses: Sequence[SweepStatus]) -> str:
         if s.failed or s.missing:
             lines.append(f"{s.name}: {(s.missing or 0) + s.failed} models to train: run the launch's command "
                          "again to resume")
+        if s.training:
+            lines.append(f"{s.name}: a launch is training this sweep now (it holds the store's lock)")
         if s.checkpoints:
-            n = len(s.checkpoints)
-            lines.append(f"{s.name}: {n} pack{'s' if n > 1 else ''} stopped in training left "
-                         f"checkpoint{'s' if n > 1 else ''} ({', '.join(f'{x:.0%}' for x in s.checkpoints)} "
-                         "of their steps done): the next launch goes on from them")
+            n, shares = len(s.checkpoints), ", ".join(f"{x:.0%}" for x in s.checkpoints)
+            lines.append(f"{s.name}: {n} pack{'s' if n > 1 else ''} in training, with checkpoints at "
+                         f"{shares} of their steps" if s.training else
+                         f"{s.name}: {n} pack{'s' if n > 1 else ''} stopped in training left "
+                         f"checkpoint{'s' if n > 1 else ''} ({shares} of their steps done): the next "
+                         "launch goes on from them")
         if s.unplanned:
             lines.append(f"{s.name}: {s.unplanned} stored models are outside the recorded plan (kept, not "
                          "aggregated)")

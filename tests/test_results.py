@@ -116,7 +116,7 @@ def test_status_counts_planned_stored_failed_and_missing(tmp_path, capsys):
     assert f"{sizes[1] + sizes[3]} models to train" in out and packs[1].models[0].model_id in out
 
 
-def test_status_names_the_packs_stopped_in_training_with_checkpoints(tmp_path, capsys):
+def test_status_names_the_packs_with_checkpoints_stopped_or_in_training(tmp_path, capsys):
     from sfs.core import checkpoints
     from sfs.storage.store import TrialStore
 
@@ -131,6 +131,12 @@ def test_status_names_the_packs_stopped_in_training_with_checkpoints(tmp_path, c
     assert main(["status", str(tmp_path / "smoke")]) == 0
     assert ("smoke: 2 packs stopped in training left checkpoints (10%, 40% of their steps done): "
             "the next launch goes on from them") in capsys.readouterr().out
+    with TrialStore(tmp_path / "smoke"):  # as a launch holds it while it trains
+        assert main(["status", str(tmp_path / "smoke")]) == 0
+    out = capsys.readouterr().out
+    assert "smoke: a launch is training this sweep now" in out
+    assert "smoke: 2 packs in training, with checkpoints at 10%, 40% of their steps" in out
+    assert "a launch is training" not in format_status([sfs.open(tmp_path / "smoke").status()])
 
 
 def test_status_follows_the_store_a_wider_launch_records(tmp_path, capsys):

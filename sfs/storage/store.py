@@ -160,6 +160,17 @@ class TrialStore:
             self._lock_handle.close()
             self._lock_handle = None
 
+    def being_written(self) -> bool:
+        """Whether a launch holds this store's writer lock now (``open_for_writing``)."""
+        try:
+            with open(self.dir / ".lock") as handle:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # no lock file: never written by a launch
+            return False
+        return False  # (the shared lock goes with the handle)
+
     def __enter__(self) -> TrialStore:
         return self.open_for_writing()
 
