@@ -87,6 +87,12 @@ def test_a_sweep_stopped_mid_pack_goes_on_from_its_checkpoint_with_the_same_numb
     went_on = _went_on(resumed.output)  # the trial did, and said so
     assert len(went_on) == 1 and 0 < went_on[0] < 10000, resumed.output
     assert not kept.exists()  # every pack stored: none is kept
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'stopped' / 'smoke' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert [r.data.tags.get("sfs.resumed_from_step") for r in runs
+            if "sfs.resumed_from_step" in r.data.tags] == [str(went_on[0])]  # the pack's run says so
     _assert_same(_results(tmp_path / "stopped" / "smoke"), expected)
 
 

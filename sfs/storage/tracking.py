@@ -306,6 +306,8 @@ class Tracker:
             self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
         self._table(artifacts, rows)
         artifacts.log_artifact(str(weights_file), artifact_path="weights")
+        if result.resumed_from:  # trained in two launches (or attempts): where it went on from
+            self.client.set_tag(run_id, "sfs.resumed_from_step", str(result.resumed_from))
         self.client.set_terminated(run_id, status="FINISHED", end_time=now)
         return run_id
 
