@@ -37,11 +37,15 @@ def format_status(statuses: Sequence[SweepStatus]) -> str:
             lines.append(f"{s.name}: a launch is training this sweep now (it holds the store's lock)")
         if s.checkpoints:
             n, shares = len(s.checkpoints), ", ".join(f"{x:.0%}" for x in s.checkpoints)
-            lines.append(f"{s.name}: {n} pack{'s' if n > 1 else ''} in training, with checkpoints at "
-                         f"{shares} of their steps" if s.training else
-                         f"{s.name}: {n} pack{'s' if n > 1 else ''} stopped in training left "
-                         f"checkpoint{'s' if n > 1 else ''} ({shares} of their steps done): the next "
-                         "launch goes on from them")
+            if s.training:
+                lines.append(f"{s.name}: {n} pack{'s' if n > 1 else ''} in training, with "
+                             f"checkpoint{'s' if n > 1 else ''} at {shares} of {'their' if n > 1 else 'its'} steps")
+            elif n == 1:
+                lines.append(f"{s.name}: 1 pack stopped in training left a checkpoint ({shares} of its "
+                             "steps done): the next launch goes on from it")
+            else:
+                lines.append(f"{s.name}: {n} packs stopped in training left checkpoints ({shares} of "
+                             "their steps done): the next launch goes on from them")
         if s.unplanned:
             lines.append(f"{s.name}: {s.unplanned} stored models are outside the recorded plan (kept, not "
                          "aggregated)")

@@ -74,14 +74,14 @@ def test_a_sweep_stopped_mid_pack_goes_on_from_its_checkpoint_with_the_same_numb
     assert "go on from their last checkpoints next time" in stopped.output
     assert "sfs: 0 packs run in" in stopped.output  # queued ones are not counted as run
     assert "8 models not trained (interrupted): run the same command again to resume " \
-        "(1 pack going on from checkpoints)" in stopped.output
+        "(1 pack going on from its checkpoint)" in stopped.output
     assert len(list(kept.glob("*.ckpt"))) == 1  # the first pack's: no pack is stored yet
     assert not (tmp_path / "stopped" / "smoke" / "trials.parquet").exists() or \
         pl.read_parquet(tmp_path / "stopped" / "smoke" / "trials.parquet").height == 0
 
     resumed = Launch(tmp_path / "stopped", (*LONG_PACKS, "train.checkpoint_every_s=0.5"))
     assert resumed.wait() == 0, resumed.output
-    done = re.search(r"smoke: 1 pack resumes from checkpoints \((\d+)% of their steps done\)",
+    done = re.search(r"smoke: 1 pack resumes from its checkpoint \((\d+)% of its steps done\)",
                      resumed.output)
     assert done and 0 < int(done[1]) < 100, resumed.output
     went_on = _went_on(resumed.output)  # the trial did, and said so

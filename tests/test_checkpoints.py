@@ -173,7 +173,7 @@ def test_the_driver_resumes_each_checkpointed_pack_whole_and_drops_what_cannot_b
         assert [p.models for p in packs] == [resumed_pack.models[::-1]]
         assert packs[0].sweep == "smoke" and rest == others  # in their order
         assert resumed == {resumed_pack.pack_id: 40}
-        assert "smoke: 1 pack resumes from checkpoints (40% of their steps done)" in caplog.text
+        assert "smoke: 1 pack resumes from its checkpoint (40% of its steps done)" in caplog.text
         assert "damaged.ckpt cannot be resumed from" in caplog.text
         assert store.read_checkpoint("damaged") is None  # never handed to a trial
         assert store.read_checkpoint(stale.pack_id) is not None  # not this launch's to drop

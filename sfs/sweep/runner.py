@@ -254,9 +254,12 @@ def _resumed_packs(part: Part, todo: list[ModelSpec]) -> tuple[list[Pack], list[
                 by_id.update({spec.model_id: spec for spec in pack.models})
     if packs:
         shares = sorted(resumed[pack.pack_id] / pack.shape.steps for pack in packs)
-        log.info("%s: %d pack%s resume%s from checkpoints (%s of their steps done)", part.name,
-                 len(packs), "" if len(packs) == 1 else "s", "s" if len(packs) == 1 else "",
-                 ", ".join(f"{share:.0%}" for share in shares))
+        done = ", ".join(f"{share:.0%}" for share in shares)
+        if len(packs) == 1:
+            log.info("%s: 1 pack resumes from its checkpoint (%s of its steps done)", part.name, done)
+        else:
+            log.info("%s: %d packs resume from their checkpoints (%s of their steps done)", part.name,
+                     len(packs), done)
     return packs, [spec for spec in todo if spec.model_id in by_id], resumed
 
 

@@ -87,8 +87,8 @@ def format_summary(summary) -> str:
             why = ("interrupted" if summary.interrupted
                    else f"stopped early: {summary.stopped}" if summary.stopped
                    else "stopped early: the lines above say why")
-            kept = (f" ({p.checkpoints} pack{'s' if p.checkpoints > 1 else ''} going on from "
-                    "checkpoints)" if p.checkpoints else "")
+            kept = ("" if not p.checkpoints else " (1 pack going on from its checkpoint)"
+                    if p.checkpoints == 1 else f" ({p.checkpoints} packs going on from their checkpoints)")
             lines.append(f"{p.name}: {p.missing} models not trained ({why}): run the same "
                          f"command again to resume{kept}")
     return "\n".join(lines)
