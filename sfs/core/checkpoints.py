@@ -5,9 +5,10 @@ node. So every ``train.checkpoint_every_s`` (at a log point) its trial sends the
 pack's training state (parameters, optimizer and schedule, each model's data stream, the
 loss curve so far) with a progress report, and the driver's writer keeps the latest as
 ``checkpoints/<pack>.ckpt`` in the sweep folder (``TrialStore.write_checkpoint``). The next
-launch hands it to the same pack's trial, which goes on from there with the numbers it
-would have had uninterrupted (``sfs.training.loop``), and the file goes once the pack is
-stored. Through the driver, not a shared disk: workers on a cluster need none.
+launch keeps the pack whole and hands the file to its trial (as does a retry within a
+launch: ``sfs.training.pack_server`` reads it as the trial asks), which goes on from there
+with the numbers it would have had uninterrupted (``sfs.training.loop``); the file goes once
+the pack is stored. Through the driver, not a shared disk: workers on a cluster need none.
 
 A checkpoint is one JSON line, the header (read by the driver, which never imports torch:
 the format, the pack's id, its model ids in the pack's order, the steps done and planned),

@@ -10,9 +10,8 @@ function trainables report synchronously), so they are rare (the driver's progre
 ``sfs.sweep.progress``). Every ``WorkerOptions.checkpoint_every_s`` a report also carries a
 checkpoint of the pack (``CHECKPOINT_KEY``, ``sfs.core.checkpoints``), which the driver
 keeps until the pack is stored; a pack handed out with one (the last launch's, or the latest
-for a retry) goes on from it. Torch is
-imported inside the trial, so the driver, which only needs a reference to
-``run_pack_trial``, never loads it.
+for a retry) goes on from it. Torch is imported inside the trial, so the driver, which only
+needs a reference to ``run_pack_trial``, never loads it.
 """
 
 from __future__ import annotations
