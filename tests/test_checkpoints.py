@@ -191,3 +191,18 @@ def test_checkpoint_every_s_is_validated_before_any_work():
             load_configs(["+sweep=smoke", f"train.checkpoint_every_s={bad}"])
     with pytest.raises(ConfigError, match=r"train\.checkpoint_every_s"):  # Hydra's typed check
         load_configs(["+sweep=smoke", "train.checkpoint_every_s=soon"])
+
+
+def test_a_checkpoint_that_cannot_be_kept_is_said_and_the_sweep_goes_on(tmp_path, make_spec, caplog):
+    """Not keeping a checkpoint only costs a longer retraining after a stop: a warning, and
+    no error for the sweep (a full disk stops it when the next pack is stored)."""
+    from sfs.config.compose import load_configs
+    from sfs.sweep.persist import Part, keep_checkpoint
+
+    (cfg,) = load_configs(["+sweep=smoke"])
+    with TrialStore(tmp_path / "s") as store:
+        store.checkpoints_dir.write_text("a file where the folder goes")  # unwritable, even as root
+        with caplog.at_level(logging.WARNING, logger="sfs.sweep.persist"):
+            keep_checkpoint(Part(cfg, store, None, [], []), "p", b"state")
+        assert "smoke: could not keep the checkpoint of pack p" in caplog.text
+        assert not store.checkpoint_path("p").exists()
