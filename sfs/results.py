@@ -330,10 +330,9 @@ class SweepResults:
     def _checkpoints(self) -> list[float]:
         """The share of its steps each checkpointed pack has done (an unreadable file: none)."""
         shares = []
-        folder = self._store.checkpoints_dir
-        for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+        for pack_id in self._store.checkpoint_ids():
             try:
-                head = self._store.checkpoint_header(path.stem)
+                head = self._store.checkpoint_header(pack_id)
             except (ValueError, OSError):
                 continue
             if head is not None and head["steps"] > 0:

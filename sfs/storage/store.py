@@ -31,6 +31,7 @@ import fcntl
 import io
 import logging
 import os
+import shutil
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -261,6 +262,16 @@ class TrialStore:
             return self.checkpoint_path(pack_id).read_bytes()
         except FileNotFoundError:
             return None
+
+    def checkpoint_ids(self) -> list[str]:
+        """The packs with a checkpoint kept, sorted."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(path.stem for path in self.checkpoints_dir.glob("*.ckpt"))
+
+    def drop_checkpoints(self) -> None:
+        """Every pack has ended: no checkpoint is of use."""
+        shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
 
     def checkpoint_header(self, pack_id: str) -> dict | None:
         """The header of the pack's checkpoint (``checkpoints.header``; ValueError when the

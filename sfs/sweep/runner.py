@@ -69,7 +69,7 @@ def run_sweep(cfgs: list[Config]) -> SweepSummary:
         folded = True
         if not interrupted and stopped is None:  # every pack ended: no checkpoint is of use
             for part in parts:
-                shutil.rmtree(part.store.checkpoints_dir, ignore_errors=True)
+                part.store.drop_checkpoints()
         return summarise(parts, tables, time.perf_counter() - started, n_packs, interrupted, stopped)
     finally:
         for part in parts:
@@ -228,22 +228,22 @@ def _resumed_packs(part: Part, todo: list[ModelSpec]) -> tuple[list[Pack], list[
     left could split them otherwise), the models left to pack, and the steps each resumed
     pack has done. A checkpoint that cannot be read is said and dropped (its models train
     from the start); one whose models are not all to train any more is left alone."""
-    folder = part.store.checkpoints_dir
-    if not _resumable(part) or not folder.is_dir():
+    checkpointed = part.store.checkpoint_ids() if _resumable(part) else []
+    if not checkpointed:
         return [], todo, {}
     by_id = {spec.model_id: spec for spec in todo}
     packs, resumed = [], {}
-    for path in sorted(folder.glob("*.ckpt")):
+    for pack_id in checkpointed:
         try:
-            head = part.store.checkpoint_header(path.stem)
+            head = part.store.checkpoint_header(pack_id)
             if head is None:  # gone meanwhile
                 continue
-            if head["pack_id"] != path.stem:
+            if head["pack_id"] != pack_id:
                 raise ValueError("it names another pack")
         except (ValueError, OSError) as error:
             log.warning("%s: the checkpoint %s cannot be resumed from (%s); its models train from "
-                        "the start", part.name, path, error)
-            part.store.drop_checkpoint(path.stem)  # never handed to a trial
+                        "the start", part.name, part.store.checkpoint_path(pack_id), error)
+            part.store.drop_checkpoint(pack_id)  # never handed to a trial
             continue
         if head["model_ids"] and all(model_id in by_id for model_id in head["model_ids"]):
             pack = Pack(part.name, tuple(by_id.pop(model_id) for model_id in head["model_ids"]))

@@ -61,8 +61,7 @@ def summarise(parts: list[Part], tables: list[pl.DataFrame], wall_s: float, n_pa
             diverged=status.count("diverged"), failed=len(failed_ids),
             missing=len(planned_ids) - rows.height, failed_ids=failed_ids,
             mlflow=ui_command(part.tracker.uri, part.tracker.experiment_id) if part.tracker else None,
-            checkpoints=len(list(part.store.checkpoints_dir.glob("*.ckpt")))
-            if part.store.checkpoints_dir.is_dir() else 0,
+            checkpoints=len(part.store.checkpoint_ids()),
         ))
     return SweepSummary(summaries, wall_s, n_packs, interrupted, stopped)
 
