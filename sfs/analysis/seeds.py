@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sfs.analysis.quantiles import quantiles
 from sfs.config import AggregateConfig
 
 CROSS_SEED, CROSS_WIDTH, SAME_SEED_CONTROL = "cross_seed", "cross_width", "cross_width_same_seed"
@@ -180,11 +181,11 @@ def _percentile_interval(boot: np.ndarray, ci: float) -> np.ndarray:
     q = [(1 - ci) / 2, (1 + ci) / 2]
     complete = np.isfinite(boot).all(axis=1)
     if complete.any():
-        lo_hi[complete] = np.quantile(boot[complete], q, axis=1).T
+        lo_hi[complete] = quantiles(boot[complete], q).T
     for row in np.flatnonzero(~complete):
         draws_ok = boot[row][np.isfinite(boot[row])]
         if draws_ok.size:
-            lo_hi[row] = np.quantile(draws_ok, q)
+            lo_hi[row] = quantiles(draws_ok, q)
     return lo_hi
 
 

@@ -17,6 +17,7 @@ from sfs.analysis.fit.lm import LM_RTOL_BOOT
 from sfs.analysis.fit.noise import _threshold
 from sfs.analysis.fit.scratch import _scratch
 from sfs.analysis.fit.solver import _point_fits, _solve_many
+from sfs.analysis.quantiles import quantiles
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,13 @@ def _intervals(draws: np.ndarray, band_x: np.ndarray, ci: float) -> list:
     ``(3, n_boot)``, and the pointwise band of E + A x^-alpha over band_x ``(BAND_POINTS,)``:
     four (lo, hi) pairs, floats for the parameters and ``(BAND_POINTS,)`` arrays for the band."""
     q = [(1 - ci) / 2, (1 + ci) / 2]
-    (alpha_lo, alpha_hi), (E_lo, E_hi), (A_lo, A_hi) = np.quantile(draws, q, axis=1).T
+    (alpha_lo, alpha_hi), (E_lo, E_hi), (A_lo, A_hi) = quantiles(draws, q).T
     curves = _scratch("band", (band_x.size, draws.shape[1]))  # E + A x^-alpha per x and draw
     np.multiply.outer(np.log(band_x), -draws[0], out=curves)
     np.exp(curves, out=curves)
     curves *= draws[2]
     curves += draws[1]
-    band_lo, band_hi = np.quantile(curves, q, axis=1)  # (BAND_POINTS,) each
+    band_lo, band_hi = quantiles(curves, q)  # (BAND_POINTS,) each
     return [(alpha_lo, alpha_hi), (E_lo, E_hi), (A_lo, A_hi), (band_lo, band_hi)]
 
 
