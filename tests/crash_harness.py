@@ -30,8 +30,12 @@ from polars.testing import assert_frame_equal
 from sfs.storage.store import TrialStore
 
 REPO = Path(__file__).resolve().parent.parent
-# 8 single-model packs of 100 steps: every phase of a sweep's life, in ~20 s on 2 cores
-SWEEP = ["+sweep=smoke", "train.steps=100", "sweep.pack_size=1", *ONE_SLOT, "hydra.verbose=[sfs]"]
+# 8 single-model packs of 100 steps: every phase of a sweep's life, in ~20 s on 2 cores.
+# Each pack keeps a checkpoint at step 50 (its first log point: any time since its start is
+# enough), so kills also land while checkpoints are sent, written and dropped, and packs
+# resumed from them must store what the uninterrupted launch stored.
+SWEEP = ["+sweep=smoke", "train.steps=100", "sweep.pack_size=1", "train.checkpoint_every_s=0.001",
+         *ONE_SLOT, "hydra.verbose=[sfs]"]
 # (phase, the log line that begins it, the phase before which that line means something
 # else); phases come in this order, and a launch may skip some (a store that exists is not
 # migrated, a sweep with nothing left to train starts no Ray)
@@ -270,3 +274,4 @@ def check_resumed(launch: Launch, code: int, before: pl.DataFrame | list[pl.Data
         except AssertionError as error:
             raise AssertionError(f"{name}.parquet differs from the uninterrupted launch's: {error}") from None
     assert not [p for p in sweep_dir.rglob(".*.tmp-*")], "a half-written file was left"
+    assert not (sweep_dir / "checkpoints").exists(), "a checkpoint was left with every pack stored"

@@ -107,3 +107,27 @@ def test_a_trial_killed_mid_pack_is_retried_from_its_latest_checkpoint(tmp_path,
     went_on = _went_on(launch.output)
     assert len(went_on) == 1 and 0 < went_on[0] < 10000, launch.output
     _assert_same(_results(tmp_path / "smoke"), expected)
+
+
+def test_a_launch_killed_outright_goes_on_from_the_checkpoint_it_kept(tmp_path, expected):
+    """SIGKILL to the whole launch (a lost driver machine, ``kill -9``, an OOM killer) while
+    a pack trains: nothing runs to say goodbye, and the checkpoint the writer had kept (or
+    a half-written next one beside it) is all there is. The next launch goes on from it and
+    ends as if nothing had happened, with nothing left half-written."""
+    sweep_dir = tmp_path / "smoke"
+    killed = Launch(tmp_path, (*LONG_PACKS, "train.checkpoint_every_s=0.5"))
+    kept = sweep_dir / "checkpoints"
+    _wait_for(lambda: kept.is_dir() and any(kept.glob("*.ckpt")), killed)
+    assert killed.signal_at(0, 0.0, signal.SIGKILL) is not None
+    killed.wait()
+    assert len(list(kept.glob("*.ckpt"))) == 1, killed.output  # the first pack's, mid-pack
+
+    resumed = Launch(tmp_path, (*LONG_PACKS, "train.checkpoint_every_s=0.5"))
+    assert resumed.wait() == 0, resumed.output
+    assert re.search(r"smoke: 1 pack resumes from its checkpoint \(\d+% of its steps done\)", resumed.output), \
+        resumed.output
+    went_on = _went_on(resumed.output)
+    assert len(went_on) == 1 and 0 < went_on[0] < 10000, resumed.output
+    assert not kept.exists()  # every pack stored: none is kept, nor a half-written one
+    assert not list(sweep_dir.rglob(".*.tmp-*")), "a half-written file was left"
+    _assert_same(_results(sweep_dir), expected)
