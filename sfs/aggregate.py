@@ -39,6 +39,11 @@ and writes, into each sweep folder:
   candidate solutions' expected losses (``sfs.analysis.phase``);
 - ``report/index.html`` with its plots (``sfs.report.page``).
 
+The rows of ``fits``, ``universality``, ``universality_control`` and ``universality_pairs``
+carry their curve's ``curve_fingerprint`` (a hash of its models, the options and the code):
+a curve unchanged since the last aggregation keeps its rows instead of being analysed again
+(``sfs.analysis.reuse``; ``aggregate.reuse=false`` analyses every curve).
+
 The work is in ``sfs.analysis`` (``model_metrics``, ``curves``: fits and compared pairs per
 curve, in parallel processes; ``seeds``: universality cells); this module reads the store,
 runs the steps and writes the tables.
@@ -55,6 +60,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from sfs.analysis import reuse
 from sfs.analysis.curves import analyse
 from sfs.analysis.headline import liu_headline
 from sfs.analysis.lr_selection import select_learning_rates
@@ -162,9 +168,11 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
              cfg.sweep.name, metrics.height, time.perf_counter() - phase)
     budgets = cfg.sweep.param_budgets
     phase = time.perf_counter()
-    fits, pairs, universality, control, width_depth = analyse(
+    kept = reuse.kept_curves(sweep_dir) if options.reuse else frozenset()
+    reuse.forget(sweep_dir)  # before any table is replaced: a stop from here on voids them all
+    fits, pairs, universality, control, width_depth, curves = analyse(
         loaded, metrics, options, sweep_dir / "universality_pairs.parquet",
-        per_depth_n_params=bool(budgets))
+        per_depth_n_params=bool(budgets), kept=kept)
     log.info("%s: %d fits, %d compared pairs in %.1f s", cfg.sweep.name, fits.height,
              pairs.select(pl.len()).collect().item(), time.perf_counter() - phase)
     headline = liu_headline(metrics, fits)
@@ -202,6 +210,7 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
                         *(((phases, "phase"),) if not phases.is_empty() else ()),
                         *((frame, name) for name, frame in aspect_tables.items())):
         write_table(frame, sweep_dir / f"{name}.parquet")
+    reuse.remember(sweep_dir, curves)  # every table written: they hold these curves whole
     result = AggregateResult(sweep_dir, metrics, fits, universality, pairs, headline, len(planned),
                              len(planned) - loaded.rows.height, time.perf_counter() - started,
                              aspect_tables, control, width_depth, lr_choice.table, phases)

@@ -56,9 +56,10 @@ PHASES: list[tuple[str, str | None, int]] = [
 # path under a file), so each launch has the migration phase that the kills aim at. Launches
 # that make or copy the template are killed in tests of their own.
 NO_TEMPLATE = {"SFS_CACHE_DIR": str(Path(__file__).resolve() / "no-cache")}
-# columns that say when, where or under which id, not what: never compared across runs
+# columns that say when, where or under which id, not what: never compared across runs (a
+# curve's fingerprint names its weights files' modification times: sfs.analysis.reuse)
 UNSTABLE = {"wall_s", "finished_at", "mlflow_run_id", "weights_path", "weights_index", "pack_id",
-            "pack_size", "node", "device"}
+            "pack_size", "node", "device", "curve_fingerprint"}
 
 
 def sigint_as_in_a_terminal() -> None:

@@ -40,6 +40,7 @@ import numpy as np
 import polars as pl
 
 from sfs.analysis.model_metrics import GROUP_KEYS, Loaded
+from sfs.analysis.reuse import FINGERPRINT, TABLES, fingerprints
 from sfs.analysis.seeds import (
     CROSS_SEED,
     CROSS_WIDTH,
@@ -73,6 +74,7 @@ class CurveTask:
     losses: Sequence[float]
     W: Sequence[np.ndarray]  # (feature, hidden) per model, or where they are stored (StoredWeights)
     options: AggregateConfig
+    fingerprint: str = ""  # a hash of all the above and the code (sfs.analysis.reuse), on its rows
 
 
 @dataclass
@@ -84,7 +86,7 @@ class CurveResult:
 
 
 # The parts a batch writes its rows to, one folder each: the compared pairs, the fits, the
-# universality cells and the same-seed control.
+# universality cells and the same-seed control (the tables they end in: reuse.TABLES).
 PART_KINDS = ("pairs", "fits", "cells", "control")
 
 
@@ -109,6 +111,7 @@ class CurveTables(NamedTuple):
     universality: pl.DataFrame  # universality.parquet: cross_seed and cross_width cells
     control: pl.DataFrame  # universality_control.parquet: same vs different seeds
     width_depth: pl.DataFrame  # width_depth_fits.parquet: L = E + A m^-alpha + B l^-beta
+    curves: list[str]  # every curve's fingerprint (sfs.analysis.reuse): the rows these tables hold
 
 
 def curve_tasks(loaded: Loaded, options: AggregateConfig) -> list[CurveTask]:
@@ -204,12 +207,14 @@ def analyse_batch(batch: CurveBatch) -> int:
     files (the compared pairs with the curves' keys as columns; the fits, cells and control
     as they are); returns the number of curves."""
     results = [analyse_curve(task) for task in _with_weights(batch.tasks)]
-    frames = [pl.DataFrame(result.pairs).with_columns(**{k: pl.lit(v) for k, v in task.keys.items()})
+    frames = [pl.DataFrame(result.pairs).with_columns(**{k: pl.lit(v) for k, v in task.keys.items()},
+                                                      **{FINGERPRINT: pl.lit(task.fingerprint)})
               for task, result in zip(batch.tasks, results) if result.pairs]
+    tagged = list(zip(batch.tasks, results))
     tables = {"pairs": pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(),
-              "fits": _frame([r.fit for r in results]),
-              "cells": _frame([cell for r in results for cell in r.cells]),
-              "control": _frame([row for r in results for row in r.control])}
+              "fits": _frame([{**r.fit, FINGERPRINT: t.fingerprint} for t, r in tagged]),
+              "cells": _frame([{**cell, FINGERPRINT: t.fingerprint} for t, r in tagged for cell in r.cells]),
+              "control": _frame([{**row, FINGERPRINT: t.fingerprint} for t, r in tagged for row in r.control])}
     for kind, frame in tables.items():
         if not frame.is_empty():
             batch.part(kind).parent.mkdir(parents=True, exist_ok=True)
@@ -228,34 +233,48 @@ def _with_weights(tasks: list[CurveTask]) -> list[CurveTask]:
 
 
 def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pairs_path: Path,
-            per_depth_n_params: bool = False) -> CurveTables:
+            per_depth_n_params: bool = False, kept: frozenset[str] = frozenset()) -> CurveTables:
     """Fits (loss vs width per curve; loss vs parameter count per depth when the sweep is
     sized by parameter budgets; L = E + A m^-alpha + B l^-beta across depths where the sweep
     has several), compared pairs (written to ``pairs_path``), universality cells and the
-    same-seed control, computed in parallel per batch of curves."""
+    same-seed control, computed in parallel per batch of curves. A curve whose fingerprint
+    is in ``kept`` takes its rows from the tables beside ``pairs_path`` instead (the last
+    aggregation's, which hold those curves whole: ``sfs.analysis.reuse``)."""
     workers = options.workers or os.cpu_count() or 1
     tasks = curve_tasks(loaded, options)
+    tasks = [dataclasses.replace(task, fingerprint=fingerprint)
+             for task, fingerprint in zip(tasks, fingerprints(tasks, options))]
+    reused = {task.fingerprint for task in tasks if task.fingerprint in kept}
+    fresh = [task for task in tasks if task.fingerprint not in reused]
+    if reused:
+        log.info("%d of %d curves unchanged since the last aggregation (the same models, options "
+                 "and code): their rows kept, %d analysed", len(reused), len(tasks), len(fresh))
     parts = pairs_path.with_name(f".{pairs_path.name}.parts")
     shutil.rmtree(parts, ignore_errors=True)  # a previous run's, stopped before joining them
     # a few batches per worker at least, so that they finish together
-    size = max(1, min(BATCH_CURVES, math.ceil(len(tasks) / (8 * workers))))
-    batches = [CurveBatch(tasks[i:i + size], parts, f"{i // size:06d}.parquet")
-               for i in range(0, len(tasks), size)]
+    size = max(1, min(BATCH_CURVES, math.ceil(len(fresh) / (8 * workers))))
+    batches = [CurveBatch(fresh[i:i + size], parts, f"{i // size:06d}.parquet")
+               for i in range(0, len(fresh), size)]
     done = 0
     started = last_said = time.monotonic()
     try:
         # one batch sent at a time (batches are sized to balance the workers already)
-        for n_curves in iter_tasks(analyse_batch, batches, workers, serial=len(tasks) < SERIAL_BELOW,
+        for n_curves in iter_tasks(analyse_batch, batches, workers, serial=len(fresh) < SERIAL_BELOW,
                                    chunksize=1):
             done += n_curves
             if time.monotonic() - last_said >= PROGRESS_EVERY_S:  # a long analysis says where it is
                 last_said = time.monotonic()
-                log.info("fits and compared pairs: %d/%d curves, ETA %.0f min", done, len(tasks),
-                         (last_said - started) / done * (len(tasks) - done) / 60)
+                log.info("fits and compared pairs: %d/%d curves, ETA %.0f min", done, len(fresh),
+                         (last_said - started) / done * (len(fresh) - done) / 60)
+        if reused:
+            _keep_rows(reused, pairs_path.parent, parts)
         _join_parts(_part_files(parts / "pairs"), pairs_path)
         fits, cells, control = (_read_parts(_part_files(parts / kind)) for kind in ("fits", "cells", "control"))
     finally:
         shutil.rmtree(parts, ignore_errors=True)
+    if reused:  # the rows in the order of their curves, as an aggregation of every curve has them
+        order = {task.fingerprint: position for position, task in enumerate(tasks)}
+        fits, cells, control = (_in_curve_order(frame, order) for frame in (fits, cells, control))
     depth_tasks = []
     if per_depth_n_params:  # L(N) of each shape family: the depth is fixed, N grows
         depth_tasks = [(keys, n_params, loss, options) for keys, n_params, loss in per_depth_data(metrics)]
@@ -264,7 +283,27 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
     width_depth_tasks = [(keys, width, depth, loss, options)
                          for keys, width, depth, loss in width_depth_data(metrics)]
     width_depth = _frame(run_tasks(_width_depth_fit, width_depth_tasks, workers))
-    return CurveTables(fits, pl.scan_parquet(pairs_path), cells, control, width_depth)
+    return CurveTables(fits, pl.scan_parquet(pairs_path), cells, control, width_depth,
+                       [task.fingerprint for task in tasks])
+
+
+def _keep_rows(curves: set[str], tables: Path, parts: Path) -> None:
+    """The rows of these curves from the tables in ``tables`` (``reuse.TABLES``), each kind
+    as one more part (named to come after the batches'), copied by a streaming filter."""
+    wanted = pl.Series(sorted(curves), dtype=pl.String)
+    for kind in PART_KINDS:
+        source = tables / f"{TABLES[kind]}.parquet"
+        target = parts / kind / "~kept.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pl.scan_parquet(source).filter(pl.col(FINGERPRINT).is_in(wanted)).sink_parquet(target)
+
+
+def _in_curve_order(frame: pl.DataFrame, order: dict[str, int]) -> pl.DataFrame:
+    """The rows sorted by their curve's place in ``order`` (stable: a curve's rows keep theirs)."""
+    if frame.is_empty():
+        return frame
+    place = frame[FINGERPRINT].replace_strict(order, return_dtype=pl.Int64)
+    return frame.with_columns(place.alias("_place")).sort("_place", maintain_order=True).drop("_place")
 
 
 def per_depth_data(metrics: pl.DataFrame) -> list[tuple[dict, list, list]]:

@@ -207,6 +207,9 @@ class AggregateConfig:
     ci: float = 0.95
     workers: Optional[int] = None  # fit processes; null: one per core
     seed: int = 0  # of the bootstrap and permutation draws
+    # Curves unchanged since the last aggregation (the same models, options and code) keep
+    # their rows instead of being analysed again (sfs.analysis.reuse); false: analyse all.
+    reuse: bool = True
     # The aspect verdict's margins (docs/science.md, "The aspect verdict"): two shapes are
     # iso-loss when their losses are shown equal within loss_margin (relative), and "as
     # alike as seeds" when the universality index R is shown >= r_margin; each one-sided
@@ -239,6 +242,7 @@ class AggregateConfig:
             _require(_is_int(self.workers) and self.workers >= 1, "aggregate.workers",
                      "null or an integer >= 1", self.workers)
         _require(_is_int(self.seed) and self.seed >= 0, "aggregate.seed", "an integer >= 0", self.seed)
+        _require(isinstance(self.reuse, bool), "aggregate.reuse", "true or false", self.reuse)
 
 
 # The largest importance r^(n-1) a sweep with r > 1 may give a feature: the phase sweep's
