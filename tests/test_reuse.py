@@ -60,9 +60,12 @@ def test_an_unchanged_store_keeps_every_curve_with_the_same_tables(tmp_path, ana
     first = _tables(tmp_path / "smoke")
     assert sorted(analysed) == [0.5, 0.9] and first["fits"]["curve_fingerprint"].null_count() == 0
     analysed.clear()
+    pairs = tmp_path / "smoke" / "universality_pairs.parquet"
+    written = pairs.stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="sfs.analysis.curves"):
         aggregate(cfg, report=False)
     assert analysed == []  # nothing analysed again
+    assert pairs.stat().st_mtime_ns == written  # the same curves: the pairs table is left as it was
     assert "2 of 2 curves unchanged since the last aggregation" in caplog.text
     _same(_tables(tmp_path / "smoke"), first)  # fits, cells and control in the same order too
 

@@ -266,9 +266,12 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
                 last_said = time.monotonic()
                 log.info("fits and compared pairs: %d/%d curves, ETA %.0f min", done, len(fresh),
                          (last_said - started) / done * (len(fresh) - done) / 60)
+        # the last aggregation's curves and no other: its pairs table is already this one's
+        untouched = not fresh and reused == kept
         if reused:
-            _keep_rows(reused, pairs_path.parent, parts)
-        _join_parts(_part_files(parts / "pairs"), pairs_path)
+            _keep_rows(reused, pairs_path.parent, parts, PART_KINDS[1:] if untouched else PART_KINDS)
+        if not untouched:
+            _join_parts(_part_files(parts / "pairs"), pairs_path)
         fits, cells, control = (_read_parts(_part_files(parts / kind)) for kind in ("fits", "cells", "control"))
     finally:
         shutil.rmtree(parts, ignore_errors=True)
@@ -287,11 +290,12 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
                        [task.fingerprint for task in tasks])
 
 
-def _keep_rows(curves: set[str], tables: Path, parts: Path) -> None:
-    """The rows of these curves from the tables in ``tables`` (``reuse.TABLES``), each kind
-    as one more part (named to come after the batches'), copied by a streaming filter."""
+def _keep_rows(curves: set[str], tables: Path, parts: Path, kinds: Sequence[str] = PART_KINDS) -> None:
+    """The rows of these curves from the tables in ``tables`` (``reuse.TABLES``), each of
+    these kinds as one more part (named to come after the batches'), copied by a streaming
+    filter."""
     wanted = pl.Series(sorted(curves), dtype=pl.String)
-    for kind in PART_KINDS:
+    for kind in kinds:
         source = tables / f"{TABLES[kind]}.parquet"
         target = parts / kind / "~kept.parquet"
         target.parent.mkdir(parents=True, exist_ok=True)
