@@ -165,3 +165,16 @@ def test_a_rewritten_weights_file_changes_the_fingerprint(tmp_path):
 def test_reuse_must_be_true_or_false():
     with pytest.raises(ConfigError, match="aggregate.reuse"):
         load_configs(["+sweep=smoke", "aggregate.reuse=maybe"])
+
+
+def test_curves_with_no_cells_are_kept_too(tmp_path, analysed):
+    """One seed: no pair of two seeds, so no universality cells (an empty table, without
+    even the fingerprint column); the curves are kept all the same."""
+    cfg, _ = build_store(tmp_path, extra=("sweep.seeds=[0]",))
+    aggregate(cfg, report=False)
+    first = _tables(tmp_path / "smoke")
+    assert first["universality"].is_empty() and first["universality_control"].height > 0
+    analysed.clear()
+    aggregate(cfg, report=False)
+    assert analysed == []
+    _same(_tables(tmp_path / "smoke"), first)

@@ -297,6 +297,8 @@ def _keep_rows(curves: set[str], tables: Path, parts: Path, kinds: Sequence[str]
     wanted = pl.Series(sorted(curves), dtype=pl.String)
     for kind in kinds:
         source = tables / f"{TABLES[kind]}.parquet"
+        if FINGERPRINT not in pl.read_parquet_schema(source):  # an empty table: no rows of any curve
+            continue
         target = parts / kind / "~kept.parquet"
         target.parent.mkdir(parents=True, exist_ok=True)
         pl.scan_parquet(source).filter(pl.col(FINGERPRINT).is_in(wanted)).sink_parquet(target)

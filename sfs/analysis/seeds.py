@@ -219,6 +219,8 @@ def universality_cells(keys: dict, pairs: dict[str, np.ndarray], options: Aggreg
     pairs beat the permutation null, and how far apart the two sides' losses are. Pairs of
     other kinds (the same-seed control) are left out."""
     cells_index = _cells(pairs, CELL_KINDS)
+    if not cells_index:  # e.g. one seed: no pair of two seeds at all
+        return []
     # cells with one pair structure (the same seeds) share one vectorised bootstrap
     structures: dict[tuple, list[tuple]] = {}
     for cell, rows in cells_index.items():
