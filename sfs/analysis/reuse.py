@@ -68,9 +68,9 @@ def code_version() -> str:
 
 def fingerprints(tasks: Sequence, options: AggregateConfig) -> list[str]:
     """One fingerprint per curve task (``sfs.analysis.curves.CurveTask``): a hash of the code,
-    the options (but ``workers`` and ``reuse``), the curve's keys and its models' ids, widths, seeds,
-    losses and weights (where stored: each file's name, size and modification time, and the
-    model's place in it; in memory: the arrays)."""
+    the options (but ``workers`` and ``reuse``), the curve's keys and its models' ids,
+    widths, seeds, losses and weights (where stored: each file's name, size and
+    modification time, and the model's place in it; in memory: the arrays)."""
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in _NO_NUMBER}
     common = hashlib.sha256(f"{code_version()}\n{json.dumps(settings, sort_keys=True, default=str)}".encode())
     stamps: dict[Path, str] = {}
