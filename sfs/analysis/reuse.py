@@ -73,15 +73,11 @@ def fingerprints(tasks: Sequence, options: AggregateConfig) -> list[str]:
     modification time, and the model's place in it; in memory: the arrays)."""
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in _NO_NUMBER}
     common = hashlib.sha256(f"{code_version()}\n{json.dumps(settings, sort_keys=True, default=str)}".encode())
-    stamps: dict[Path, str] = {}
+    stamps: dict[Path, str | None] = {}  # each weights file's, once (a file holds many curves' models)
 
-    def stamp(path: Path) -> str:
+    def stamp(path: Path) -> str | None:
         if path not in stamps:
-            try:
-                status = path.stat()
-                stamps[path] = f"{status.st_size}:{status.st_mtime_ns}"
-            except OSError:  # gone: the analysis will say so; nothing here matches it
-                stamps[path] = "missing"
+            stamps[path] = _stamp(path)  # None when gone: reading it fails, no manifest is written
         return stamps[path]
 
     out = []
@@ -105,16 +101,18 @@ def fingerprints(tasks: Sequence, options: AggregateConfig) -> list[str]:
     return out
 
 
+def _stamp(path: Path) -> str | None:
+    """A file's size and modification time ("size:mtime_ns"), None where it is missing."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
 def _table_stamps(sweep_dir: Path) -> dict[str, str | None]:
-    """Each table of ``TABLES``: its size and modification time, None where it is missing."""
-    stamps: dict[str, str | None] = {}
-    for name in sorted(TABLES.values()):
-        try:
-            status = (Path(sweep_dir) / f"{name}.parquet").stat()
-            stamps[name] = f"{status.st_size}:{status.st_mtime_ns}"
-        except OSError:
-            stamps[name] = None
-    return stamps
+    """Each table of ``TABLES``: its stamp (``_stamp``)."""
+    return {name: _stamp(Path(sweep_dir) / f"{name}.parquet") for name in sorted(TABLES.values())}
 
 
 def kept_curves(sweep_dir: Path) -> frozenset[str]:
