@@ -4,6 +4,7 @@
     python benchmarks/aggregate_store.py --quick    # ~10,000 models
     python benchmarks/aggregate_store.py --million  # 960,000 models
     python benchmarks/aggregate_store.py --store /tmp/agg   # keep the store, reuse it next time
+    python benchmarks/aggregate_store.py --set aggregate.n_boot=500 --set aggregate.n_perm=100
 
 Builds a results store with the real store code (one weights file per pack, parts
 consolidated) for a grid of n=20/40 features, 6 widths, 8 seeds and 500 curves per n, with
@@ -77,6 +78,8 @@ def main() -> None:
                         help="960,000 models (20,000 curves; the store takes ~1 GB and minutes to build)")
     parser.add_argument("--store", type=Path, default=None,
                         help="build the store here and keep it (reused when it exists)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the aggregation (e.g. aggregate.n_boot=500); repeatable")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     size = "million" if args.million else "quick" if args.quick else "default"
@@ -88,6 +91,8 @@ def main() -> None:
             n_models = len(plan_models(cfg))
         else:
             cfg, n_models = build(out_dir, size)
+        if args.set:  # the same store and plan, aggregated with these options
+            (cfg,) = load_configs(grid(out_dir, size) + args.set)
         built = time.perf_counter() - started
         gc.collect()
         memory = PeakMemory()
@@ -101,7 +106,8 @@ def main() -> None:
         started = time.perf_counter()
         write_report(cfg, result, load_models(result.sweep_dir, set(result.metrics["model_id"])))
         report = time.perf_counter() - started
-    print(json.dumps({"models": n_models, "fits": result.fits.height,
+    print(json.dumps({"models": n_models, "n_boot": cfg.aggregate.n_boot, "n_perm": cfg.aggregate.n_perm,
+                      "fits": result.fits.height,
                       "pairs": result.pairs.select(pl.len()).collect().item(), "build_s": round(built, 1),
                       "aggregate_s": round(tables, 1), "report_s": round(report, 1),
                       "rss_before_aggregate_mb": rss_before, "aggregate_peak_rss_mb": aggregate_peak}))
