@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sfs.analysis.curves import CurveTask, _join_parts, analyse_curve, curve_pairs, run_tasks
+from sfs.analysis.curves import CurveTask, _fit_row, _join_parts, _width_fits, analyse_curve, curve_pairs, run_tasks
 from sfs.analysis.model_metrics import SPEC_KEYS, Loaded, model_metrics
 from sfs.config import AggregateConfig
 
@@ -60,10 +60,26 @@ def test_curve_pair_counts():
     assert curve_pairs([4], [0]) == []
 
 
-def _task(W, widths, seeds, losses, **options):
-    keys = {"sparsity": 0.5}
+def _task(W, widths, seeds, losses, sparsity=0.5, **options):
+    keys = {"sparsity": sparsity}
     options = AggregateConfig(n_boot=100, n_perm=20, **options)
     return CurveTask(keys, [f"m{w}-{s}" for w, s in zip(widths, seeds)], widths, seeds, losses, W, options)
+
+
+def test_a_batchs_fits_merged_are_each_curves_own():
+    """analyse_batch fits its curves together (fit_scaling_many): each curve's row is the one
+    it gets alone, to the last bit, its own seed included (rows of curves missing models)."""
+    rng = np.random.default_rng(3)
+    tasks = []
+    for k in range(6):
+        widths, seeds = _layout(rng, n_widths=6, n_seeds=4, missing=0.1 * (k % 2))
+        losses = [(0.01 + 0.5 * w ** -1.0) * np.exp(0.05 * rng.normal()) for w in widths]
+        tasks.append(_task([None] * len(widths), widths, seeds, losses, sparsity=k / 10))
+    merged = _width_fits(tasks)
+    alone = [_fit_row(t.keys, "width", t.widths, t.losses, t.options) for t in tasks]
+    assert [row["sparsity"] for row in merged] == [k / 10 for k in range(6)]
+    assert str(merged) == str(alone)  # (NaN equal to NaN)
+    assert len({row["alpha"] for row in merged}) == 6
 
 
 def test_analyse_curve_on_shared_features():

@@ -29,9 +29,9 @@ def analysed(monkeypatch):
     seen = []
     analyse_curve = curves_module.analyse_curve
 
-    def counting(task):
+    def counting(task, fit=None):
         seen.append(task.keys["sparsity"])
-        return analyse_curve(task)
+        return analyse_curve(task, fit)
 
     monkeypatch.setattr(curves_module, "analyse_curve", counting)  # in-process: few curves
     return seen

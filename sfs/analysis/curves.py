@@ -173,14 +173,16 @@ def curve_pairs(widths: list[int], seeds: list[int]) -> list[tuple[str, int, int
     return pairs
 
 
-def analyse_curve(task: CurveTask) -> CurveResult:
+def analyse_curve(task: CurveTask, fit: dict | None = None) -> CurveResult:
     """Fit loss vs width, compare every pair of the curve's models, and summarise the pairs
-    per cell and in the same-seed control (intervals from resampling seeds)."""
+    per cell and in the same-seed control (intervals from resampling seeds). fit: the
+    curve's fit row, where the caller has it already (``_width_fits``)."""
     from sfs.analysis.universality import compare_within
 
     (task,) = _with_weights([task])  # stored weights read once (the measures pass over them twice)
     options = task.options
-    fit = _fit_row(task.keys, "width", task.widths, task.losses, options)
+    if fit is None:
+        fit = _fit_row(task.keys, "width", task.widths, task.losses, options)
     widths, seeds = np.asarray(task.widths).tolist(), np.asarray(task.seeds).tolist()
     pairs = curve_pairs(widths, seeds)
     columns: dict[str, np.ndarray] = {}
@@ -206,7 +208,8 @@ def analyse_batch(batch: CurveBatch) -> int:
     """``analyse_curve`` of each curve of the batch, its rows written to the batch's part
     files (the compared pairs with the curves' keys as columns; the fits, cells and control
     as they are); returns the number of curves."""
-    results = [analyse_curve(task) for task in _with_weights(batch.tasks)]
+    tasks = _with_weights(batch.tasks)
+    results = [analyse_curve(task, fit) for task, fit in zip(tasks, _width_fits(tasks))]
     frames = [pl.DataFrame(result.pairs).with_columns(**{k: pl.lit(v) for k, v in task.keys.items()},
                                                       **{FINGERPRINT: pl.lit(task.fingerprint)})
               for task, result in zip(batch.tasks, results) if result.pairs]
@@ -372,13 +375,28 @@ def _frame(rows: list[dict]) -> pl.DataFrame:
 
 # -- fits ----------------------------------------------------------------------------------
 
+def _fit_arguments(keys: dict, x_name: str, x, loss, options: AggregateConfig) -> dict:
+    """fit_scaling's arguments for one curve's fit of loss against ``x_name``."""
+    return dict(x=np.asarray(x, dtype=float), loss=np.asarray(loss, dtype=float),
+                n_boot=options.n_boot, ci=options.ci,
+                rng_seed=derive_seed(options.seed, json.dumps(keys, sort_keys=True) + x_name))
+
+
 def _fit_row(keys: dict, x_name: str, x, loss, options: AggregateConfig) -> dict:
     from sfs.analysis.fit import fit_scaling
 
-    rng_seed = derive_seed(options.seed, json.dumps(keys, sort_keys=True) + x_name)
-    result = fit_scaling(np.asarray(x, dtype=float), np.asarray(loss, dtype=float),
-                         n_boot=options.n_boot, ci=options.ci, rng_seed=rng_seed)
+    result = fit_scaling(**_fit_arguments(keys, x_name, x, loss, options))
     return {**keys, "x": x_name, **result.as_row()}
+
+
+def _width_fits(tasks: list[CurveTask]) -> list[dict]:
+    """Each curve's fit row of loss against width (``_fit_row``), the fits' solves merged
+    (``fit_scaling_many``: the same numbers, a few ms a curve less)."""
+    from sfs.analysis.fit import fit_scaling_many
+
+    results = fit_scaling_many([_fit_arguments(task.keys, "width", task.widths, task.losses, task.options)
+                                for task in tasks])
+    return [{**task.keys, "x": "width", **result.as_row()} for task, result in zip(tasks, results)]
 
 
 def _depth_fit(task: tuple[dict, list, list, AggregateConfig]) -> dict:

@@ -58,13 +58,17 @@ Why this way (docs/science.md has the longer account):
   (``scratch``: fresh ones cost more in page faults than in arithmetic). About 15-18 ms
   for 6 widths x 5-8 seeds and 1000 resamples on one core (was 30-50 ms). The caller
   limits BLAS to one thread (threadpoolctl): with several, these small problems run many
-  times slower.
+  times slower. What is left is numpy's per-call cost as much as arithmetic (~36 solver
+  iterations a fit), so ``fit_scaling_many`` runs the solves of many fits of one design as
+  one, each fit's numbers the same to the last bit as alone (every step of the solver is
+  elementwise or a reduction over the short axes, and a finished row takes no step).
 
 Modules: ``data`` (cleaning, the shared arrays, the model and the Huber objective),
 ``starts`` (the closed-form alpha-grid starts), ``noise`` (the Huber threshold), ``lm``
 (the vectorised Levenberg-Marquardt solver), ``scratch`` (its reusable buffers),
 ``solver`` (both solvers' entry points: scipy's L-BFGS-B and the batched LM),
-``bootstrap`` (resampling seeds within x), ``scaling`` (``fit_scaling``), ``depth``
+``bootstrap`` (resampling seeds within x), ``scaling`` (``fit_scaling``,
+``fit_scaling_many``), ``depth``
 (``fit_width_depth``: L = E + A m^-alpha + B l^-beta across widths m and depths l - 1).
 
 Usage::
@@ -84,6 +88,7 @@ from sfs.analysis.fit.scaling import (
     UNSTABLE_CHOICE,
     FitResult,
     fit_scaling,
+    fit_scaling_many,
     loglog_slope,
 )
 from sfs.analysis.fit.solver import fit_form, fit_form_batch
@@ -102,6 +107,7 @@ __all__ = [
     "fit_form",
     "fit_form_batch",
     "fit_scaling",
+    "fit_scaling_many",
     "fit_width_depth",
     "huber_threshold",
     "loglog_slope",

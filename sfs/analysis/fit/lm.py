@@ -11,12 +11,13 @@ finished rows leave the working arrays; large work arrays are reused (``scratch`
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 
 from sfs.analysis.fit.data import _Prepared
-from sfs.analysis.fit.scratch import _scratch, _take
+from sfs.analysis.fit.scratch import _scratch, _take, own_scratch
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +75,22 @@ def _weighted_rows(d: _Prepared, W: np.ndarray, kk: int) -> _Rows:
 
 
 class _Model:
-    """The constants of one solve: the x values' u = log x - ubar (kk,), lref and delta, and
-    the matrices that combine per-x sums into the solver's pieces."""
+    """The constants of one solve: the x values' u = log x - ubar (kk,), lref and delta (one
+    each, or one per row (B,) where the rows are several datasets of one design: ``merge``),
+    and the matrices that combine per-x sums into the solver's pieces."""
 
-    def __init__(self, u: np.ndarray, lref: float, delta: float):
+    def __init__(self, u: np.ndarray, lref: float | np.ndarray, delta: float | np.ndarray):
         one = np.ones_like(u)
         self.u, self.ucol, self.lref, self.delta = u, u[:, None], lref, delta
         self.U1 = np.stack([one, -u])  # g0 g1 from sums of C psi s; h02 h12 from C s q
         self.Uh = np.stack([one, u * u, -u])  # h00 h11 h01 from C s^2
         self.Ud = np.stack([one, u * u])  # d0 d1 from Sw s^2
+
+    def take(self, keep: np.ndarray) -> _Model:
+        """The constants of the rows keep (self where they are the same for every row)."""
+        if np.ndim(self.lref) == 0:
+            return self
+        return _Model(self.u, self.lref[keep], self.delta[keep])
 
 
 def _evaluate(P: np.ndarray, rows: _Rows, m: _Model, N: np.ndarray) -> np.ndarray:
@@ -157,19 +165,125 @@ _ADJ_B, _Y_B = np.array([3, 3, 4]), np.array([1, 0, 0])  # a01 y1, a01 y0, a02 y
 _ADJ_C, _Y_C = np.array([4, 5, 5]), np.array([2, 2, 1])  # a02 y2, a12 y2, a12 y1
 
 
-_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0
+@dataclass
+class _LMCall:
+    """The arguments of one ``_lm`` solve, as a fit's steps hand it out (``solve``)."""
+
+    P: np.ndarray  # (3, B)
+    F: np.ndarray  # (B,)
+    N: np.ndarray  # (12, B)
+    rows: _Rows
+    m: _Model
+    lo: np.ndarray  # (3, B)
+    hi: np.ndarray  # (3, B)
+    pinned: np.ndarray  # (B,)
+    fscale: float | np.ndarray
+    rtol: float = LM_RTOL
+    max_iter: int = LM_MAX_ITER
+
+    def run(self) -> tuple[np.ndarray, np.ndarray]:
+        return _lm(self.P, self.F, self.N, self.rows, self.m, self.lo, self.hi, self.pinned,
+                   self.fscale, self.rtol, self.max_iter)
+
+    def key(self) -> tuple | None:
+        """Calls of one key can be solved as one (``merge``): one design (the same x values
+        and slots), tolerance and iteration limit. None for a call of one row, which is
+        solved alone (a solve of one row takes other numpy paths than one of several)."""
+        if self.P.shape[1] < 2:
+            return None
+        return (self.rows.Y.shape[:2], self.rows.W is None, self.rows.gw, self.m.u.tobytes(),
+                self.rtol, self.max_iter)
+
+
+def solve(call: _LMCall):
+    """One solve, as a step of a fit written as a generator: ``P, F = yield from
+    solve(call)``. Whoever runs the steps solves it alone (``run_steps``) or together with
+    other fits' solves of the same key (``run_merged``)."""
+    return (yield call)
+
+
+def run_steps(steps: Generator[_LMCall, tuple, object]):
+    """Run one fit's steps, each solve alone; returns what the steps return."""
+    try:
+        call = next(steps)
+        while True:
+            call = steps.send(call.run())
+    except StopIteration as stop:
+        return stop.value
+
+
+def run_merged(steps: list[Generator[_LMCall, tuple, object]]) -> list:
+    """Run several fits' steps together, each solve of one key (``_LMCall.key``) with the
+    others waiting on one (``merge``): the numpy calls of each iteration serve every fit at
+    once. A row's arithmetic is the same whichever rows share its solve (elementwise, or
+    reductions along the short axes; never a solve of one row), so each fit returns what it
+    returns run alone, to the last bit (tests/test_fit_merged.py). Each fit's scratch arrays
+    are its own while it runs (its steps keep some across a solve); returns the fits' values."""
+    results: list = [None] * len(steps)
+    spaces: list[dict] = [{} for _ in steps]
+    waiting: dict[int, _LMCall] = {}
+
+    def advance(i: int, value) -> None:
+        with own_scratch(spaces[i]):
+            try:
+                waiting[i] = steps[i].send(value)
+            except StopIteration as stop:
+                results[i] = stop.value
+                spaces[i].clear()
+                waiting.pop(i, None)
+
+    for i in range(len(steps)):
+        advance(i, None)
+    while waiting:
+        groups: dict[tuple, list[int]] = {}
+        for i, call in waiting.items():
+            groups.setdefault(call.key() or ("alone", i), []).append(i)
+        for members in groups.values():
+            calls = [waiting[i] for i in members]
+            if len(calls) == 1:
+                outs = [calls[0].run()]
+            else:
+                P, F = merge(calls).run()
+                ends = np.cumsum([call.P.shape[1] for call in calls])[:-1]
+                outs = list(zip(np.split(P, ends, axis=1), np.split(F, ends)))
+            for i, out in zip(members, outs):
+                advance(i, out)
+    return results
+
+
+def merge(calls: list[_LMCall]) -> _LMCall:
+    """One call of the rows of several calls of one key, in order, each row with its own
+    call's lref, delta and fscale."""
+    sizes = [call.P.shape[1] for call in calls]
+    first = calls[0]
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(call, name) for call in calls], axis=-1)
+
+    Y = np.concatenate([np.broadcast_to(call.rows.Y, call.rows.Y.shape[:2] + (size,))
+                        for call, size in zip(calls, sizes)], axis=-1)
+    W = None if first.rows.W is None else np.concatenate([call.rows.W for call in calls], axis=-1)
+    rows = _Rows(Y, W, first.rows.gw, np.concatenate([call.rows.Sw for call in calls], axis=-1))
+    m = _Model(first.m.u, np.repeat([call.m.lref for call in calls], sizes),
+               np.repeat([call.m.delta for call in calls], sizes))
+    return _LMCall(joined("P"), joined("F"), joined("N"), rows, m, joined("lo"), joined("hi"),
+                   joined("pinned"), np.repeat([call.fscale for call in calls], sizes),
+                   first.rtol, first.max_iter)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Sums over the first axis of a * b, (3, B) each: vecdot's call is cheaper for few
-    rows, einsum's loop for many."""
-    if a.shape[-1] <= 64 and _VECDOT is not None:
-        return _VECDOT(a, b, axis=0)
-    return np.einsum("ib,ib->b", a, b)
+    """a[0] b[0] + a[1] b[1] + a[2] b[2], (3, B) each -> (B,): elementwise, so that a row's
+    value does not depend on how many rows there are (einsum's and vecdot's can differ in
+    the last bit between arrays of different lengths, which made a fit's numbers depend on
+    the fits merged with it: ``run_merged``)."""
+    out = np.multiply(a[0], b[0])
+    out += a[1] * b[1]
+    out += a[2] * b[2]
+    return out
 
 
 def _lm(P: np.ndarray, F: np.ndarray, N: np.ndarray, rows: _Rows, m: _Model,
-        lo: np.ndarray, hi: np.ndarray, pinned: np.ndarray, fscale: float,
+        lo: np.ndarray, hi: np.ndarray, pinned: np.ndarray, fscale: float | np.ndarray,
         rtol: float = LM_RTOL, max_iter: int = LM_MAX_ITER) -> tuple[np.ndarray, np.ndarray]:
     """Minimise the weighted Huber objective for every row of P (3, B) at once, from P (in
     the box) with its objective F and pieces N (``_evaluate``; N is overwritten).
@@ -263,15 +377,25 @@ def _lm(P: np.ndarray, F: np.ndarray, N: np.ndarray, rows: _Rows, m: _Model,
             if n_fin * 4 >= fin.size > 32:  # compact: the finished rows leave (when it pays)
                 P_out[:, act], F_out[act] = P, F
                 keep = np.flatnonzero(~fin)
+                if keep.size == 1:  # and one finished row, holding still: never a solve of one
+                    # row, whose numpy calls (matmul, einsum) take other paths than for two or
+                    # more, so that a row's numbers do not depend on the rows beside it (merge)
+                    keep = np.sort(np.append(keep, np.flatnonzero(fin)[0]))
                 tag = str(n_compact % 2)
                 n_compact += 1
                 N = _take(N, keep, "lm_n" + tag)
                 Nn = _scratch("lm_t" + tag, N.shape)
                 rows = rows.take(keep, tag)
+                m = m.take(keep)
+                if np.ndim(fscale):
+                    fscale = fscale[keep]
                 act, P, F, g, step, Hd = (act[keep], P[:, keep], F[keep], g[:, keep],
                                           step[:, keep], Hd[:, keep])
                 lo, hi, pinned = lo[:, keep], hi[:, keep], pinned[keep]
                 lam, nu, fin, hold = lam[keep], nu[keep], fin[keep], hold[:, keep]
+            # A finished row takes no further step, this iteration's included: whether the
+            # loop goes on (other rows still moving) must not change a row's result (merge).
+            step[:, fin] = 0.0
             Pn = step
             Pn += P
             np.maximum(Pn, lo, out=Pn)

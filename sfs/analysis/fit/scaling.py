@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from sfs.analysis.fit.bootstrap import _bootstrap_counts, _count_weights, _resample_draws, _resample_rows
 from sfs.analysis.fit.data import FORMS, _clean, _predict, _prepare, _Prepared, _xsums, at_lower, at_upper
-from sfs.analysis.fit.lm import LM_RTOL_BOOT
+from sfs.analysis.fit.lm import LM_RTOL_BOOT, _LMCall, run_merged, run_steps
 from sfs.analysis.fit.noise import _threshold
 from sfs.analysis.fit.scratch import _scratch
-from sfs.analysis.fit.solver import _point_fits, _solve_many
+from sfs.analysis.fit.solver import _point_fits_steps, _solve_many_steps
 from sfs.analysis.quantiles import quantiles
 
 log = logging.getLogger(__name__)
 
 BAND_POINTS = 40  # x values of the plotted confidence band
+# Fits run together by fit_scaling_many: each keeps ~5 MB of scratch arrays until it is done
+# (at 1,000 resamples), and 16 share ~15/16 of what merging can save.
+MERGED_FITS = 16
 UNSTABLE_CHOICE = 0.8  # caution when the chosen form wins in fewer resamples than this
 # The held-out choice of form fits each form on every x but the largest: below 5 widths the
 # saturating form would be fitted (3 parameters) to 3 x or fewer and predict from there,
@@ -150,6 +154,25 @@ def _fixed_form(d: _Prepared, theta_sat: np.ndarray) -> tuple[str, str]:
 def fit_scaling(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: float = 0.95,
                 min_seeds: int = 3, min_widths: int = 4, rng_seed: int = 0,
                 form: str | None = None) -> FitResult:
+    """One scaling-law fit (``_fit_scaling_steps``, every solve alone)."""
+    return run_steps(_fit_scaling_steps(x, loss, n_boot=n_boot, ci=ci, min_seeds=min_seeds,
+                                        min_widths=min_widths, rng_seed=rng_seed, form=form))
+
+
+def fit_scaling_many(fits: Sequence[dict]) -> list[FitResult]:
+    """``fit_scaling(**kwargs)`` for each kwargs of ``fits``, the same results to the last
+    bit, with the solves of up to MERGED_FITS fits of one design (the same x values and
+    seeds per x) run as one (``lm.run_merged``): a fit's solver iterations are mostly numpy's
+    per-call cost (~36 of them, ~4 ms a fit of 6 widths x 8 seeds), which this shares."""
+    results: list[FitResult] = []
+    for start in range(0, len(fits), MERGED_FITS):
+        results += run_merged([_fit_scaling_steps(**kwargs) for kwargs in fits[start:start + MERGED_FITS]])
+    return results
+
+
+def _fit_scaling_steps(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: float = 0.95,
+                       min_seeds: int = 3, min_widths: int = 4, rng_seed: int = 0,
+                       form: str | None = None) -> Generator[_LMCall, tuple, FitResult]:
     """x: (n,) width or parameter count per model; loss: (n,) final loss per model (models at
     the same x are different seeds).
 
@@ -204,7 +227,7 @@ def fit_scaling(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: floa
     form_free = form is None  # (not given by the caller: the analysis's choice, or fixed)
     forms = FORMS if form is None else (form,)
     # Point fits, held out (for the choice) and on all models.
-    fits = _point_fits(d, delta, [(w, f_) for f_ in forms for w in (w_held, w_all)])
+    fits = yield from _point_fits_steps(d, delta, [(w, f_) for f_ in forms for w in (w_held, w_all)])
     theta_held = {f_: fits[2 * i] for i, f_ in enumerate(forms)}
     theta = {f_: fits[2 * i + 1] for i, f_ in enumerate(forms)}
     obs = (np.ones((1, int(last.sum()))) @ d.loss[last]) / last.sum()
@@ -227,8 +250,9 @@ def fit_scaling(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: floa
         S_held = S.copy()
         S_held[:, -1] = 0.0
         rows_held = _resample_rows(d, boot, draws_y, n_widths - 1, copies=2, name="boot_held")
-        P_sat, P_pow = _solve_many(d, [(S_held, f_, theta_held[f_]) for f_ in FORMS], delta,
-                                   LM_RTOL_BOOT, rows_held, same_data=True)
+        P_sat, P_pow = yield from _solve_many_steps(
+            d, [(S_held, f_, theta_held[f_]) for f_ in FORMS], delta, LM_RTOL_BOOT, rows_held,
+            same_data=True)
         obs = (boot[-1] @ d.loss[last]) / boot[-1].sum(axis=1)
         sat = _sat_wins(heldout_err(P_sat, obs, "saturating"), heldout_err(P_pow, obs, "power"),
                         P_sat[:, 2])
@@ -258,7 +282,7 @@ def fit_scaling(x: np.ndarray, loss: np.ndarray, *, n_boot: int = 1000, ci: floa
         jobs.append((S[other[1]], other[0], other[2]))
         fitted_rows.append(other[1])
     boot_rows = _resample_rows(d, boot, draws_y, n_widths, np.concatenate(fitted_rows), name="boot_all")
-    solved = _solve_many(d, jobs, delta, LM_RTOL_BOOT, boot_rows)
+    solved = yield from _solve_many_steps(d, jobs, delta, LM_RTOL_BOOT, boot_rows)
     for f_, P in zip(used, solved):
         draws[:, rows[f_]] = d.natural(P, f_)
     band_x = np.geomspace(d.xs[0], d.xs[-1], BAND_POINTS)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -35,3 +37,18 @@ def _take(a: np.ndarray, keep: np.ndarray, name: str) -> np.ndarray:
     """a[..., keep] into scratch ``name`` (which must not hold a)."""
     return np.take(a, keep, axis=-1, mode="clip",
                    out=_scratch(name, a.shape[:-1] + (keep.size,), a.dtype))
+
+
+@contextmanager
+def own_scratch(buffers: dict) -> Iterator[None]:
+    """Scratch arrays from ``buffers`` (a dict this caller keeps) within the block: for
+    several fits run in turns, each of which keeps scratch arrays while another runs."""
+    saved = _SCRATCH.__dict__.get("bufs")
+    _SCRATCH.bufs = buffers
+    try:
+        yield
+    finally:
+        if saved is None:
+            del _SCRATCH.bufs
+        else:
+            _SCRATCH.bufs = saved

@@ -7,6 +7,9 @@
   determined; where the objective is flat along the valley between E and alpha LM stops
   closer to the optimum.
 * ``fit_form_batch``: many weightings of the same models (e.g. bootstrap resamples) at once.
+
+``_point_fits`` and ``_solve_many`` run their solve alone; their ``_steps`` forms hand it
+to the caller (``lm.solve``), which may merge it with other fits' (``lm.run_merged``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from sfs.analysis.fit.lm import (
     LM_MAX_ITER_POINT,
     LM_RTOL,
     _evaluate,
-    _lm,
+    _LMCall,
     _Model,
     _Rows,
     _weighted_rows,
+    run_steps,
+    solve,
 )
 from sfs.analysis.fit.noise import _threshold
 from sfs.analysis.fit.scratch import _scratch
@@ -37,6 +42,12 @@ LBFGS_OPTIONS = {"ftol": 1e-13, "gtol": 1e-9, "maxiter": 2000, "maxls": 50}
 
 def _solve_many(d: _Prepared, jobs, delta: float, rtol: float = LM_RTOL,
                 rows: _Rows | None = None, same_data: bool = False) -> list[np.ndarray]:
+    """``_solve_many_steps``, its solve alone."""
+    return run_steps(_solve_many_steps(d, jobs, delta, rtol, rows, same_data))
+
+
+def _solve_many_steps(d: _Prepared, jobs, delta: float, rtol: float = LM_RTOL,
+                      rows: _Rows | None = None, same_data: bool = False):
     """Vectorised fits of several (S, form, warm) jobs in one LM pass; internal parameters
     of each job's form, (B_j, K). S: the job's per-x weight sums (``_xsums``), for its
     starts; warm: None, one start for every row (K,), or a start per row (B_j, K') (e.g.
@@ -95,7 +106,7 @@ def _solve_many(d: _Prepared, jobs, delta: float, rtol: float = LM_RTOL,
         lo[:, j], hi[:, j], pinned[j] = lo_f[:, None], hi_f[:, None], form == "power"
         i += Bj
     fscale = d.y.size * (1e-4 * delta) ** 2
-    P, _ = _lm(P, F, N, rows, m, lo, hi, pinned, fscale, rtol)
+    P, _ = yield from solve(_LMCall(P, F, N, rows, m, lo, hi, pinned, fscale, rtol))
     out, i = [], 0
     for S, form, _ in jobs:
         out.append(P[: 3 if form == "saturating" else 2, i: i + len(S)].T)
@@ -159,6 +170,11 @@ def _scipy_fit(d: _Prepared, w: np.ndarray, delta: float, form: str) -> np.ndarr
 
 
 def _point_fits(d: _Prepared, delta: float, fits) -> list[np.ndarray]:
+    """``_point_fits_steps``, its solve alone."""
+    return run_steps(_point_fits_steps(d, delta, fits))
+
+
+def _point_fits_steps(d: _Prepared, delta: float, fits):
     """Point fits of several (w, form) at once: the estimator of ``_scipy_fit`` (its starts,
     the lowest of their local minima; the first on ties), with every start of every fit one
     row of a single vectorised LM run (tolerance LM_RTOL, up to LM_MAX_ITER_POINT
@@ -182,8 +198,8 @@ def _point_fits(d: _Prepared, delta: float, fits) -> list[np.ndarray]:
     N = np.empty((12, B))
     m = _Model(d.uw, d.lref, delta)
     F = _evaluate(P, rows, m, N)
-    P, F = _lm(P, F, N, rows, m, lo, hi, pinned, n * (1e-4 * delta) ** 2, LM_RTOL,
-               LM_MAX_ITER_POINT)
+    P, F = yield from solve(_LMCall(P, F, N, rows, m, lo, hi, pinned, n * (1e-4 * delta) ** 2,
+                                    LM_RTOL, LM_MAX_ITER_POINT))
     out = []
     for j, (_, form) in enumerate(fits):
         r = np.flatnonzero(job == j)
