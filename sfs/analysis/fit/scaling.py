@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 BAND_POINTS = 40  # x values of the plotted confidence band
 # Fits run together by fit_scaling_many: each keeps ~5 MB of scratch arrays until it is done
-# (at 1,000 resamples), and 16 share ~15/16 of what merging can save.
+# (at 1,000 resamples). Of 4 to 64 (benchmarks/README.md, "Aggregation"), 16 was the fastest:
+# more, and the merged solve's arrays outgrow the cache.
 MERGED_FITS = 16
 UNSTABLE_CHOICE = 0.8  # caution when the chosen form wins in fewer resamples than this
 # The held-out choice of form fits each form on every x but the largest: below 5 widths the
