@@ -257,6 +257,12 @@ def _iso_loss_tables(cfg: Config, sweep_dir: Path, search: SearchResult, every: 
     return tables
 
 
+# Nothing the aggregation writes is lost or half-written on a stop (each table is replaced
+# whole, and the kept curves' manifest is removed before the first: sfs.analysis.reuse).
+INTERRUPTED = ("sfs: interrupted (Ctrl-C); the trained models are untouched: run the same "
+               "command again to aggregate them")
+
+
 def main(argv: list[str] | None = None) -> int:
     import sys
 
@@ -267,15 +273,19 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
-        cfgs = load_configs(list(sys.argv[1:] if argv is None else argv))
-    except ConfigError as error:
-        sys.exit(f"sfs: invalid config: {error}")
-    for cfg in cfgs:
         try:
-            result = aggregate(cfg)
-        except (FileNotFoundError, StoreError, TrackingError) as error:  # one clear line, no traceback
-            sys.exit(f"sfs: {error}")
-        print(f"{cfg.sweep.name}: {result.metrics.height} models -> {result.sweep_dir}/report/index.html")
+            cfgs = load_configs(list(sys.argv[1:] if argv is None else argv))
+        except ConfigError as error:
+            sys.exit(f"sfs: invalid config: {error}")
+        for cfg in cfgs:
+            try:
+                result = aggregate(cfg)
+            except (FileNotFoundError, StoreError, TrackingError) as error:  # one clear line, no traceback
+                sys.exit(f"sfs: {error}")
+            print(f"{cfg.sweep.name}: {result.metrics.height} models -> {result.sweep_dir}/report/index.html")
+    except KeyboardInterrupt:  # one line, no traceback; the analysis's workers (deaf to Ctrl-C) are gone
+        sys.stderr.write(INTERRUPTED + "\n")
+        sys.exit(130)  # the shell's code for "stopped by Ctrl-C"
     return 0
 
 

@@ -200,3 +200,50 @@ def test_aggregate_cli_on_an_existing_store(tmp_path):
                               f"paths.out_dir={tmp_path / 'nothing'}"],
                              capture_output=True, text=True, cwd=REPO, timeout=300)
     assert missing.returncode != 0 and "run the sweep first" in missing.stderr
+
+
+@pytest.mark.integration  # a subprocess: ~10-20 s on 2 shared cores
+def test_ctrl_c_stops_an_aggregation_in_one_line_and_it_runs_again(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the curves are
+    analysed on two processes: one line saying so, exit status 130, no traceback, no worker
+    left, no parts left behind; the same command then aggregates the store whole."""
+    import os
+    import signal
+    import time
+
+    from crash_harness import sigint_as_in_a_terminal
+
+    sparsities = "sweep.sparsities=[" + ",".join(f"{s / 100:.2f}" for s in range(1, 100)) + "]"
+    options = (sparsities, "aggregate.n_boot=1000", "aggregate.n_perm=200", "aggregate.workers=2")
+    build_store(tmp_path, extra=options)
+    proc = subprocess.Popen([sys.executable, "-m", "sfs.aggregate", *GRID, *options, f"paths.out_dir={tmp_path}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True, preexec_fn=sigint_as_in_a_terminal)
+    said = []
+    for line in proc.stderr:  # until the analysis of the curves has begun
+        said.append(line)
+        if "fits and compared pairs of 99 curves on 2 processes" in line:
+            break
+    else:
+        pytest.fail("the analysis never began:\n" + "".join(said))
+    time.sleep(0.5)  # the workers busy with their first batches
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = "".join(said) + err
+    assert proc.returncode == 130, err
+    assert "sfs: interrupted (Ctrl-C)" in err and "Traceback" not in err, err
+    assert "report/index.html" not in out
+    deadline = time.monotonic() + 20  # the whole group, the workers included, goes too
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a worker of the aggregation outlived it")
+    sweep_dir = tmp_path / "smoke"
+    assert not [p.name for p in sweep_dir.iterdir() if p.name.endswith(".parts")]
+    (cfg,) = load_configs([*GRID, *options, f"paths.out_dir={tmp_path}"])
+    result = aggregate(cfg, report=False)
+    assert result.fits.filter(pl.col("x") == "width").height == 99

@@ -201,11 +201,16 @@ def test_a_long_analysis_says_how_far_it_is(tmp_path, monkeypatch, caplog):
     from sfs.analysis import curves
 
     monkeypatch.setattr(curves, "PROGRESS_EVERY_S", 0.0)  # a line after every batch
+    monkeypatch.setattr(curves, "SERIAL_BELOW", 0)  # as many curves as a long analysis has
     loaded, metrics = _grid_loaded([0.0, 0.5, 0.9])
     with caplog.at_level("INFO", logger="sfs.analysis.curves"):
         curves.analyse(loaded, metrics, AggregateConfig(n_boot=100, n_perm=20, workers=1),
                        tmp_path / "pairs.parquet")
-    said = [r.getMessage() for r in caplog.records if "curves, ETA" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records]
+    # what it is about to do, at once, with the options that set how long it takes
+    assert lines[0] == ("fits and compared pairs of 3 curves on 1 process (100 resamples a fit or "
+                        "interval, 20 permutations a pair: aggregate.n_boot, aggregate.n_perm)")
+    said = [line for line in lines if "curves, ETA" in line]
     assert said and said[-1].startswith("fits and compared pairs: 3/3 curves, ETA 0 min")
 
 

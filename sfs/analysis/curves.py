@@ -259,11 +259,15 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
     batches = [CurveBatch(fresh[i:i + size], parts, f"{i // size:06d}.parquet")
                for i in range(0, len(fresh), size)]
     done = 0
+    serial = len(fresh) < SERIAL_BELOW
+    if not serial:  # said at once: the first progress line comes PROGRESS_EVERY_S later
+        log.info("fits and compared pairs of %d curves on %d process%s (%d resamples a fit or "
+                 "interval, %d permutations a pair: aggregate.n_boot, aggregate.n_perm)",
+                 len(fresh), workers, "" if workers == 1 else "es", options.n_boot, options.n_perm)
     started = last_said = time.monotonic()
     try:
         # one batch sent at a time (batches are sized to balance the workers already)
-        for n_curves in iter_tasks(analyse_batch, batches, workers, serial=len(fresh) < SERIAL_BELOW,
-                                   chunksize=1):
+        for n_curves in iter_tasks(analyse_batch, batches, workers, serial=serial, chunksize=1):
             done += n_curves
             if time.monotonic() - last_said >= PROGRESS_EVERY_S:  # a long analysis says where it is
                 last_said = time.monotonic()
