@@ -168,8 +168,9 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
              cfg.sweep.name, metrics.height, time.perf_counter() - phase)
     budgets = cfg.sweep.param_budgets
     phase = time.perf_counter()
+    # (the last aggregation's manifest stays until analyse is about to replace the first table:
+    # a stop while the curves are analysed leaves those tables whole, and still to be kept)
     kept = reuse.kept_curves(sweep_dir) if options.reuse else frozenset()
-    reuse.forget(sweep_dir)  # before any table is replaced: a stop from here on voids them all
     fits, pairs, universality, control, width_depth, curves = analyse(
         loaded, metrics, options, sweep_dir / "universality_pairs.parquet",
         per_depth_n_params=bool(budgets), kept=kept)

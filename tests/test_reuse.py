@@ -103,6 +103,30 @@ def test_a_stopped_aggregation_leaves_nothing_to_keep(tmp_path, analysed, monkey
     assert sorted(analysed) == [0.5, 0.9]
 
 
+def test_a_stop_while_the_curves_are_analysed_keeps_the_last_aggregations_curves(tmp_path, analysed,
+                                                                                  monkeypatch):
+    """The tables are only replaced once every curve is analysed: a stop before that leaves
+    them whole, and the next aggregation still keeps their curves."""
+    cfg, _ = build_store(tmp_path)
+    aggregate(_config(tmp_path, "sweep.sparsities=[0.9]"), report=False)  # one curve of two
+    manifest = tmp_path / "smoke" / reuse.MANIFEST
+    written = manifest.read_bytes()
+    analyse_curve = curves_module.analyse_curve
+
+    def stop(task, fit=None):  # Ctrl-C while the new curve is analysed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(curves_module, "analyse_curve", stop)
+    with pytest.raises(KeyboardInterrupt):
+        aggregate(cfg, report=False)
+    assert manifest.read_bytes() == written
+    assert not list((tmp_path / "smoke").glob(".*.parts"))  # no parts left behind
+    monkeypatch.setattr(curves_module, "analyse_curve", analyse_curve)  # (the fixture's, counting)
+    analysed.clear()
+    aggregate(cfg, report=False)
+    assert analysed == [0.5]  # the first aggregation's curve kept, the new one analysed
+
+
 def test_a_table_changed_since_voids_the_manifest(tmp_path, analysed, caplog):
     cfg, _ = build_store(tmp_path)
     aggregate(cfg, report=False)

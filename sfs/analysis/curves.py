@@ -40,7 +40,7 @@ import numpy as np
 import polars as pl
 
 from sfs.analysis.model_metrics import GROUP_KEYS, Loaded
-from sfs.analysis.reuse import FINGERPRINT, TABLES, fingerprints
+from sfs.analysis.reuse import FINGERPRINT, TABLES, fingerprints, forget
 from sfs.analysis.seeds import (
     CROSS_SEED,
     CROSS_WIDTH,
@@ -273,6 +273,9 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
                 last_said = time.monotonic()
                 log.info("fits and compared pairs: %d/%d curves, ETA %.0f min", done, len(fresh),
                          (last_said - started) / done * (len(fresh) - done) / 60)
+        # Every curve analysed: the tables beside pairs_path are replaced from here on, so the
+        # last aggregation's manifest goes first (a stop from here on voids them all).
+        forget(pairs_path.parent)
         # the last aggregation's curves and no other: its pairs table is already this one's
         untouched = not fresh and reused == kept
         if reused:
