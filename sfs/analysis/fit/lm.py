@@ -273,9 +273,9 @@ def merge(calls: list[_LMCall]) -> _LMCall:
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a[0] b[0] + a[1] b[1] + a[2] b[2], (3, B) each -> (B,): elementwise, so that a row's
-    value does not depend on how many rows there are (einsum's and vecdot's can differ in
-    the last bit between arrays of different lengths, which made a fit's numbers depend on
-    the fits merged with it: ``run_merged``)."""
+    value cannot depend on the rows beside it. With einsum (and vecdot for few rows) here,
+    a few resamples of merged fits came out a last bit different from the same fits alone
+    (tests/test_fit_merged.py failed; which call's loop differed was not pinned down)."""
     out = np.multiply(a[0], b[0])
     out += a[1] * b[1]
     out += a[2] * b[2]
