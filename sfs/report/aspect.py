@@ -236,7 +236,7 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path,
             "iso-loss shapes' models (different seeds only) with seeds of one shape, against a "
             "null that relabels features within importance strata, with a seed-bootstrap "
             f"interval; 'as alike as seeds' needs R shown &ge; {first['r_margin']} (equivalence "
-            "p-value), 'less alike' a permutation test of shape labels (Holm across rows) and R "
+            "p-value), 'less alike' an exact permutation test of shape labels (Holm across rows) and R "
             "shown below the margin; 'contradicts 1' needs more decodable features shared than "
             "the compressed-sensing capacity of the narrower bottleneck. seeds_needed: seeds per "
             f"shape that would decide an undecided row (power {interval_level(options.power)}).</p>")
