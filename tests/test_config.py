@@ -105,6 +105,7 @@ BAD_VALUES = [
     ("sweep.widths=[] sweep.param_budgets=[1000] sweep.budget_tolerance=2",
      ["sweep.budget_tolerance", "(0, 1)"]),
     ("sweep.families=[deep_tied] sweep.depths=[0,1,1]", ["sweep.depths", "duplicates"]),
+    ("aggregate.n_perm=19", ["aggregate.n_perm", ">= 20", "0.05"]),
 ]
 
 

@@ -20,7 +20,7 @@ TINY = ["+sweep=aspect", "sweep.families=[deep_tied]", "sweep.n_features=[12]",
         "sweep.weight_decays=[0.0]", "sweep.lrs=[0.003,0.03]", "sweep.lr_probe_seeds=2",
         "sweep.seeds=[0,1,2]", "sweep.scale=1",
         "train.steps=200", "train.warmup_steps=20", "train.batch_size=256", "tracking=off",
-        "aggregate.n_boot=100", "aggregate.n_perm=10", "sweep.iso_loss.enabled=true",
+        "aggregate.n_boot=100", "aggregate.n_perm=20", "sweep.iso_loss.enabled=true",
         "sweep.iso_loss.max_rounds=1", "sweep.iso_loss.tolerance=0.1", *ONE_SLOT]
 
 

@@ -111,7 +111,7 @@ def test_two_sweeps_log_at_once_to_a_server_backed_by_postgresql(postgres, tmp_p
             name: subprocess.Popen(
                 [sys.executable, "-m", "sfs.launch", "+sweep=smoke", f"paths.out_dir={tmp_path / name}",
                  f"tracking.uri={uri}", f"tracking.experiment={name}", "train.steps=100",
-                 "sweep.pack_size=2", "aggregate.n_boot=100", "aggregate.n_perm=10", *ONE_SLOT],
+                 "sweep.pack_size=2", "aggregate.n_boot=100", "aggregate.n_perm=20", *ONE_SLOT],
                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for name in ("lab-a", "lab-b")}
         outputs = {name: proc.communicate(timeout=600)[0] for name, proc in launches.items()}

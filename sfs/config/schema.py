@@ -197,6 +197,9 @@ class PathsConfig:
                  "paths.out_dir", "a non-empty path", self.out_dir)
 
 
+MIN_PERMUTATIONS = 20  # the fewest aggregate.n_perm: p = 1/21 < 0.05 is then possible
+
+
 @dataclass
 class AggregateConfig:
     """Fits and universality after a sweep (``python -m sfs.aggregate`` or end of launch)."""
@@ -234,7 +237,10 @@ class AggregateConfig:
                  "aggregate.convergence_window", "a number in (0, 1]", self.convergence_window)
         _require(_is_int(self.n_boot) and self.n_boot >= 100, "aggregate.n_boot",
                  "an integer >= 100", self.n_boot)
-        _require(_is_int(self.n_perm) and self.n_perm >= 1, "aggregate.n_perm", "an integer >= 1",
+        # a permutation p-value is never below 1 / (n_perm + 1): with fewer than 20, no pair
+        # could beat the null at 0.05 (frac_pairs_beating_null would read 0 whatever the data)
+        _require(_is_int(self.n_perm) and self.n_perm >= MIN_PERMUTATIONS, "aggregate.n_perm",
+                 f"an integer >= {MIN_PERMUTATIONS} (below that no p-value can fall under 0.05)",
                  self.n_perm)
         _require(_is_number(self.ci) and 0.5 <= self.ci < 1, "aggregate.ci", "a number in [0.5, 1)",
                  self.ci)
