@@ -93,11 +93,11 @@ def _planted(rng, rho: float, n_seeds: int = 8, dim: int = 400, noise: float = 1
 
 def test_r_index_recovers_planted_sharing_and_its_absence():
     rng = np.random.default_rng(0)
-    shared = similarity_index(_planted(rng, 1.0), MARGINS, 500, 500, 0.95, rng)
+    shared = similarity_index(_planted(rng, 1.0), MARGINS, 500, 0.95, rng)
     assert shared["r_index"] == pytest.approx(1.0, abs=0.1)
     assert shared["r_lo"] <= 1.0 <= shared["r_hi"]
     assert shared["n_cross_pairs"] == 8 * 7 and shared["n_within_pairs"] == 2 * 28
-    disjoint = similarity_index(_planted(rng, 0.0), MARGINS, 500, 500, 0.95, rng)
+    disjoint = similarity_index(_planted(rng, 0.0), MARGINS, 500, 0.95, rng)
     assert abs(disjoint["r_index"]) < 0.1 and disjoint["less_alike_pvalue"] < 0.01
     assert disjoint["r_lo_one_sided"] < MARGINS.r_index
 
@@ -112,33 +112,48 @@ def test_same_seed_pairs_never_enter_the_index():
     # the confound is there: same-seed pairs far more alike than different-seed ones
     assert models.similarity[same_seed].mean() > 0.3 > 0.05 > models.similarity[different_seed].mean()
     assert not (models.valid & same_seed).any()
-    result = similarity_index(models, MARGINS, 300, 300, 0.95, rng)
+    result = similarity_index(models, MARGINS, 300, 0.95, rng)
     assert result["r_index"] < 0.2
 
 
-def _equivalence_and_permutation_rates(rho: float, reps: int, noise: float = 1.0, n_perm: int = 200):
-    rng = np.random.default_rng(7)
-    equivalent = less = 0
+def _equivalence_and_permutation_rates(rho: float, reps: int, noise: float = 1.0, n_perm: int = 200,
+                                       seed: int = 7):
+    """Over seeded draws of planted models: how often "as alike as seeds" (R's one-sided
+    lower bound at the margin or above), "less alike" (the label test at alpha), and R's
+    one-sided upper bound below the truth."""
+    rng = np.random.default_rng(seed)
+    equivalent = less = upper_misses = 0
     for _ in range(reps):
-        result = similarity_index(_planted(rng, rho, noise=noise), MARGINS, 300, n_perm, 0.95, rng)
+        result = similarity_index(_planted(rng, rho, noise=noise), MARGINS, n_perm, 0.95, rng)
         equivalent += result["r_lo_one_sided"] >= MARGINS.r_index
         less += result["less_alike_pvalue"] < MARGINS.alpha
-    return equivalent / reps, less / reps
+        upper_misses += result["r_hi_one_sided"] < rho
+    return equivalent / reps, less / reps, upper_misses / reps
 
 
-def test_as_alike_as_seeds_keeps_its_size_at_the_margin():
-    # truth R = 0.9, exactly the margin: "as alike as seeds" about alpha of the time (the
-    # percentile bootstrap's one-sided bound: measured 6.7-7.0% over 4 x 1,000 draws at
-    # this small seed spread, 4.9% at noise 1.0), never below. The bound sits 2.6 binomial
-    # SDs above the measured rate: at 300 draws and <= 8% it failed for some seeds.
-    equivalent, _ = _equivalence_and_permutation_rates(0.9, reps=1000, noise=0.6, n_perm=0)
-    assert equivalent <= 0.09
-    equivalent, _ = _equivalence_and_permutation_rates(0.8, reps=100, n_perm=0)
-    assert equivalent <= 0.02
+@pytest.mark.parametrize("noise", [0.2, 0.6, 1.0])
+def test_r_bounds_keep_their_level_at_the_margin(noise):
+    """Truth R = 0.9, exactly the margin: "as alike as seeds" at most about alpha of the
+    time, and R's upper bound below the truth as rarely, whatever the seed spread. Measured
+    (jackknife t, 4 x 1,000 draws): 3.9-5.3%, 3.5-5.0%, 2.8-3.5% claims and 4.4-6.7%,
+    1.7-4.3%, 1.6-3.1% misses at noise 0.2, 0.6, 1.0. The seed bootstrap's percentile
+    bounds, used before, claimed it in ~9.4% of draws at noise 0.2."""
+    equivalent, _, upper_misses = _equivalence_and_permutation_rates(0.9, reps=1000, noise=noise, n_perm=0)
+    assert equivalent <= 0.07
+    assert upper_misses <= 0.08
+    equivalent, _, _ = _equivalence_and_permutation_rates(0.8, reps=200, noise=noise, n_perm=0)
+    assert equivalent <= 0.01
+
+
+def test_r_bounds_have_power_inside_the_margin():
+    """Truth R = 0.95 (inside the margin) with noise 1.0: "as alike as seeds" in 91-92% of
+    draws (8 seeds per shape)."""
+    equivalent, _, _ = _equivalence_and_permutation_rates(0.95, reps=300, noise=1.0, n_perm=0)
+    assert equivalent >= 0.85
 
 
 def test_less_alike_keeps_its_level_when_shapes_share_everything():
-    equivalent, less = _equivalence_and_permutation_rates(1.0, reps=300, noise=0.6)
+    equivalent, less, _ = _equivalence_and_permutation_rates(1.0, reps=300, noise=0.6)
     assert less <= 0.07  # false positives of "contradicts 2" at alpha = 0.05
     assert equivalent >= 0.95  # recovery of planted sharing
 
@@ -158,20 +173,20 @@ def _brute_force_pvalue(models: PairedModels) -> float:
 def test_shape_label_test_is_exact(rho):
     """4 seeds per shape: 8! = 40,320 relabellings, 70 distinct assignments of the labels."""
     models = _planted(np.random.default_rng(3), rho, n_seeds=4, noise=1.5)
-    p = similarity_index(models, MARGINS, 100, 200, 0.95, np.random.default_rng(0))["less_alike_pvalue"]
+    p = similarity_index(models, MARGINS, 200, 0.95, np.random.default_rng(0))["less_alike_pvalue"]
     assert p == pytest.approx(_brute_force_pvalue(models), rel=1e-12)
     assert p >= 2 / math.comb(8, 4)  # the observed labelling and its swap
 
 
 def test_shape_label_test_by_monte_carlo_beyond_the_exact_limit(monkeypatch):
     models = _planted(np.random.default_rng(3), 0.6, n_seeds=4, noise=1.5)
-    exact = similarity_index(models, MARGINS, 100, 200, 0.95, np.random.default_rng(0))["less_alike_pvalue"]
+    exact = similarity_index(models, MARGINS, 200, 0.95, np.random.default_rng(0))["less_alike_pvalue"]
     assert 0.01 < exact < 0.5  # a p-value that random draws can miss
     monkeypatch.setattr(aspect_stats, "EXACT_LABELLINGS", 1)
     draws = aspect_stats.LABEL_DRAWS
-    p = similarity_index(models, MARGINS, 100, 200, 0.95, np.random.default_rng(0))["less_alike_pvalue"]
+    p = similarity_index(models, MARGINS, 200, 0.95, np.random.default_rng(0))["less_alike_pvalue"]
     assert p != exact and abs(p - exact) < 4 * math.sqrt(exact * (1 - exact) / draws)
-    assert similarity_index(models, MARGINS, 100, 0, 0.95, np.random.default_rng(0))["less_alike_pvalue"] != p
+    assert similarity_index(models, MARGINS, 0, 0.95, np.random.default_rng(0))["less_alike_pvalue"] != p
 
 
 def test_holm_across_many_verdict_rows_can_reach_the_level():
@@ -179,7 +194,7 @@ def test_holm_across_many_verdict_rows_can_reach_the_level():
     Holm. A Monte Carlo p-value of 200 relabellings is never below 1/201, so Holm over more
     than 10 rows could not reach 0.05 whatever the data (the shipped aspect sweep has 18)."""
     rng = np.random.default_rng(5)
-    pvalues = [similarity_index(_planted(rng, 0.0), MARGINS, 100, 200, 0.95, rng)["less_alike_pvalue"]
+    pvalues = [similarity_index(_planted(rng, 0.0), MARGINS, 200, 0.95, rng)["less_alike_pvalue"]
                for _ in range(24)]
     assert max(holm(pvalues)) < MARGINS.alpha
 

@@ -138,7 +138,7 @@ def _index(plt, verdict: pl.DataFrame, out: Path, level: str) -> list[Figure]:
     name = _save(plt, fig, out, "aspect_index.png")
     return [Figure(name, (
         "Universality index R = (cross-shape - null) / (within-shape - null) for the iso-loss "
-        f"shape pair of each budget and sparsity, with its {level} seed-bootstrap interval (blue: "
+        f"shape pair of each budget and sparsity, with its {level} interval over seeds (jackknife t; blue: "
         "off-diagonal geometry; orange: Gram cosine, used where seeds share no geometry beyond "
         "chance); 1: as alike as seeds of one shape, 0: no more alike than chance. 'As alike as "
         "seeds' needs the one-sided lower bound above the margin (dotted)."))]
@@ -234,11 +234,12 @@ def section(plt, tables: dict[str, pl.DataFrame], fits: pl.DataFrame, out: Path,
             f"{first['loss_margin']:.0%} (loss_rel_diff with its {interval_level(1 - 2 * options.test_level)} "
             "interval); R compares the "
             "iso-loss shapes' models (different seeds only) with seeds of one shape, against a "
-            "null that relabels features within importance strata, with a seed-bootstrap "
-            f"interval; 'as alike as seeds' needs R shown &ge; {first['r_margin']} (equivalence "
-            "p-value), 'less alike' an exact permutation test of shape labels (Holm across rows) and R "
-            "shown below the margin; 'contradicts 1' needs more decodable features shared than "
-            "the compressed-sensing capacity of the narrower bottleneck. seeds_needed: seeds per "
+            "null that relabels features within importance strata, with an interval over "
+            "seeds (Student's t on the delete-one-seed jackknife); 'as alike as seeds' needs R "
+            f"shown &ge; {first['r_margin']} (equivalence p-value), 'less alike' an exact "
+            "permutation test of shape labels (Holm across rows) and R shown below the margin; "
+            "'contradicts 1' needs more decodable features shared than the compressed-sensing "
+            "capacity of the narrower bottleneck. seeds_needed: seeds per "
             f"shape that would decide an undecided row (power {interval_level(options.power)}).</p>")
         text.append(html_table(verdict.sort(_order(verdict)), VERDICT_COLUMNS, {
             "loss_rel_diff": lambda row: _cell(row, "loss_rel_diff", "+.2%"),

@@ -72,7 +72,7 @@ def analyse_aspect(metrics: pl.DataFrame, W: Sequence[np.ndarray], spec_keys: li
             converged=(group["converged"].fill_null(True).to_numpy() if "converged" in group.columns
                        else None),
             cs_capacity={int(w): cs_capacity(n, int(w), sparsity) for w in group["width"].unique()}))
-    verdict_rows, pair_rows = judge(groups, margins, n_boot, n_perm, ci, rng)
+    verdict_rows, pair_rows = judge(groups, margins, n_perm, ci, rng)
     control_rows = [row for g in groups for row in controls(g)]
     frame = lambda rows: pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()  # noqa: E731
     return {"aspect_shapes": summary,

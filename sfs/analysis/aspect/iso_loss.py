@@ -51,7 +51,7 @@ def analyse_iso_loss(search: SearchResult, metrics: pl.DataFrame, W: Sequence[np
     # says why a target has none)
     groups = [_group(rows, metrics, W, decodable, n_perm, rng) for rows in members.values()
               if rows[0][0].reference and len(rows) > 1]
-    verdict, pairs = judge(groups, margins, n_boot, n_perm, ci, rng) if groups else ([], [])
+    verdict, pairs = judge(groups, margins, n_perm, ci, rng) if groups else ([], [])
     frame = lambda rows: pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()  # noqa: E731
     return {"iso_loss_shapes": frame(shape_rows), "aspect_iso_verdict": frame(verdict),
             "aspect_iso_shape_pairs": frame(pairs)}

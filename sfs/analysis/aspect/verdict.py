@@ -91,7 +91,7 @@ def _subset(group: Group, pair: dict, measure: str) -> PairedModels:
                         (group.depth[keep] == pair["depth_b"]).astype(int), group.seed[keep])
 
 
-def _capacity(group: Group, pair: dict, margins: Margins, n_boot: int, ci: float,
+def _capacity(group: Group, pair: dict, margins: Margins, ci: float,
               rng: np.random.Generator) -> dict:
     """Decodable features per shape, shared across shapes (different seeds), and the
     compressed-sensing estimate for the narrower bottleneck."""
@@ -106,13 +106,13 @@ def _capacity(group: Group, pair: dict, margins: Margins, n_boot: int, ci: float
     shape = (group.depth[keep] == pair["depth_b"]).astype(int)
     counts = D.sum(axis=1)
     shared = PairedModels(D @ D.T, np.zeros((D.shape[0],) * 2), shape, group.seed[keep])
-    index = similarity_index(shared, margins, n_boot, 0, ci, rng)
+    index = similarity_index(shared, margins, 0, ci, rng)
     out.update(decodable_a=float(counts[shape == 0].mean()), decodable_b=float(counts[shape == 1].mean()),
                shared_decodable=index["cross"], shared_decodable_lo=index["cross_lo_one_sided"])
     return out
 
 
-def _features(group: Group, pair: dict, margins: Margins, n_boot: int, n_perm: int, ci: float,
+def _features(group: Group, pair: dict, margins: Margins, n_perm: int, ci: float,
               rng: np.random.Generator) -> dict:
     """R on the off-diagonal geometry wherever it is defined; on the Gram cosine only where
     it is not (fewer than 3 shared features, or shared features that do not interfere, as
@@ -124,10 +124,10 @@ def _features(group: Group, pair: dict, margins: Margins, n_boot: int, n_perm: i
         if finite.size and finite.mean() >= MIN_DEFINED:
             measure = "offdiag"
     return {"measure": measure,
-            **similarity_index(_subset(group, pair, measure), margins, n_boot, n_perm, ci, rng)}
+            **similarity_index(_subset(group, pair, measure), margins, n_perm, ci, rng)}
 
 
-def judge(groups: list[Group], margins: Margins, n_boot: int, n_perm: int, ci: float,
+def judge(groups: list[Group], margins: Margins, n_perm: int, ci: float,
           rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
     """The verdict rows (one per group) and the shape-pair rows behind them."""
     rows, pair_rows = [], []
@@ -141,8 +141,8 @@ def judge(groups: list[Group], margins: Margins, n_boot: int, n_perm: int, ci: f
             chosen = max(iso, key=lambda p: (max(p["width_a"], p["width_b"]) / min(p["width_a"], p["width_b"]),
                                              -p["loss_equiv_pvalue"]))
             row.update(_pair_columns(chosen))
-            row.update(_features(group, chosen, margins, n_boot, n_perm, ci, rng))
-            row.update(_capacity(group, chosen, margins, n_boot, ci, rng))
+            row.update(_features(group, chosen, margins, n_perm, ci, rng))
+            row.update(_capacity(group, chosen, margins, ci, rng))
         elif pairs:
             closest = min(pairs, key=lambda p: abs(p["loss_rel_diff"])
                           if math.isfinite(p["loss_rel_diff"]) else math.inf)
@@ -206,7 +206,7 @@ def _read(row: dict, margins: Margins) -> tuple[str, str, float]:
     shapes = (f"iso-loss shapes depth {row['depth_a']} (width {row['width_a']}) and depth "
               f"{row['depth_b']} (width {row['width_b']}), loss {_interval(row, 'loss_rel_diff', '+.1%')}")
     compared = (row.get("n_within_pairs", math.nan), row.get("n_cross_pairs", math.nan))
-    if not min(compared) >= MIN_COMPARED_PAIRS:  # NaN too: nothing to bootstrap a ratio from
+    if not min(compared) >= MIN_COMPARED_PAIRS:  # NaN too: no spread of a ratio to measure
         return "cannot tell", (f"{shapes}; only {_count(compared[0])} within-shape and "
                                f"{_count(compared[1])} cross-shape pairs of models of different seeds "
                                "had a feature geometry to compare (the similarity is undefined where "
