@@ -16,7 +16,7 @@ and writes, into each sweep folder:
 - ``width_depth_fits.parquet``: where a sweep varies depth, L = E + A m^-alpha + B l^-beta
   (m width, l = depth + 1) per spec without width, depth and seed;
 - ``universality.parquet``: per spec and width, how alike different seeds' features are
-  (``sfs.analysis.universality``; kind ``cross_seed``), with intervals from resampling seeds;
+  (``sfs.analysis.universality``; kind ``cross_seed``), with intervals over seeds (``sfs.analysis.seeds``);
   and per pair of widths, the same between models of different widths and different seeds
   (``cross_width``), next to how far apart their losses are;
 - ``universality_pairs.parquet``: every compared pair, for analyses of one's own, including

@@ -156,7 +156,7 @@ def test_the_report_names_the_intervals_at_the_level_they_were_computed(tmp_path
     aggregate(cfg)
     page = (tmp_path / "smoke" / "report" / "index.html").read_text()
     assert "Scaling fits (90% intervals from resampling seeds)" in page
-    assert "its 90% bootstrap band" in page and "90% interval from resampling seeds" in page
+    assert "its 90% bootstrap band" in page and "90% interval over seeds" in page
     assert page.count("95%") == page.count("one-sided 95%") == 1
 
 

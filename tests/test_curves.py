@@ -208,8 +208,8 @@ def test_a_long_analysis_says_how_far_it_is(tmp_path, monkeypatch, caplog):
                        tmp_path / "pairs.parquet")
     lines = [r.getMessage() for r in caplog.records]
     # what it is about to do, at once, with the options that set how long it takes
-    assert lines[0] == ("fits and compared pairs of 3 curves on 1 process (100 resamples a fit or "
-                        "interval, 20 permutations a pair: aggregate.n_boot, aggregate.n_perm)")
+    assert lines[0] == ("fits and compared pairs of 3 curves on 1 process (100 resamples a fit, "
+                        "20 permutations a pair: aggregate.n_boot, aggregate.n_perm)")
     said = [line for line in lines if "curves, ETA" in line]
     assert said and said[-1].startswith("fits and compared pairs: 3/3 curves, ETA 0 min")
 

@@ -175,7 +175,7 @@ def curve_pairs(widths: list[int], seeds: list[int]) -> list[tuple[str, int, int
 
 def analyse_curve(task: CurveTask, fit: dict | None = None) -> CurveResult:
     """Fit loss vs width, compare every pair of the curve's models, and summarise the pairs
-    per cell and in the same-seed control (intervals from resampling seeds). fit: the
+    per cell and in the same-seed control (intervals over seeds). fit: the
     curve's fit row, where the caller has it already (``_width_fits``)."""
     from sfs.analysis.universality import compare_within
 
@@ -199,8 +199,8 @@ def analyse_curve(task: CurveTask, fit: dict | None = None) -> CurveResult:
                    **{name: values[i] for name, values in per_model.items()},
                    **{f"{name}_b": values[j] for name, values in per_model.items()},
                    **measures}
-        cells = universality_cells(task.keys, columns, options, rng)
-        control = same_seed_control(task.keys, columns, options, rng)
+        cells = universality_cells(task.keys, columns, options)
+        control = same_seed_control(task.keys, columns, options)
     return CurveResult(fit, columns, cells, control)
 
 
@@ -261,8 +261,8 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
     done = 0
     serial = len(fresh) < SERIAL_BELOW
     if not serial:  # said at once: the first progress line comes PROGRESS_EVERY_S later
-        log.info("fits and compared pairs of %d curves on %d process%s (%d resamples a fit or "
-                 "interval, %d permutations a pair: aggregate.n_boot, aggregate.n_perm)",
+        log.info("fits and compared pairs of %d curves on %d process%s (%d resamples a fit, "
+                 "%d permutations a pair: aggregate.n_boot, aggregate.n_perm)",
                  len(fresh), workers, "" if workers == 1 else "es", options.n_boot, options.n_perm)
     started = last_said = time.monotonic()
     try:

@@ -205,7 +205,7 @@ class AggregateConfig:
     """Fits and universality after a sweep (``python -m sfs.aggregate`` or end of launch)."""
 
     enabled: bool = True  # aggregate and write the report at the end of every launch
-    n_boot: int = 1000  # bootstrap resamples (of seeds) for every interval
+    n_boot: int = 1000  # bootstrap resamples (of seeds) behind the fits' and the loss intervals
     n_perm: int = 200  # label permutations behind each Gram-cosine p-value
     ci: float = 0.95
     workers: Optional[int] = None  # fit processes; null: one per core

@@ -183,8 +183,8 @@ def _universality(plt, universality: pl.DataFrame, out: Path, level: str) -> lis
         figures += _panel_figures(plt, cross, out, f"universality_vs_{x_axis}", draw,
                                   lambda keys, panel, x_axis=x_axis: (
             f"Universality across seeds vs {x_axis} ({_label(keys)}): cosine of the Gram "
-            f"matrices W W^T of every pair of seeds of one spec (mean, {level} interval from "
-            "resampling seeds); shade: the label-permutation null (mean +- 2 SD). "
+            f"matrices W W^T of every pair of seeds of one spec (mean, {level} interval over "
+            "seeds: Student's t on the delete-one-seed jackknife); shade: the label-permutation null (mean +- 2 SD). "
             f"{int(panel['n_pairs'].sum())} pairs from {int(panel['n_seeds'].sum())} models."))
     return figures
 
@@ -269,7 +269,7 @@ def _control_table(control: pl.DataFrame, level: str) -> str:
     return ("<h3>Control: pairs of two widths that share a seed</h3><p>Two models of one seed "
             "share their data stream, so cross-width comparisons use different seeds only "
             "(as cross-seed ones do). The same-seed pairs are shown here, with the difference and "
-            f"its {level} seed-bootstrap interval, to keep that confound visible: "
+            f"its {level} interval over seeds, to keep that confound visible: "
             f"universality_control.parquet.</p>{table}")
 
 
