@@ -250,8 +250,8 @@ def _iso_loss_tables(cfg: Config, sweep_dir: Path, search: SearchResult, every: 
     probed = {**probed, **dict(zip(todo["model_id"].to_list(), (d[0] for d in layers)))}
     # its own stream: the fixed-N tables come out the same with or without the search
     rng = np.random.default_rng(derive_seed(options.seed, "aspect_iso_loss"))
-    tables = analyse_iso_loss(search, metrics, found.W, margins, options.n_boot, options.n_perm,
-                              options.ci, rng, probed)
+    tables = analyse_iso_loss(search, metrics, found.W, margins, options.n_perm, options.ci, rng,
+                              probed)
     log.info("%s: iso-loss search: %d of %d (setting, target, depth) met, %d compared", cfg.sweep.name,
              search.count("met"), len(search.targets),
              tables["aspect_iso_verdict"].height)

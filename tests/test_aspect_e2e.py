@@ -95,6 +95,6 @@ def test_the_aspect_section_names_its_levels_as_the_aggregation_set_them(tiny_as
     options = dataclasses.replace(cfg.aggregate, ci=0.9, test_level=0.1, power=0.9)
     _, figures, text = section(pyplot(), result.aspect, result.fits, tmp_path, options)
     captions = " ".join(figure.caption for figure in figures)
-    assert "its 90% seed-bootstrap interval" in captions and "95%" not in captions + text
+    assert "its 90% t interval over seeds" in captions and "95%" not in captions + text
     assert "(90% interval from resampling seeds within shapes)" in text
     assert "loss_rel_diff with its 80% interval" in text and "(power 90%)" in text

@@ -194,7 +194,7 @@ def test_iso_loss_tables_group_the_reference_with_every_met_shape():
     metrics = pl.DataFrame(rows)
     W = [rng.standard_normal((12, s.width)) for s in specs.values()]
     decodable = {i: rng.random(12) < 0.5 for i in specs}
-    tables = analyse_iso_loss(result, metrics, W, Margins(), n_boot=100, n_perm=8, ci=0.95,
+    tables = analyse_iso_loss(result, metrics, W, Margins(), n_perm=8, ci=0.95,
                               rng=np.random.default_rng(1), decodable=decodable)
     shapes = tables["iso_loss_shapes"]
     assert shapes.height == len(result.rows) == 4  # 2 references + 2 targets (depth 1)

@@ -71,8 +71,8 @@ def _loss_vs_budget(plt, shapes: pl.DataFrame, fits: pl.DataFrame, out: Path, le
                title=title)
         figures.append(_finish(plt, fig, ax, out, f"aspect_loss_vs_N_{slug}.png", (
             f"Loss vs parameter count ({title}), one colour per depth (the width "
-            f"at each budget is the planner's): mean over seeds with its {level} seed-bootstrap "
-            "interval, and each depth's fitted L(N) (line) where the fit is reliable. Shapes of "
+            f"at each budget is the planner's): mean over seeds with its {level} t interval "
+            "over seeds, and each depth's fitted L(N) (line) where the fit is reliable. Shapes of "
             "one budget sit at (nearly) the same N: their vertical spread is how much shape "
             f"matters at fixed N. {int(group['n_seeds'].sum())} models.")))
     return figures

@@ -53,7 +53,7 @@ def analyse_aspect(metrics: pl.DataFrame, W: Sequence[np.ndarray], spec_keys: li
     keys = group_keys(spec_keys)
     models = metrics.with_columns(
         pl.Series("param_budget", nearest_budget(metrics["n_params"].to_numpy(), budgets)))
-    summary = shape_summary(models, keys, n_boot, ci, rng)
+    summary = shape_summary(models, keys, ci)
     groups = []
     for values, group in models.with_row_index("_i").group_by([*keys, "param_budget"], maintain_order=True):
         index = group["_i"].to_numpy()

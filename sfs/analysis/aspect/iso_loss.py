@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from sfs.analysis.aspect.shapes import _seed_mean_interval, cs_capacity
+from sfs.analysis.aspect.shapes import cs_capacity, seed_mean_interval
 from sfs.analysis.aspect.similarity import FeatureWeights, group_similarities
 from sfs.analysis.aspect.stats import Margins
 from sfs.analysis.aspect.verdict import Group, judge
@@ -29,7 +29,7 @@ from sfs.storage.stored_weights import pick
 
 
 def analyse_iso_loss(search: SearchResult, metrics: pl.DataFrame, W: Sequence[np.ndarray], margins: Margins,
-                     n_boot: int, n_perm: int, ci: float, rng: np.random.Generator,
+                     n_perm: int, ci: float, rng: np.random.Generator,
                      decodable: Mapping[str, np.ndarray] | None = None) -> dict[str, pl.DataFrame]:
     """The three tables (empty frames where nothing was searched).
 
@@ -43,7 +43,7 @@ def analyse_iso_loss(search: SearchResult, metrics: pl.DataFrame, W: Sequence[np
     shape_rows, members = [], {}
     for row in search.rows:
         models = [index[m] for m in (row.point.model_ids if row.point else ()) if m in index]
-        shape_rows.append(_shape_row(row, metrics, models, n_boot, ci, rng))
+        shape_rows.append(_shape_row(row, metrics, models, ci))
         if row.met and models:
             key = (tuple(row.setting.items()), row.target_budget)
             members.setdefault(key, []).append((row, models))
@@ -57,10 +57,9 @@ def analyse_iso_loss(search: SearchResult, metrics: pl.DataFrame, W: Sequence[np
             "aspect_iso_shape_pairs": frame(pairs)}
 
 
-def _shape_row(row: SearchRow, metrics: pl.DataFrame, models: list[int], n_boot: int, ci: float,
-               rng: np.random.Generator) -> dict:
+def _shape_row(row: SearchRow, metrics: pl.DataFrame, models: list[int], ci: float) -> dict:
     losses = metrics["loss"].to_numpy()[models] if models else np.empty(0)
-    lo, hi = _seed_mean_interval(losses, n_boot, ci, rng)
+    lo, hi = seed_mean_interval(losses, ci)
     loss = float(losses.mean()) if losses.size else math.nan
     converged = unconverged = None  # null: not measured (no convergence column)
     if models and "converged" in metrics.columns:  # a null flag (not judged) counts in neither

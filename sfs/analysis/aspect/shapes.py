@@ -1,7 +1,7 @@
 """Shapes at a parameter budget: their losses, capacities and how far apart they are.
 
 - ``shape_summary``: per shape (budget, depth -> width) and setting: the loss with a
-  seed-bootstrap interval, the represented features (norm count, for continuity with TMS)
+  t interval over seeds, the represented features (norm count, for continuity with TMS)
   and the decodable ones, and the compressed-sensing capacity estimate;
 - ``loss_spread``: at each budget, how far apart the shapes' losses are (Kruskal-Wallis
   across shapes, and the spread with a seed-bootstrap interval).
@@ -41,18 +41,19 @@ def cs_capacity(n_features: int, width: int, sparsity: float) -> float:
     return float(min(n_features, width * ratio))
 
 
-def _seed_mean_interval(values: np.ndarray, n_boot: int, ci: float,
-                        rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile interval of the mean over resampled seeds (one value per seed)."""
+def seed_mean_interval(values: np.ndarray, ci: float) -> tuple[float, float]:
+    """Student's t interval of the mean of one value per seed ``(seeds,)``: the interval the
+    loss equivalence test reads too (a percentile bootstrap of 8 seeds' mean holds the truth
+    in 89% of 4,000 draws of normal values at 95%). NaN below two seeds."""
+    values = np.asarray(values, dtype=float)
     if values.size < 2:
         return math.nan, math.nan
-    draws = rng.integers(0, values.size, size=(n_boot, values.size))
-    means = values[draws].mean(axis=1)
-    return tuple(np.quantile(means, [(1 - ci) / 2, (1 + ci) / 2]).tolist())  # type: ignore[return-value]
+    mean = float(values.mean())
+    half = float(stats.t.ppf((1 + ci) / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
+    return mean - half, mean + half
 
 
-def shape_summary(models: pl.DataFrame, keys: list[str], n_boot: int, ci: float,
-                  rng: np.random.Generator) -> pl.DataFrame:
+def shape_summary(models: pl.DataFrame, keys: list[str], ci: float) -> pl.DataFrame:
     """One row per (group, budget, depth): the shape, its loss and its capacity.
 
     models: one row per model with the group keys, ``param_budget``, ``depth``, ``width``,
@@ -64,7 +65,7 @@ def shape_summary(models: pl.DataFrame, keys: list[str], n_boot: int, ci: float,
     for values, shape in models.group_by([*keys, "param_budget", "depth"], maintain_order=True):
         key = dict(zip([*keys, "param_budget", "depth"], values))
         losses = shape["loss"].to_numpy()
-        lo, hi = _seed_mean_interval(losses, n_boot, ci, rng)
+        lo, hi = seed_mean_interval(losses, ci)
         width = int(shape["width"][0])
         row = {**key, "width": width, "n_params": int(shape["n_params"][0]), "n_seeds": shape.height,
                "loss": float(losses.mean()), "loss_lo": lo, "loss_hi": hi,
