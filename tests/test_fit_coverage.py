@@ -76,10 +76,13 @@ def test_the_intervals_are_the_union_of_the_analysis_and_the_saturating_form(mon
     assert alone.alpha_hi < 1.01 < 1.05 < union.alpha_hi
 
 
-def test_with_the_form_fixed_the_union_is_with_the_power_law(monkeypatch):
+@pytest.mark.parametrize("data_seed", [6, 7, 8])
+def test_with_the_form_fixed_the_union_is_with_the_power_law(monkeypatch, data_seed):
     """Fewer than 5 widths: the saturating form is fixed and each interval spans its own and
-    the power law's over the same resamples; a form given by the caller: its own alone."""
-    x, loss = make_data(6, 0.0, seeds=4)
+    the power law's over the same resamples; a form given by the caller: its own alone.
+    Data from a pure power law (E = 0), where the saturating fits often sit on E's bound
+    and the two forms' ends may tie."""
+    x, loss = make_data(data_seed, 0.0, seeds=4)
     few = x < 60  # 4 widths: the form is fixed
     union = fit_scaling(x[few], loss[few], n_boot=200, rng_seed=6)
     power = fit_scaling(x[few], loss[few], n_boot=200, rng_seed=6, form="power")
@@ -94,7 +97,20 @@ def test_with_the_form_fixed_the_union_is_with_the_power_law(monkeypatch):
             min(getattr(alone, f"{name}_lo"), getattr(power, f"{name}_lo")), rel=1e-6), name
         assert getattr(union, f"{name}_hi") == pytest.approx(
             max(getattr(alone, f"{name}_hi"), getattr(power, f"{name}_hi")), rel=1e-6), name
-    assert union.alpha_lo < alone.alpha_lo  # the power law's reaches lower here (E = 0)
+    assert power.alpha_lo <= alone.alpha_lo  # the power law reaches at least as low (E = 0)
+
+
+def test_the_union_of_forms_widens_where_the_power_law_reaches_further():
+    """Not vacuous: on some of these datasets the power law's lower end of alpha lies below
+    the saturating form's, and the union takes it (measured: 2 of the 3)."""
+    widened = 0
+    for data_seed in (6, 7, 8):
+        x, loss = make_data(data_seed, 0.0, seeds=4)
+        few = x < 60
+        union = fit_scaling(x[few], loss[few], n_boot=200, rng_seed=6)
+        saturating = fit_scaling(x[few], loss[few], n_boot=200, rng_seed=6, form="saturating")
+        widened += union.alpha_lo < saturating.alpha_lo
+    assert widened >= 1
 
 
 @pytest.mark.parametrize("E, truth, seeds", [

@@ -22,7 +22,10 @@ def _bootstrap_counts(group: np.ndarray, n_boot: int, rng: np.random.Generator) 
     for g in range(int(group.max()) + 1):
         n = int(np.count_nonzero(group == g))
         m = n - 1 if n > 1 else n
-        counts.append(rng.multinomial(m, np.full(n, 1.0 / n), size=n_boot))
+        # the multinomial(m, uniform) law, drawn as m uniform picks per resample and one
+        # bincount over (resample, model) codes: ~10x rng.multinomial's per-row loop
+        picks = rng.integers(0, n, size=(n_boot, m)) + n * np.arange(n_boot)[:, None]
+        counts.append(np.bincount(picks.ravel(), minlength=n_boot * n).reshape(n_boot, n))
     return counts
 
 
