@@ -35,7 +35,7 @@ UNIVERSALITY_MEASURES = ("gram_cosine", "jaccard", "feature_agreement_mean")
 # over pairs is a U-statistic of the seeds, whose jackknife variance is the classical one.
 # A percentile bootstrap over the same seeds, used before, ran narrow with few seeds: on
 # pair values built from per-seed effects its 95% intervals held the true mean in 86-89% of
-# draws at 8 seeds and 75-84% at 4; the jackknife's in 95-96% (tests/test_seeds.py).
+# draws at 8 seeds and 75-84% at 4; the jackknife's in 94-96% (tests/test_seeds.py).
 
 def seed_interval_means(values: np.ndarray, seeds_a: np.ndarray, seeds_b: np.ndarray,
                         ci: float) -> np.ndarray:

@@ -17,10 +17,11 @@ the config (``aspect.*``) and printed in the report:
   of different shape are as alike as seeds of one shape, 0 when they share no more than
   chance. Its bounds come from Student's t on the delete-one-seed jackknife (a seed's
   models of both shapes left out together: they share a data stream), never from pairs,
-  because pairs that share a model are dependent. "As alike as seeds" needs the lower one-sided bound of R to clear
-  the margin (an equivalence test); "less alike" needs a model-level permutation test of
-  the shape labels to reject. Otherwise the power calculation (``seeds_for_index``) says how
-  many seeds per shape the margin needs at the measured spread.
+  because pairs that share a model are dependent. "As alike as seeds" needs the lower
+  one-sided bound of R to clear the margin (an equivalence test); "less alike" needs an
+  exact permutation test of the shape labels across models to reject. Otherwise the power
+  calculation (``seeds_for_index``) says how many seeds per shape the margin needs at the
+  measured spread.
 """
 
 from __future__ import annotations
@@ -181,9 +182,10 @@ def similarity_index(models: PairedModels, margins: Margins, n_perm: int, ci: fl
     (seeds - 1) degrees of freedom: a seed's models of both shapes are left out together
     (they share a data stream), never single pairs, because pairs that share a model are
     dependent. The percentile bootstrap over the same seeds, used before, was too narrow
-    with 8 seeds: measured on planted models whose true R is the margin, its one-sided
-    bound claimed "as alike as seeds" in 8.7-9.5% of draws at a small seed spread (nominal
-    5%), and its upper bound missed the truth as often; the jackknife's in 4.3-6.1%.
+    with 8 seeds: on planted models whose true R is the margin, its one-sided bound claimed
+    "as alike as seeds" in 8.7-9.5% of draws at a small seed spread (nominal 5%), and its
+    upper bound missed the truth in 7-10%; the jackknife's in 3.5-5.3% and 1.6-6.7%
+    (tests/test_aspect_stats.py).
     """
     k = models.shape.size
     ones = np.ones((1, k))
