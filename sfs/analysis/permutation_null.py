@@ -81,11 +81,18 @@ def permutation_pvalue(observed: float | np.ndarray, null: np.ndarray) -> float 
     observed = np.asarray(observed, dtype=float)
     null = np.asarray(null, dtype=float)
     n_perm = null.shape[-1]
-    obs = observed[..., None]
-    count = ((null >= obs - _TIE_RTOL * np.abs(obs)) | np.isnan(null)).sum(axis=-1)
+    count = reaches(null, observed[..., None]).sum(axis=-1)
     p = (1.0 + count) / (1.0 + n_perm)
     p = np.where(np.isnan(observed), np.nan, p)
     return scalar_if_0d(p)
+
+
+def reaches(null: np.ndarray, observed: np.ndarray | float) -> np.ndarray:
+    """Which null values count against the observation: at or above it, within a relative
+    1e-12 (a tie, however rounded), or NaN (a relabelling whose measure is undefined).
+    ``null`` and ``observed`` broadcast; a bool array of their shape."""
+    observed = np.asarray(observed, dtype=float)
+    return (null >= observed - _TIE_RTOL * np.abs(observed)) | np.isnan(null)
 
 
 # --------------------------------------------------------------------------------------

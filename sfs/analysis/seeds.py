@@ -139,22 +139,29 @@ def _jackknife(values: np.ndarray, index_a: np.ndarray, index_b: np.ndarray, n_s
     return mean, leave_one_out, present
 
 
-def _t_interval(mean: np.ndarray, leave_one_out: np.ndarray, present: np.ndarray, ci: float,
-                fewest: int) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) ``(rows,)`` each: mean -+ t((1 + ci) / 2, n - 1) x the jackknife standard
-    error sqrt((n - 1) / n sum (theta_s - mean theta)^2) over the n seeds present (a seed in
-    no finite pair changes nothing when left out, and is no unit of the spread). NaN with
-    fewer than ``fewest`` seeds or an undefined leave-one-out mean."""
+def jackknife_se(leave_one_out: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The delete-one jackknife standard error of each row, sqrt((n - 1) / n sum (theta_s -
+    mean theta)^2) over its n units present: ``(rows, units) x2 -> (rows,)`` (a unit absent
+    from a row, a seed in none of its finite pairs, changes nothing when left out and is no
+    unit of its spread). NaN with fewer than 2 units or an undefined estimate among them."""
     n = present.sum(axis=1)  # (rows,)
-    ok = (n >= max(fewest, 2)) & np.isfinite(mean) & np.where(present, np.isfinite(leave_one_out), True).all(axis=1)
+    ok = (n >= 2) & np.where(present, np.isfinite(leave_one_out), True).all(axis=1)
     theta = np.where(present & ok[:, None], leave_one_out, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         centre = theta.sum(axis=1) / n
         squares = np.where(present, np.square(theta - centre[:, None]), 0.0).sum(axis=1)
-        se = np.sqrt((n - 1) / n * squares)
-        half = stats.t.ppf((1 + ci) / 2, np.maximum(n - 1, 1)) * se
-    lo, hi = np.where(ok, mean - half, np.nan), np.where(ok, mean + half, np.nan)
-    return lo, hi
+        return np.where(ok, np.sqrt((n - 1) / n * squares), np.nan)
+
+
+def _t_interval(mean: np.ndarray, leave_one_out: np.ndarray, present: np.ndarray, ci: float,
+                fewest: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) ``(rows,)`` each: mean -+ t((1 + ci) / 2, n - 1) x ``jackknife_se`` over the
+    n seeds present. NaN with fewer than ``fewest`` seeds or an undefined leave-one-out mean."""
+    n = present.sum(axis=1)  # (rows,)
+    se = jackknife_se(leave_one_out, present)
+    ok = (n >= fewest) & np.isfinite(mean) & np.isfinite(se)
+    half = stats.t.ppf((1 + ci) / 2, np.maximum(n - 1, 1)) * np.where(ok, se, 0.0)
+    return np.where(ok, mean - half, np.nan), np.where(ok, mean + half, np.nan)
 
 
 def _seed_pool(seeds_a, seeds_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

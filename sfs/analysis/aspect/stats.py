@@ -33,13 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from sfs.analysis.permutation_null import reaches
+from sfs.analysis.seeds import jackknife_se
+
 # The shape-label test (``_label_permutation_pvalue``): exact up to this many assignments of
 # the labels (10 seeds per shape: C(20, 10) = 184,756, ~0.1 s), else this many random ones
 # (p-values down to 1e-4, so Holm across hundreds of verdict rows can still reach 0.05).
 EXACT_LABELLINGS = 200_000
 LABEL_DRAWS = 9_999
 _LABELLING_CHUNK = 16_384  # labellings evaluated at once: (chunk, k) floats a few times over
-_TIE_RTOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -220,13 +222,11 @@ def similarity_index(models: PairedModels, margins: Margins, n_perm: int, ci: fl
 
 
 def _jackknife_se(leave_one_out: np.ndarray) -> float:
-    """The delete-one jackknife standard error from the estimates without each unit ``(n,)``:
-    sqrt((n - 1) / n * sum (theta_i - mean theta)^2). NaN with fewer than 3 units or any
-    undefined estimate."""
-    n = leave_one_out.size
-    if n < 3 or not np.isfinite(leave_one_out).all():
+    """``jackknife_se`` of the estimates without each seed ``(seeds,)``; NaN below 3 seeds
+    (with two, leaving one out leaves no pair of different seeds)."""
+    if leave_one_out.size < 3:
         return math.nan
-    return float(math.sqrt((n - 1) / n * np.square(leave_one_out - leave_one_out.mean()).sum()))
+    return float(jackknife_se(leave_one_out[None], np.ones((1, leave_one_out.size), bool))[0])
 
 
 def _t_pvalue(difference: float, se: float, df: int) -> float:
@@ -261,7 +261,6 @@ def _label_permutation_pvalue(models: PairedModels, n_perm: int, rng: np.random.
     if not math.isfinite(observed) or n_perm < 1:
         return math.nan
     k, k_b = models.shape.size, int(models.shape.sum())
-    tie = observed - _TIE_RTOL * abs(observed)
     if math.comb(k, k_b) <= EXACT_LABELLINGS:
         reached = total = 0
         subsets = itertools.combinations(range(k), k_b)  # the models labelled b
@@ -269,7 +268,7 @@ def _label_permutation_pvalue(models: PairedModels, n_perm: int, rng: np.random.
             labels = np.zeros((len(chunk), k), dtype=bool)
             labels[np.arange(len(chunk))[:, None], np.array(chunk, dtype=np.intp).reshape(len(chunk), k_b)] = True
             null = _within_minus_cross(models, labels)
-            reached += int(((null >= tie) | np.isnan(null)).sum())
+            reached += int(reaches(null, observed).sum())
             total += len(chunk)
         return reached / total
     draws = max(n_perm, LABEL_DRAWS)
@@ -278,7 +277,7 @@ def _label_permutation_pvalue(models: PairedModels, n_perm: int, rng: np.random.
         size = min(_LABELLING_CHUNK, draws - start)
         labels = rng.permuted(np.broadcast_to(models.shape == 1, (size, k)), axis=-1)  # (size, k)
         null = _within_minus_cross(models, labels)
-        reached += int(((null >= tie) | np.isnan(null)).sum())
+        reached += int(reaches(null, observed).sum())
     return (1 + reached) / (1 + draws)
 
 
