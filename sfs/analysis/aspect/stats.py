@@ -287,13 +287,16 @@ def _within_minus_cross(models: PairedModels, labels: np.ndarray) -> np.ndarray:
     directly (no total minus within), so one labelling's value is the same wherever it comes."""
     b = labels.astype(float)
     a = 1.0 - b
-    sums, counts = [], []
-    for M, out in ((models.excess, sums), (models.valid.astype(float), counts)):
+
+    def within_and_across(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (k, k) -> (L,) x2
         Mb, Ma = b @ M, a @ M  # (L, k)
-        out.append(((Ma * a).sum(axis=1) + (Mb * b).sum(axis=1),  # within: a~a, b~b
-                    2.0 * (Ma * b).sum(axis=1)))  # across: a~b and b~a (M symmetric)
+        return ((Ma * a).sum(axis=1) + (Mb * b).sum(axis=1),  # a~a and b~b
+                2.0 * (Ma * b).sum(axis=1))  # a~b and b~a (M symmetric)
+
+    within_sum, across_sum = within_and_across(models.excess)
+    within_n, across_n = within_and_across(models.valid.astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return sums[0][0] / counts[0][0] - sums[0][1] / counts[0][1]
+        return within_sum / within_n - across_sum / across_n
 
 
 def seeds_for_index(r: float, se: float, n_now: int, margins: Margins) -> float:
