@@ -125,6 +125,76 @@ def test_blocked_per_pair_null_equals_unblocked(monkeypatch, chunk):
         assert np.allclose(null_inner_products(W, G, pairs, perms, "gram"), full)
 
 
+def _tied_models(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Models whose last n - 2 features share one weight vector in half of them: relabelling
+    those features changes nothing, so about one null value in n (n - 1) ties the observed
+    one exactly, and the products' rounding decides on which side of it float32 puts it."""
+    W = [rng.normal(size=(n, m)) for m in (2, 3, 4, 5)]
+    for w in W[2:]:
+        w[2:] = w[2]
+    return W
+
+
+def _all_pairs(k: int) -> np.ndarray:
+    return np.array([(i, j) for j in range(k) for i in range(j)])
+
+
+@pytest.mark.parametrize("case", ["ties", "ties recomputed a few at a time", "random n=40"])
+def test_the_float32_gram_path_gives_float64s_pvalues(monkeypatch, case):
+    rng = _rng(40)
+    if case.startswith("ties"):
+        n, W = 8, _tied_models(rng, 8)
+        if case.endswith("at a time"):
+            monkeypatch.setattr(N, "_CHUNK_ELEMENTS", 50)  # (1, 36) blocks
+    else:  # the aggregation benchmark's curves: 6 widths x 8 seeds
+        n, W = 40, [rng.normal(size=(40, m)) / np.sqrt(m) for m in np.tile([2, 3, 4, 6, 8, 10], 8)]
+    pairs = _all_pairs(len(W))
+    low = compare_within(W, pairs, n_perm=400, rng=_rng(41), path="gram")
+    monkeypatch.setattr(N, "FLOAT32_MAX_N", 0)  # the same path in float64 throughout
+    exact = compare_within(W, pairs, n_perm=400, rng=_rng(41), path="gram")
+    assert np.array_equal(low["gram_pvalue"], exact["gram_pvalue"])
+    # the null's mean keeps float32's rounding, within the bound (cosines: ||G_a|| ||G_b|| = 1)
+    assert np.abs(low["null_mean"] - exact["null_mean"]).max() <= N.float32_bound(n)
+    assert np.abs(low["null_mean"] - exact["null_mean"]).max() > 0  # float32 ran
+
+
+def test_float32_products_alone_would_misplace_ties_and_stay_within_their_bound(monkeypatch):
+    # what the float64 recomputation near the observation is for: without it, float32's
+    # rounding puts some exact ties below the observation (p-values too small)
+    misplaced = 0
+    for seed in range(5):
+        rng = _rng(50 + seed)
+        W = _tied_models(rng, 8)
+        # a wide dynamic range as well: features whose norms span six orders of magnitude
+        W = [w * 10.0 ** rng.uniform(-3, 3, size=(8, 1)) for w in W] + W
+        G = np.stack([gram(w) for w in W])
+        pairs = _all_pairs(len(W))
+        perms = draw_permutations(300, 8, _rng(60 + seed))
+        G_flat = G.reshape(len(W), -1)
+        observed = np.einsum("pq,pq->p", G_flat[pairs[:, 0]], G_flat[pairs[:, 1]])
+        raw = null_inner_products(W, G, pairs, perms, "gram")  # no observation: float32 as it came
+        fixed = null_inner_products(W, G, pairs, perms, "gram", observed=observed)
+        with monkeypatch.context() as patch:
+            patch.setattr(N, "FLOAT32_MAX_N", 0)
+            exact = null_inner_products(W, G, pairs, perms, "gram")
+        norms = np.sqrt(np.square(G_flat).sum(axis=1))
+        scale = (norms[pairs[:, 0]] * norms[pairs[:, 1]])[:, None]
+        assert (np.abs(raw - exact) <= N.float32_bound(8) * scale).all()
+        assert np.array_equal(N.reaches(fixed, observed[:, None]), N.reaches(exact, observed[:, None]))
+        misplaced += (N.reaches(raw, observed[:, None]) != N.reaches(exact, observed[:, None])).sum()
+    assert misplaced > 0
+
+
+def test_the_gram_path_runs_in_float64_above_its_float32_range():
+    rng = _rng(70)
+    n = N.FLOAT32_MAX_N + 1
+    W = [rng.normal(size=(n, 3)) for _ in range(3)]
+    G = np.stack([gram(w) for w in W])
+    pairs, perms = _all_pairs(3), draw_permutations(5, n, _rng(71))
+    explicit = np.stack([_explicit_null_inner(G[a], G[b], perms) for a, b in pairs])
+    assert np.allclose(null_inner_products(W, G, pairs, perms, "gram"), explicit, rtol=1e-12, atol=0)
+
+
 def test_symmetric_structure_carries_no_label_information():
     # an orthonormal basis is the same under every relabelling: cosine 1 but p = 1
     W = ortho_group.rvs(6, random_state=14)

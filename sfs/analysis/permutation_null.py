@@ -11,12 +11,15 @@ cheapest of three equivalent paths (:func:`null_path`, a cost model fitted to ti
 
 - ``gram``: gather every model's permuted Grams once, their upper triangles only
   ``(n_perm, n (n + 1) / 2)`` (a Gram is symmetric: the off-diagonal entries count twice),
-  then one matrix product per model for the pairs it is the second of;
+  then one matrix product per model for the pairs it is the second of, in float32 up to
+  n = FLOAT32_MAX_N (see :func:`null_inner_products` for why its comparisons are still
+  float64's);
 - ``weights``: <G_a, P G_b P^T> = ||W_a^T P W_b||_F^2, n m_a m_b work per permutation
   instead of n^2, so it wins for narrow models;
 - ``per_pair``: one pair at a time, in memory-bounded blocks, when neither fits in memory.
 
-All randomness comes from an explicit ``numpy.random.Generator``. Arithmetic is in float64.
+All randomness comes from an explicit ``numpy.random.Generator``. Arithmetic is in float64
+but for the ``gram`` path's products.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ _LOOP_N = 32
 # to 40n).
 _WEIGHTS_PATH_RATIO = 16
 PATHS = ("weights", "gram", "per_pair")
+# Up to this many features the gram path multiplies in float32: with the float64
+# recomputation near the observation, 48 models' pairs took 0.93x float64's time at n = 20,
+# 0.72x at 40, 0.74-0.79x at 48 and 64, 0.91-0.99x at 80 and 1.4-1.5x at 100 (one thread;
+# the gathers dominate from n = 80, and the values near the observation, within a bound
+# that grows as n^2, grow in number).
+FLOAT32_MAX_N = 64
 
 
 def draw_permutations(n_perm: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,7 +115,8 @@ def null_path(widths: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, n_perm: 
     widths 2-50; weights-vs-gram choices 2-5x apart):
 
     - gram: k n_perm T gathered + P n_perm T multiply-adds, T = n (n + 1) / 2 (the upper
-      triangle);
+      triangle) (its float32 products at n <= FLOAT32_MAX_N are 7-28% faster still, not
+      modelled);
     - weights: k n_perm n m gathered + P n_perm (n m_a m_b multiply-adds + 2 m_a m_b
       elementwise), plus a Python-level matrix product per group of pairs;
     - per_pair: for when neither fits in memory.
@@ -130,13 +140,21 @@ def null_path(widths: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, n_perm: 
 
 
 def null_inner_products(W: list[np.ndarray], G: np.ndarray, pairs: np.ndarray,
-                        perms: np.ndarray, path: str = "auto") -> np.ndarray:
+                        perms: np.ndarray, path: str = "auto",
+                        observed: np.ndarray | None = None) -> np.ndarray:
     """<G_a, P G_b P^T>_F for every pair (a, b) and permutation P: ``(pairs, n_perm)``.
 
     W: k matrices ``(n, m_i)``; G: their Grams ``(k, n, n)``; pairs: ``(P, 2)`` indices
     into W; perms: ``(n_perm, n)``, the same permutations for every pair (each pair's test
     stays exact: its null is the permutation distribution of its own statistic). Every path
     gives the same values up to rounding; ``auto`` takes the cheapest (:func:`null_path`).
+
+    The ``gram`` path multiplies in float32 up to n = FLOAT32_MAX_N: each value is then
+    within :func:`float32_bound` ``||G_a||_F ||G_b||_F`` of float64's. observed: the pairs' observed
+    inner products <G_a, G_b>_F ``(P,)``, where the null will be compared with them; every
+    value within twice that bound of its pair's observation is then recomputed in float64,
+    so that each comparison with the observation (the p-value, ties included) comes out as
+    in float64 arithmetic. The null's mean and SD keep the float32 rounding.
     """
     n_perm, n = perms.shape
     a, b = pairs[:, 0], pairs[:, 1]
@@ -150,7 +168,8 @@ def null_inner_products(W: list[np.ndarray], G: np.ndarray, pairs: np.ndarray,
     if path == "weights":
         _within_from_weights(out, [as_float64(w) for w in W], widths, a, b, perms)
     elif path == "gram":
-        _within_from_grams(out, G, a, b, perms)
+        _within_from_grams(out, G, a, b, perms,
+                           None if observed is None else np.asarray(observed, dtype=np.float64))
     else:  # large n: one pair at a time, the same permutations
         for i, (j, k) in enumerate(zip(a.tolist(), b.tolist())):
             out[i] = _pair_null_inner(as_float64(W[j])[None], as_float64(W[k])[None],
@@ -158,28 +177,69 @@ def null_inner_products(W: list[np.ndarray], G: np.ndarray, pairs: np.ndarray,
     return out
 
 
+def float32_bound(n: int) -> float:
+    """How far the ``gram`` path's float32 <G_a, P G_b P^T> can be from float64's, in units
+    of ||G_a||_F ||G_b||_F, for its T = n (n + 1) / 2 products (about T 2^-24).
+
+    A dot product of T terms summed in any order is within gamma_T = T u / (1 - T u) of
+    the exact one, relative to sum |x_i y_i| (u = 2^-24, float32's unit roundoff; Higham,
+    Accuracy and Stability of Numerical Algorithms, 2002, section 3.1); rounding the inputs
+    to float32 adds 2u + u^2, and float64's own error is within T 2^-53 (1 + ...). The sum
+    of |x_i y_i| is sum_ij |G_a[i, j]| |G_b[p_i, p_j]| <= ||G_a||_F ||G_b||_F
+    (Cauchy-Schwarz; a relabelling keeps the norm).
+    """
+    u, T = 2.0 ** -24, n * (n + 1) // 2
+    gamma = T * u / (1 - T * u)
+    return gamma * (1 + u) ** 2 + 2 * u + u * u + 2 * T * 2.0 ** -53
+
+
 def _within_from_grams(out: np.ndarray, G: np.ndarray, a: np.ndarray, b: np.ndarray,
-                       perms: np.ndarray) -> None:
+                       perms: np.ndarray, observed: np.ndarray | None = None) -> None:
     """The ``gram`` path of :func:`null_inner_products`, written into out ``(P, n_perm)``.
 
     G and P G P^T are symmetric, so <G_a, P G_b P^T> = sum over the upper triangle (i <= j)
     of w_ij G_a[i, j] G_b[p_i, p_j], with w = 1 on the diagonal and 2 off it: half the
     gathered elements and multiply-adds of the whole matrices. Each model's permuted
     triangles ``(n_perm, T)`` are gathered once, for the pairs it is the second of, and
-    served by one matrix product ``(rows, T) @ (T, n_perm)``.
+    served by one matrix product ``(rows, T) @ (T, n_perm)``; in float32 up to n =
+    FLOAT32_MAX_N, where the gathers move half the bytes and the products run at twice the
+    rate (10 -> 5 ms for the products of the 1,128 pairs of 48 models at n = 40, one core).
+
+    observed ``(P,)``: each value within twice :func:`float32_bound` of its pair's
+    observation is recomputed in float64. Every other value is farther from the observation
+    than its rounding, so it falls on the same side of it (and of the tie tolerance of
+    :func:`reaches`) as in float64. About 2 in 1,000 values are that close for random
+    models at n = 40; ties (symmetric models, n = 2) are all of them.
     """
     k, n = G.shape[0], G.shape[-1]
     upper_i, upper_j = np.triu_indices(n)
     weighted = G[:, upper_i, upper_j] * np.where(upper_i == upper_j, 1.0, 2.0)  # (k, T)
-    G_flat = G.reshape(k, n * n)
     # (P G P^T)_ij = G[p_i, p_j]: flat index p_i * n + p_j, (n_perm, T)
     index = perms[:, upper_i] * n + perms[:, upper_j]
+    G_flat = G.reshape(k, n * n)
+    low = np.float32 if n <= FLOAT32_MAX_N else np.float64  # what the products run in
+    weighted_low, G_flat_low = weighted.astype(low, copy=False), G_flat.astype(low, copy=False)
+    if low is np.float64:
+        observed = None  # already float64's
+    if observed is not None:
+        norms = np.sqrt(np.square(G_flat).sum(axis=1))  # (k,)
+        band = 2 * float32_bound(n) * norms[a] * norms[b]  # (P,)
     order = np.argsort(b, kind="stable")
     for rows in np.split(order, np.flatnonzero(np.diff(b[order])) + 1):
         if not rows.size:
             continue
-        permuted = G_flat[b[rows[0]]][index]  # (n_perm, T): P G_b P^T, its upper triangle
-        out[rows] = weighted[a[rows]] @ permuted.T  # (rows, n_perm)
+        model = b[rows[0]]
+        permuted = G_flat_low[model][index]  # (n_perm, T): P G_b P^T, its upper triangle
+        block = weighted_low[a[rows]] @ permuted.T  # (rows, n_perm)
+        out[rows] = block
+        if observed is None:
+            continue
+        near_row, near_perm = np.nonzero(np.abs(block - observed[rows, None]) <= band[rows, None])
+        near_row = rows[near_row]
+        step = max(1, _CHUNK_ELEMENTS // index.shape[1])  # (step, T) at a time: ties can be many
+        for start in range(0, near_row.size, step):
+            r, q = near_row[start:start + step], near_perm[start:start + step]
+            out[r, q] = np.einsum("qt,qt->q", weighted[a[r]], G_flat[model][index[q]])
 
 
 def _within_from_weights(out: np.ndarray, W: list[np.ndarray], widths: np.ndarray,

@@ -8,7 +8,9 @@ label-permutation null (``sfs.analysis.permutation_null``) and p-value, the Jacc
 of represented features with its exact chance level, and the per-feature agreement.
 
 All randomness comes from an explicit ``numpy.random.Generator``; nothing touches the
-global RNG. Arithmetic is in float64.
+global RNG. Arithmetic is in float64, but for the permutation null's products (float32,
+with every comparison with the observation recomputed as float64's where rounding could
+tip it: ``sfs.analysis.permutation_null``).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def compare_within(W: list[np.ndarray], pairs: np.ndarray, *, n_perm: int = 200,
         inner = np.einsum("pq,pq->p", G_flat[a], G_flat[b])
     observed = np.divide(inner, denom, out=np.full(inner.shape, np.nan), where=denom > 0)
     perms = draw_permutations(n_perm, n, rng)  # (n_perm, n), shared by every pair
-    null_inner = null_inner_products(W, G, pairs, perms, path)  # (P, n_perm)
+    # (P, n_perm); the observation is passed so that every comparison with it is float64's
+    null_inner = null_inner_products(W, G, pairs, perms, path, observed=inner)
     # divided in place (a second (P, n_perm) array cost ~0.5 ms a curve to fill); NaN where
     # a model's Gram is zero
     null = null_inner
