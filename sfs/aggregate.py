@@ -66,6 +66,7 @@ from sfs.analysis.headline import liu_headline
 from sfs.analysis.lr_selection import select_learning_rates
 from sfs.analysis.model_metrics import GROUP_KEYS, SPEC_KEYS, Loaded, model_metrics
 from sfs.analysis.phase import phase_table
+from sfs.analysis.workers import worker_count
 from sfs.config import Config
 from sfs.core.spec import derive_seed
 from sfs.plan_lr import outcomes_read, planned_grid_ids
@@ -163,7 +164,8 @@ def aggregate(cfg: Config, report: bool = True) -> AggregateResult:
     if search is not None:  # every table but the iso-loss ones reads the grid alone
         loaded = loaded.keep(grid)
     phase = time.perf_counter()
-    metrics = model_metrics(loaded, options.convergence_window, options.convergence_tol)
+    metrics = model_metrics(loaded, options.convergence_window, options.convergence_tol,
+                            workers=worker_count(options.workers))
     log.info("%s: per-model quantities of %d models (weights read file by file) in %.1f s",
              cfg.sweep.name, metrics.height, time.perf_counter() - phase)
     budgets = cfg.sweep.param_budgets

@@ -7,8 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sfs.analysis.curves import CurveTask, _fit_row, _join_parts, _width_fits, analyse_curve, curve_pairs, run_tasks
+from sfs.analysis.curves import CurveTask, _fit_row, _join_parts, _width_fits, analyse_curve, curve_pairs
 from sfs.analysis.model_metrics import SPEC_KEYS, Loaded, model_metrics
+from sfs.analysis.workers import run_tasks
 from sfs.config import AggregateConfig
 
 
@@ -228,7 +229,7 @@ def test_the_analysis_workers_end_with_their_parent_killed_alone(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import time\n"
-        "from sfs.analysis.curves import iter_tasks\n"
+        "from sfs.analysis.workers import iter_tasks\n"
         "if __name__ == '__main__':\n"
         "    for _ in iter_tasks(time.sleep, [60.0] * 4, workers=2, serial=False, chunksize=1):\n"
         "        pass\n")

@@ -126,6 +126,25 @@ def test_metrics_of_stored_weights_are_those_of_the_same_models_in_memory(tmp_pa
     assert model_metrics(loaded.keep(loaded.ok["model_id"][::-2])).equals(stored[1::2], null_equal=True)
 
 
+@pytest.mark.parametrize("deep", [False, True])
+def test_metrics_measured_by_parallel_workers_are_those_of_one_process(tmp_path, monkeypatch, deep):
+    """The files split into parts that share none, measured by two worker processes (in
+    blocks of METRICS_BLOCK there, of 5 models here): the same table to the last bit."""
+    specs = _specs(sparsities=(0.0, 0.3, 0.5, 0.9), depth=1 if deep else 0)
+    sweep_dir, _ = _store(tmp_path, specs, pack_size=3, deep=deep)
+    loaded = load_models(sweep_dir, {s.model_id for s in specs})
+    monkeypatch.setattr(model_metrics_module, "PARALLEL_FILES", 2)
+    parts = model_metrics_module._file_parts(loaded.W, 2)
+    assert len(parts) == 8  # 2 workers x PARTS_PER_WORKER, of the 8 files
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(specs)))
+    files = [set(loaded.W.file_of[p].tolist()) for p in parts]
+    assert all(not files[i] & files[j] for i in range(len(parts)) for j in range(i))
+    parallel = model_metrics(loaded, workers=2)
+    monkeypatch.setattr(model_metrics_module, "METRICS_BLOCK", 5)
+    assert model_metrics(loaded, workers=1).equals(parallel, null_equal=True)
+    assert len(model_metrics_module._file_parts(loaded.W, 1)) == 1  # one worker: one part
+
+
 def test_curves_of_stored_weights_read_in_file_order_give_the_in_memory_results(tmp_path):
     """A batch's stored weights are read in the worker, the curves ordered by their first
     model's file; each curve's fit, pairs and cells are those of the same models in memory."""

@@ -5,8 +5,7 @@ replicates seeds); a universality cell is a curve at one width (or pair of width
 curve is one task (``CurveTask``): fit loss vs width (``sfs.analysis.fit``), compare its
 pairs of models (``sfs.analysis.universality``) and summarise them per cell with intervals
 over seeds (``sfs.analysis.seeds``). Curves go to parallel processes in batches, with one
-BLAS thread each (multithreaded BLAS makes small SciPy fits 25-150x slower), or are analysed
-in-process when few.
+BLAS thread each (``sfs.analysis.workers``), or are analysed in-process when few.
 
 The compared pairs outnumber everything else (a curve of 6 widths x 8 seeds has 1,128; a
 sweep of 10^6 models, ~22 million): each batch writes its own pairs to a parquet part, and
@@ -21,17 +20,14 @@ few files), and the aggregating process never holds the sweep's.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import itertools
 import json
 import logging
 import math
-import multiprocessing
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -48,8 +44,8 @@ from sfs.analysis.seeds import (
     same_seed_control,
     universality_cells,
 )
+from sfs.analysis.workers import SERIAL_BELOW, iter_tasks, run_tasks, worker_count
 from sfs.config import AggregateConfig
-from sfs.core.signals import children_deaf_to_ctrl_c
 from sfs.core.spec import derive_seed
 from sfs.storage.store import atomic_write_file, write_table
 from sfs.storage.stored_weights import StoredWeights, concat_stored
@@ -58,7 +54,6 @@ log = logging.getLogger(__name__)
 
 CURVE_KEYS = [k for k in GROUP_KEYS if k not in ("width", "seed")]
 DEPTH_CURVE_KEYS = [k for k in CURVE_KEYS if k != "depth"]
-SERIAL_BELOW = 24  # fewer tasks than this run in-process: spawning workers costs more
 PROGRESS_EVERY_S = 30.0  # a progress line while the curves are analysed, at most this often
 BATCH_CURVES = 64  # curves per batch at most (a batch's pairs: one part file, ~70,000 rows)
 
@@ -243,7 +238,7 @@ def analyse(loaded: Loaded, metrics: pl.DataFrame, options: AggregateConfig, pai
     same-seed control, computed in parallel per batch of curves. A curve whose fingerprint
     is in ``kept`` takes its rows from the tables beside ``pairs_path`` instead (the last
     aggregation's, which hold those curves whole: ``sfs.analysis.reuse``)."""
-    workers = options.workers or os.cpu_count() or 1
+    workers = worker_count(options.workers)
     tasks = curve_tasks(loaded, options)
     tasks = [dataclasses.replace(task, fingerprint=fingerprint)
              for task, fingerprint in zip(tasks, fingerprints(tasks, options))]
@@ -441,81 +436,3 @@ def preferred_form(width_depth: pl.DataFrame) -> pl.DataFrame:
         pl.when(width_only).then(pl.col("warning").str.replace_all(r"(; )?beta at a bound of its range \[[^\]]*\]", "")
                                  .str.strip_prefix("; ").replace("", None))
         .otherwise(pl.col("warning")).alias("warning"))
-
-
-# -- running tasks ---------------------------------------------------------------------------
-
-_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                      "MKL_NUM_THREADS")}
-
-
-def _start_worker() -> None:
-    """Worker initializer: one BLAS thread (``_limit_blas``), and an end with the parent."""
-    _exit_with_parent()
-    _limit_blas()
-
-
-def _exit_with_parent() -> None:
-    """End this worker process when its parent dies (killed alone, say): a pool's worker
-    otherwise waits for work forever, and would first finish the batch in hand."""
-    import multiprocessing.connection
-    import threading
-
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])  # readable once the parent is gone
-        os._exit(1)
-
-    threading.Thread(target=watch, name="sfs-parent-watch", daemon=True).start()
-
-
-def _limit_blas() -> None:
-    """Load every BLAS the analysis uses (numpy's, scipy's own), then pin them all to one
-    thread (a limit set before a library loads does not reach it)."""
-    import scipy.stats  # noqa: F401
-    from threadpoolctl import threadpool_limits
-
-    import sfs.analysis.fit  # noqa: F401
-    import sfs.analysis.universality  # noqa: F401
-
-    threadpool_limits(1)
-
-
-def run_tasks(function: Callable, tasks: list, workers: int) -> list:
-    """``[function(t) for t in tasks]`` in parallel processes (one BLAS thread each), or
-    in-process when there are few tasks or one worker."""
-    return list(iter_tasks(function, tasks, workers, serial=len(tasks) < SERIAL_BELOW))
-
-
-def iter_tasks(function: Callable, tasks: list, workers: int, serial: bool,
-               chunksize: int | None = None) -> Iterator:
-    """``function(t)`` for each of ``tasks``, in order, as they come: in parallel processes
-    (one BLAS thread each), or in-process when ``serial`` or with one worker. ``chunksize``:
-    tasks sent to a worker at once (default: about 8 chunks per worker)."""
-    if serial or workers <= 1:
-        import scipy.stats  # noqa: F401  (load scipy's BLAS before limiting it)
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):
-            yield from (function(t) for t in tasks)
-        return
-    context = multiprocessing.get_context("spawn")  # never fork a process that ran Ray/torch
-    saved = {name: os.environ.get(name) for name in _ONE_THREAD}
-    os.environ.update(_ONE_THREAD)  # spawned workers start with single-threaded BLAS
-    try:
-        with children_deaf_to_ctrl_c():  # the workers start (on submission) blind to Ctrl-C
-            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                          initializer=_start_worker)
-            results: Iterable = pool.map(function, tasks,
-                                         chunksize=chunksize or max(1, len(tasks) // (8 * workers)))
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-    with pool:
-        yield from results
