@@ -18,6 +18,8 @@ initialisation at every width), never over pairs (``seed_interval_means``).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import stats
 
@@ -160,8 +162,15 @@ def _t_interval(mean: np.ndarray, leave_one_out: np.ndarray, present: np.ndarray
     n = present.sum(axis=1)  # (rows,)
     se = jackknife_se(leave_one_out, present)
     ok = (n >= fewest) & np.isfinite(mean) & np.isfinite(se)
-    half = stats.t.ppf((1 + ci) / 2, np.maximum(n - 1, 1)) * np.where(ok, se, 0.0)
+    dof = np.maximum(n - 1, 1)
+    half = np.array([_t_quantile((1 + ci) / 2, int(d)) for d in dof.tolist()]) * np.where(ok, se, 0.0)
     return np.where(ok, mean - half, np.nan), np.where(ok, mean + half, np.nan)
+
+
+@functools.lru_cache(maxsize=1024)
+def _t_quantile(q: float, dof: int) -> float:
+    """Student's t quantile: a curve asks for the same few (~0.4 ms a curve by scipy)."""
+    return float(stats.t.ppf(q, dof))
 
 
 def _seed_pool(seeds_a, seeds_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
