@@ -172,11 +172,13 @@ def test_float32_products_alone_would_misplace_ties_and_stay_within_their_bound(
         perms = draw_permutations(300, 8, _rng(60 + seed))
         G_flat = G.reshape(len(W), -1)
         observed = np.einsum("pq,pq->p", G_flat[pairs[:, 0]], G_flat[pairs[:, 1]])
-        raw = null_inner_products(W, G, pairs, perms, "gram")  # no observation: float32 as it came
+        # an observation nothing is near: float32's values as they came, none recomputed
+        raw = null_inner_products(W, G, pairs, perms, "gram", observed=np.full(len(pairs), np.inf))
         fixed = null_inner_products(W, G, pairs, perms, "gram", observed=observed)
+        exact = null_inner_products(W, G, pairs, perms, "gram")  # no observation: float64
         with monkeypatch.context() as patch:
             patch.setattr(N, "FLOAT32_MAX_N", 0)
-            exact = null_inner_products(W, G, pairs, perms, "gram")
+            assert np.array_equal(null_inner_products(W, G, pairs, perms, "gram", observed=observed), exact)
         norms = np.sqrt(np.square(G_flat).sum(axis=1))
         scale = (norms[pairs[:, 0]] * norms[pairs[:, 1]])[:, None]
         assert (np.abs(raw - exact) <= N.float32_bound(8) * scale).all()
@@ -185,14 +187,17 @@ def test_float32_products_alone_would_misplace_ties_and_stay_within_their_bound(
     assert misplaced > 0
 
 
-def test_the_gram_path_runs_in_float64_above_its_float32_range():
+@pytest.mark.parametrize("n", [N.FLOAT32_MAX_N + 1, 12])
+def test_the_gram_path_runs_in_float64_above_its_float32_range_or_without_the_observation(n):
     rng = _rng(70)
-    n = N.FLOAT32_MAX_N + 1
     W = [rng.normal(size=(n, 3)) for _ in range(3)]
     G = np.stack([gram(w) for w in W])
     pairs, perms = _all_pairs(3), draw_permutations(5, n, _rng(71))
     explicit = np.stack([_explicit_null_inner(G[a], G[b], perms) for a, b in pairs])
-    assert np.allclose(null_inner_products(W, G, pairs, perms, "gram"), explicit, rtol=1e-12, atol=0)
+    # float32 would be ~1e-7 away; float64 is within ~1e-15
+    observed = np.full(len(pairs), np.inf) if n > N.FLOAT32_MAX_N else None
+    got = null_inner_products(W, G, pairs, perms, "gram", observed=observed)
+    assert np.allclose(got, explicit, rtol=1e-12, atol=0)
 
 
 def test_symmetric_structure_carries_no_label_information():

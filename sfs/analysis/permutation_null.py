@@ -11,9 +11,9 @@ cheapest of three equivalent paths (:func:`null_path`, a cost model fitted to ti
 
 - ``gram``: gather every model's permuted Grams once, their upper triangles only
   ``(n_perm, n (n + 1) / 2)`` (a Gram is symmetric: the off-diagonal entries count twice),
-  then one matrix product per model for the pairs it is the second of, in float32 up to
-  n = FLOAT32_MAX_N (see :func:`null_inner_products` for why its comparisons are still
-  float64's);
+  then one matrix product per model for the pairs it is the second of (in float32 up to
+  n = FLOAT32_MAX_N where the observations are given: see :func:`null_inner_products` for
+  why its comparisons with them are still float64's);
 - ``weights``: <G_a, P G_b P^T> = ||W_a^T P W_b||_F^2, n m_a m_b work per permutation
   instead of n^2, so it wins for narrow models;
 - ``per_pair``: one pair at a time, in memory-bounded blocks, when neither fits in memory.
@@ -149,12 +149,13 @@ def null_inner_products(W: list[np.ndarray], G: np.ndarray, pairs: np.ndarray,
     stays exact: its null is the permutation distribution of its own statistic). Every path
     gives the same values up to rounding; ``auto`` takes the cheapest (:func:`null_path`).
 
-    The ``gram`` path multiplies in float32 up to n = FLOAT32_MAX_N: each value is then
-    within :func:`float32_bound` ``||G_a||_F ||G_b||_F`` of float64's. observed: the pairs' observed
-    inner products <G_a, G_b>_F ``(P,)``, where the null will be compared with them; every
-    value within twice that bound of its pair's observation is then recomputed in float64,
-    so that each comparison with the observation (the p-value, ties included) comes out as
-    in float64 arithmetic. The null's mean and SD keep the float32 rounding.
+    observed: the pairs' observed inner products <G_a, G_b>_F ``(P,)``, which the null will
+    be compared with. Given them, the ``gram`` path multiplies in float32 up to n =
+    FLOAT32_MAX_N (each value then within :func:`float32_bound` ``||G_a||_F ||G_b||_F`` of
+    float64's) and recomputes in float64 every value within twice that bound of its pair's
+    observation, so that each comparison with the observation (the p-value, ties included)
+    comes out as in float64 arithmetic; the null's mean and SD keep the float32 rounding.
+    Without them, every path is float64 throughout.
     """
     n_perm, n = perms.shape
     a, b = pairs[:, 0], pairs[:, 1]
@@ -205,8 +206,9 @@ def _within_from_grams(out: np.ndarray, G: np.ndarray, a: np.ndarray, b: np.ndar
     FLOAT32_MAX_N, where the gathers move half the bytes and the products run at twice the
     rate (10 -> 5 ms for the products of the 1,128 pairs of 48 models at n = 40, one core).
 
-    observed ``(P,)``: each value within twice :func:`float32_bound` of its pair's
-    observation is recomputed in float64. Every other value is farther from the observation
+    observed ``(P,)`` (the float32 products need it; None: float64 throughout): each value
+    within twice :func:`float32_bound` of its pair's observation is recomputed in float64.
+    Every other value is farther from the observation
     than its rounding, so it falls on the same side of it (and of the tie tolerance of
     :func:`reaches`) as in float64. About 2 in 1,000 values are that close for random
     models at n = 40; ties (symmetric models, n = 2) are all of them.
@@ -217,10 +219,10 @@ def _within_from_grams(out: np.ndarray, G: np.ndarray, a: np.ndarray, b: np.ndar
     # (P G P^T)_ij = G[p_i, p_j]: flat index p_i * n + p_j, (n_perm, T)
     index = perms[:, upper_i] * n + perms[:, upper_j]
     G_flat = G.reshape(k, n * n)
-    low = np.float32 if n <= FLOAT32_MAX_N else np.float64  # what the products run in
+    low = np.float32 if observed is not None and n <= FLOAT32_MAX_N else np.float64  # the products'
     weighted_low, G_flat_low = weighted.astype(low, copy=False), G_flat.astype(low, copy=False)
     if low is np.float64:
-        observed = None  # already float64's
+        observed = None  # nothing to recompute
     if observed is not None:
         norms = np.sqrt(np.square(G_flat).sum(axis=1))  # (k,)
         band = 2 * float32_bound(n) * norms[a] * norms[b]  # (P,)
