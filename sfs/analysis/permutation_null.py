@@ -208,10 +208,10 @@ def _within_from_grams(out: np.ndarray, G: np.ndarray, a: np.ndarray, b: np.ndar
 
     observed ``(P,)`` (the float32 products need it; None: float64 throughout): each value
     within twice :func:`float32_bound` of its pair's observation is recomputed in float64.
-    Every other value is farther from the observation
-    than its rounding, so it falls on the same side of it (and of the tie tolerance of
-    :func:`reaches`) as in float64. About 2 in 1,000 values are that close for random
-    models at n = 40; ties (symmetric models, n = 2) are all of them.
+    Every other value is farther from the observation than its rounding, so it falls on the
+    same side of it (and of the tie tolerance of :func:`reaches`) as in float64. About 2 in
+    1,000 values are that close for random models at n = 40; ties (symmetric models, n = 2)
+    are all of them.
     """
     k, n = G.shape[0], G.shape[-1]
     upper_i, upper_j = np.triu_indices(n)
@@ -219,11 +219,10 @@ def _within_from_grams(out: np.ndarray, G: np.ndarray, a: np.ndarray, b: np.ndar
     # (P G P^T)_ij = G[p_i, p_j]: flat index p_i * n + p_j, (n_perm, T)
     index = perms[:, upper_i] * n + perms[:, upper_j]
     G_flat = G.reshape(k, n * n)
-    low = np.float32 if observed is not None and n <= FLOAT32_MAX_N else np.float64  # the products'
+    recompute = observed is not None and n <= FLOAT32_MAX_N  # float32 products, float64 near it
+    low = np.float32 if recompute else np.float64
     weighted_low, G_flat_low = weighted.astype(low, copy=False), G_flat.astype(low, copy=False)
-    if low is np.float64:
-        observed = None  # nothing to recompute
-    if observed is not None:
+    if recompute:
         norms = np.sqrt(np.square(G_flat).sum(axis=1))  # (k,)
         band = 2 * float32_bound(n) * norms[a] * norms[b]  # (P,)
     order = np.argsort(b, kind="stable")
@@ -234,7 +233,7 @@ def _within_from_grams(out: np.ndarray, G: np.ndarray, a: np.ndarray, b: np.ndar
         permuted = G_flat_low[model][index]  # (n_perm, T): P G_b P^T, its upper triangle
         block = weighted_low[a[rows]] @ permuted.T  # (rows, n_perm)
         out[rows] = block
-        if observed is None:
+        if not recompute:
             continue
         near_row, near_perm = np.nonzero(np.abs(block - observed[rows, None]) <= band[rows, None])
         near_row = rows[near_row]
